@@ -1,0 +1,132 @@
+//! `create-order`: `POST /orders`. Validates the order, stores it as
+//! `PENDING` together with its `order.created` event (one transaction: the
+//! outbox), then publishes the event. Honours `Idempotency-Key`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use shared::bus::{OutboxRef, Publisher, publish_committed};
+use shared::domain::{NewOrder, OrderId, OrderStatus};
+use shared::events::OrderCreated;
+use shared::http::{Problem, read_json};
+use shared::ports::{Commit, CommitOutcome, HistoryEntry, OrderRecord, Store, Write};
+use shared::{Event, Function, Payload, StepError};
+
+pub const FUNCTION: Function = Function::CreateOrder;
+
+/// Header that makes `POST /orders` safe to retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+#[derive(Clone)]
+pub struct CreateOrderState {
+    pub store: Arc<dyn Store>,
+    pub publisher: Arc<dyn Publisher>,
+}
+
+/// The `POST /orders` route of the choreography table, ready to merge or serve.
+pub fn router(state: CreateOrderState) -> Router {
+    let [route] = FUNCTION.spec().routes else { unreachable!("create-order serves exactly one route") };
+    Router::new().route(route.path, post(post_order)).with_state(state)
+}
+
+/// An accepted order: its id, whether this request created it, and its
+/// `order.created` event with the outbox key it is stored under.
+#[derive(Debug, PartialEq)]
+pub struct Accepted {
+    pub order_id: OrderId,
+    pub created: bool,
+    pub event: Event,
+    pub outbox_key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("Idempotency-Key '{0}' was already used for a different order")]
+    KeyReused(String),
+    #[error(transparent)]
+    Step(#[from] StepError),
+}
+
+/// Stores a validated order and its `order.created` event atomically.
+/// The same customer's same `idempotency_key` yields the first order again.
+pub async fn create(store: &dyn Store, order: NewOrder, idempotency_key: Option<&str>) -> Result<Accepted, CreateError> {
+    let order_id = OrderId::new();
+    let key = match idempotency_key {
+        // Keys are scoped per customer, so two customers cannot collide.
+        Some(key) => serde_json::json!([order.customer_id, key]).to_string(),
+        None => order_id.to_string(),
+    };
+    let data = OrderCreated {
+        customer_id: order.customer_id,
+        items: order.items,
+        shipping_address: order.shipping_address,
+    };
+    let event = Event::new(FUNCTION, order_id, None, Payload::OrderCreated(data.clone()));
+    let record = OrderRecord {
+        order_id,
+        status: OrderStatus::Pending,
+        customer_id: data.customer_id.clone(),
+        items: data.items.clone(),
+        shipping_address: data.shipping_address.clone(),
+        tracking_number: None,
+        cancel_reason: None,
+        history: vec![HistoryEntry::of(&event)],
+        version: 0,
+    };
+    let outbox_key = key.clone();
+    let commit = Commit { function: FUNCTION, key, writes: vec![Write::Order(record)], emitted: vec![event.clone()] };
+    match store.commit(commit).await.map_err(StepError::from)? {
+        CommitOutcome::Committed => Ok(Accepted { order_id, created: true, event, outbox_key }),
+        CommitOutcome::Duplicate(first) => match first.into_iter().next() {
+            Some(first) if first.payload == Payload::OrderCreated(data) => {
+                Ok(Accepted { order_id: first.subject, created: false, event: first, outbox_key })
+            }
+            _ => Err(CreateError::KeyReused(idempotency_key.unwrap_or_default().to_owned())),
+        },
+        // A fresh v7 id cannot already exist; treat it as contention and let the client retry.
+        CommitOutcome::Conflict => Err(StepError::Retryable(format!("order id {order_id} collided")).into()),
+    }
+}
+
+async fn post_order(State(state): State<CreateOrderState>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(key) if (1..=255).contains(&key.len()) => Some(key.to_owned()),
+            _ => return Err(Problem::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")),
+        },
+    };
+    let body = read_json(&headers, body).await?;
+    let order = NewOrder::parse(&body).map_err(Problem::validation)?;
+    let accepted = match create(&*state.store, order, idempotency_key.as_deref()).await {
+        Ok(accepted) => accepted,
+        Err(error @ CreateError::KeyReused(_)) => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                format!("{error}; use a new key for a new order"),
+            ));
+        }
+        Err(CreateError::Step(error)) => {
+            tracing::error!(%error, "could not store the order");
+            return Err(Problem::unavailable("the order store is unavailable; retry with the same Idempotency-Key"));
+        }
+    };
+    let order_id = accepted.order_id;
+    // The order and its event are committed: from here the order exists. A
+    // publish failure leaves the event in the outbox for the relay, and a
+    // client retry with the same key publishes it again (consumers dedupe).
+    let origin = OutboxRef { function: FUNCTION, key: accepted.outbox_key };
+    match publish_committed(&*state.store, &*state.publisher, &origin, std::slice::from_ref(&accepted.event)).await {
+        Ok(()) => tracing::info!(%order_id, event = "order.created", created = accepted.created, "order accepted"),
+        Err(error) => tracing::warn!(%order_id, %error, "order stored; order.created left in the outbox for the relay"),
+    }
+    let body = serde_json::json!({ "order_id": order_id, "status": OrderStatus::Pending.as_str() });
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/orders/{order_id}"))], axum::Json(body)).into_response())
+}

@@ -1,0 +1,109 @@
+//! `order-query`: `GET /orders/{order_id}` and `GET /inventory/{sku}`.
+//! Reads only; the response shapes are the API contract (openapi.yaml),
+//! kept apart from the stored records so either can change alone.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use shared::domain::{Address, CancelReason, CustomerId, Item, OrderId, OrderStatus, Sku};
+use shared::http::Problem;
+use shared::ports::{OrderRecord, StockLevel, Store};
+use shared::Function;
+
+pub const FUNCTION: Function = Function::OrderQuery;
+
+/// The query routes of the choreography table, ready to merge or serve.
+pub fn router(store: Arc<dyn Store>) -> Router {
+    let [orders, inventory] = FUNCTION.spec().routes else { unreachable!("order-query serves two routes") };
+    Router::new().route(orders.path, get(get_order)).route(inventory.path, get(get_inventory)).with_state(store)
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryView {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: String,
+    pub source: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderView {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub customer_id: CustomerId,
+    pub items: Vec<Item>,
+    pub shipping_address: Address,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<CancelReason>,
+    pub history: Vec<HistoryView>,
+}
+
+impl From<OrderRecord> for OrderView {
+    fn from(order: OrderRecord) -> Self {
+        Self {
+            order_id: order.order_id,
+            status: order.status,
+            customer_id: order.customer_id,
+            items: order.items,
+            shipping_address: order.shipping_address,
+            tracking_number: order.tracking_number,
+            cancel_reason: order.cancel_reason,
+            history: order
+                .history
+                .into_iter()
+                .map(|entry| HistoryView {
+                    event_type: entry.event_type,
+                    time: entry.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    source: entry.source,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct InventoryView {
+    pub sku: Sku,
+    pub available: u64,
+    pub reserved: u64,
+    pub shipped: u64,
+    pub replenished: u64,
+}
+
+impl From<StockLevel> for InventoryView {
+    fn from(level: StockLevel) -> Self {
+        Self {
+            sku: level.sku,
+            available: level.available,
+            reserved: level.reserved,
+            shipped: level.shipped,
+            replenished: level.replenished,
+        }
+    }
+}
+
+fn store_problem(error: shared::ports::StoreError) -> Problem {
+    tracing::error!(%error, "store read failed");
+    Problem::unavailable("the store is unavailable; try again shortly")
+}
+
+async fn get_order(State(store): State<Arc<dyn Store>>, Path(order_id): Path<String>) -> Result<Json<OrderView>, Problem> {
+    let order_id = OrderId::parse(&order_id).map_err(Problem::bad_request)?;
+    match store.order(order_id).await.map_err(store_problem)? {
+        Some(order) => Ok(Json(order.into())),
+        None => Err(Problem::not_found(format!("no order {order_id}"))),
+    }
+}
+
+async fn get_inventory(State(store): State<Arc<dyn Store>>, Path(sku): Path<String>) -> Result<Json<InventoryView>, Problem> {
+    let sku = Sku::parse(&sku).map_err(|error| Problem::bad_request(format!("SKU '{sku}' {error}")))?;
+    match store.stock(std::slice::from_ref(&sku)).await.map_err(store_problem)?.pop() {
+        Some(level) => Ok(Json(level.into())),
+        None => Err(Problem::not_found(format!("no SKU {sku} in the catalog"))),
+    }
+}

@@ -1,0 +1,69 @@
+//! `replenish-stock`: orders an order's shortfall from the supplier, within
+//! each SKU's `max_replenish` (DESIGN §3). The supplier delivers at once,
+//! so the step is deterministic and every path can be driven from outside.
+
+use shared::domain::{CancelReason, Sku};
+use shared::events::{ReplenishmentFailed, StockReplenished};
+use shared::ports::Write;
+use shared::step::{Decision, reaction, run_idempotent};
+use shared::{Event, Function, Payload, Ports, Step, StepError};
+
+pub const FUNCTION: Function = Function::ReplenishStock;
+
+pub struct ReplenishStock;
+
+#[async_trait::async_trait]
+impl Step for ReplenishStock {
+    fn function(&self) -> Function {
+        FUNCTION
+    }
+
+    async fn handle(&self, event: &Event, ports: &Ports) -> Result<Vec<Event>, StepError> {
+        let Payload::InventoryInsufficient(insufficient) = &event.payload else {
+            return Err(shared::step::not_consumed(FUNCTION, event));
+        };
+        let store = &*ports.store;
+        run_idempotent(FUNCTION, event, store, || async {
+            let skus: Vec<Sku> = insufficient.shortfall.iter().map(|short| short.sku.clone()).collect();
+            let levels = store.stock(&skus).await?;
+            let mut writes = Vec::with_capacity(levels.len());
+            let mut refused = Vec::new();
+            for short in &insufficient.shortfall {
+                match levels.iter().find(|level| level.sku == short.sku) {
+                    None => refused.push(format!("{} is not in the catalog", short.sku)),
+                    Some(level) if level.max_replenish == 0 => {
+                        refused.push(format!("{} is discontinued", short.sku));
+                    }
+                    Some(level) if short.units > level.max_replenish => refused.push(format!(
+                        "{} is short {} units, more than the supplier delivers at once ({})",
+                        short.sku, short.units, level.max_replenish
+                    )),
+                    Some(level) => {
+                        let mut level = level.clone();
+                        level.available += short.units;
+                        level.replenished += short.units;
+                        writes.push(Write::Stock(level));
+                    }
+                }
+            }
+            // All or nothing, like the reservation it serves: a partial delivery
+            // would strand stock for an order that is cancelled anyway.
+            let payload = if refused.is_empty() {
+                Payload::StockReplenished(StockReplenished {
+                    items: insufficient.items.clone(),
+                    shipping_address: insufficient.shipping_address.clone(),
+                    replenished: insufficient.shortfall.clone(),
+                    attempt: insufficient.attempt,
+                })
+            } else {
+                writes.clear();
+                Payload::ReplenishmentFailed(ReplenishmentFailed {
+                    reason: CancelReason::OutOfStock,
+                    detail: refused.join("; "),
+                })
+            };
+            Ok(Decision { writes, emit: vec![reaction(FUNCTION, event, payload)] })
+        })
+        .await
+    }
+}

@@ -1,0 +1,67 @@
+//! `settle-inventory`: once an order ships its reserved units leave the
+//! warehouse (reserved → shipped); when shipping fails they go back on the
+//! shelf (reserved → available), the saga's compensation.
+
+use shared::domain::{CancelReason, Item, Sku, units_per_sku};
+use shared::events::InventoryReleased;
+use shared::ports::{ReservationState, Write};
+use shared::step::{Decision, reaction, run_idempotent};
+use shared::{Event, Function, Payload, Ports, Step, StepError};
+
+pub const FUNCTION: Function = Function::SettleInventory;
+
+pub struct SettleInventory;
+
+#[async_trait::async_trait]
+impl Step for SettleInventory {
+    fn function(&self) -> Function {
+        FUNCTION
+    }
+
+    async fn handle(&self, event: &Event, ports: &Ports) -> Result<Vec<Event>, StepError> {
+        let (items, outcome): (&[Item], _) = match &event.payload {
+            Payload::OrderShipped(shipped) => (&shipped.items, ReservationState::Shipped),
+            Payload::ShipmentFailed(failed) => (&failed.items, ReservationState::Released),
+            _ => return Err(shared::step::not_consumed(FUNCTION, event)),
+        };
+        let store = &*ports.store;
+        run_idempotent(FUNCTION, event, store, || async {
+            let Some(mut reservation) = store.reservation(event.subject).await? else {
+                return Err(StepError::Permanent(format!("order {} holds no reservation to settle", event.subject)));
+            };
+            if reservation.state != ReservationState::Reserved {
+                tracing::warn!(order_id = %event.subject, state = ?reservation.state, "reservation already settled");
+                return Ok(Decision::default());
+            }
+            let units = units_per_sku(&reservation.items);
+            let skus: Vec<Sku> = units.keys().cloned().collect();
+            let mut writes = Vec::with_capacity(skus.len() + 1);
+            for mut level in store.stock(&skus).await? {
+                let held = units[&level.sku];
+                level.reserved = level.reserved.checked_sub(held).ok_or_else(|| {
+                    StepError::Permanent(format!("{} has {} reserved, fewer than the {held} held", level.sku, level.reserved))
+                })?;
+                match outcome {
+                    ReservationState::Shipped => level.shipped += held,
+                    _ => level.available += held,
+                }
+                writes.push(Write::Stock(level));
+            }
+            reservation.state = outcome;
+            writes.push(Write::Reservation(reservation));
+            let emit = match outcome {
+                ReservationState::Shipped => vec![],
+                _ => vec![reaction(
+                    FUNCTION,
+                    event,
+                    Payload::InventoryReleased(InventoryReleased {
+                        items: items.to_vec(),
+                        reason: CancelReason::ShipmentFailed,
+                    }),
+                )],
+            };
+            Ok(Decision { writes, emit })
+        })
+        .await
+    }
+}

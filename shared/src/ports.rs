@@ -1,0 +1,200 @@
+//! Ports (DESIGN §6): the records each service owns and the `Store` every
+//! adapter (SQLite, DynamoDB) implements.
+//!
+//! Steps use optimistic concurrency: they read records with a `version`,
+//! decide in pure code, then `commit` their writes, the consumed event's key
+//! and the events they emit in one transaction. A commit fails with
+//! `Conflict` when any record moved since it was read (the step re-reads and
+//! decides again) and answers `Duplicate` with the first run's events when the
+//! key was already processed. That one shape maps onto a SQLite transaction
+//! and onto a DynamoDB `TransactWriteItems` with condition expressions.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::choreography::Function;
+use crate::domain::{Address, CancelReason, CustomerId, Item, OrderId, OrderStatus, Sku};
+use crate::events::Event;
+
+/// Stock of one SKU (inventory service). `version` 0 means "not stored yet".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    pub sku: Sku,
+    /// Units present when the catalog was seeded; with `replenished` it is
+    /// the right-hand side of the conservation rule.
+    pub seeded: u64,
+    pub available: u64,
+    pub reserved: u64,
+    pub shipped: u64,
+    pub replenished: u64,
+    /// Largest shortfall the supplier will fill in one replenishment; 0 = discontinued.
+    pub max_replenish: u64,
+    pub version: u64,
+}
+
+impl StockLevel {
+    /// DESIGN §3: `available + reserved + shipped = seeded + replenished`.
+    pub fn is_conserved(&self) -> bool {
+        self.available + self.reserved + self.shipped == self.seeded + self.replenished
+    }
+}
+
+/// A catalog entry of `infra/inventory.seed.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedStock {
+    pub sku: Sku,
+    pub available: u64,
+    pub max_replenish: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationState {
+    /// Units moved from available to reserved.
+    Reserved,
+    /// Units left the warehouse: reserved → shipped.
+    Shipped,
+    /// Compensated: reserved → available.
+    Released,
+}
+
+/// Units held for one order (inventory service).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub order_id: OrderId,
+    pub items: Vec<Item>,
+    pub state: ReservationState,
+    pub version: u64,
+}
+
+/// One line of an order's saga history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: DateTime<Utc>,
+    pub source: String,
+    /// Lets a redelivered event be recognised and recorded once.
+    pub event_id: Uuid,
+}
+
+impl HistoryEntry {
+    pub fn of(event: &Event) -> Self {
+        Self {
+            event_type: event.event_type().as_str().to_owned(),
+            time: event.time,
+            source: event.source.clone(),
+            event_id: event.id,
+        }
+    }
+}
+
+/// The order record (orders service), as `GET /orders/{id}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub customer_id: CustomerId,
+    pub items: Vec<Item>,
+    pub shipping_address: Address,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<CancelReason>,
+    /// Sorted by event time, then id (v7 ids sort by creation), so the
+    /// history reads causally even when events were delivered out of order.
+    pub history: Vec<HistoryEntry>,
+    #[serde(skip)]
+    pub version: u64,
+}
+
+impl OrderRecord {
+    pub fn record(&mut self, event: &Event) {
+        if self.history.iter().all(|entry| entry.event_id != event.id) {
+            self.history.push(HistoryEntry::of(event));
+            self.history.sort_by_key(|entry| (entry.time, entry.event_id));
+        }
+    }
+}
+
+/// A parcel handed to the carrier (shipping service).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipment {
+    pub order_id: OrderId,
+    pub tracking_number: String,
+    pub version: u64,
+}
+
+/// One record a step writes; its `version` is the version it read (0: must not exist yet).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    Stock(StockLevel),
+    Reservation(Reservation),
+    Order(OrderRecord),
+    Shipment(Shipment),
+}
+
+/// A step's whole effect, applied atomically.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Commit {
+    pub function: Function,
+    /// The consumed event's id, or for `create-order` the idempotency key.
+    pub key: String,
+    pub writes: Vec<Write>,
+    /// Stored with the key: a duplicate gets these back, and they form the
+    /// outbox until `mark_published`.
+    pub emitted: Vec<Event>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommitOutcome {
+    Committed,
+    /// The key was processed before; these are the events emitted then.
+    Duplicate(Vec<Event>),
+    /// A record changed since it was read; read again and decide again.
+    Conflict,
+}
+
+/// Events committed but not yet confirmed as published.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEntry {
+    pub function: Function,
+    pub key: String,
+    pub events: Vec<Event>,
+}
+
+/// Store failures, split by whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- processed events (idempotency) and outbox ---
+    async fn processed(&self, function: Function, key: &str) -> Result<Option<Vec<Event>>, StoreError>;
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
+    /// Outbox entries committed before `committed_before` and not yet marked published.
+    async fn unpublished(&self, committed_before: DateTime<Utc>) -> Result<Vec<OutboxEntry>, StoreError>;
+    async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError>;
+
+    // --- inventory ---
+    /// Stock of the SKUs that exist; unknown SKUs are simply absent.
+    async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError>;
+    async fn all_stock(&self) -> Result<Vec<StockLevel>, StoreError>;
+    async fn reservation(&self, order_id: OrderId) -> Result<Option<Reservation>, StoreError>;
+    /// Seeds the catalog when it is empty; answers how many SKUs it wrote.
+    async fn seed_if_empty(&self, catalog: &[SeedStock]) -> Result<usize, StoreError>;
+
+    // --- orders ---
+    async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError>;
+
+    // --- shipping ---
+    async fn shipment(&self, order_id: OrderId) -> Result<Option<Shipment>, StoreError>;
+}

@@ -1,0 +1,166 @@
+//! What every saga step shares: its error type, the ports it is handed, and
+//! the idempotent read–decide–commit loop (DESIGN §5).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::choreography::Function;
+use crate::domain::Country;
+use crate::events::{Event, Payload};
+use crate::ports::{Commit, CommitOutcome, Store, StoreError, Write};
+
+/// Why a step could not handle an event, and so what its host should do.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The step may succeed later (store or broker unavailable): retry with backoff.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// Retrying cannot help (malformed or impossible input): dead-letter it.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl StepError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
+    }
+}
+
+impl From<StoreError> for StepError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => Self::Retryable(error.to_string()),
+            StoreError::Corrupt(_) => Self::Permanent(error.to_string()),
+        }
+    }
+}
+
+/// Countries `ship-order` delivers to (`SHIP_COUNTRIES`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShipCountries {
+    /// The default: everywhere except these (Antarctica).
+    AllExcept(Vec<Country>),
+    Only(Vec<Country>),
+}
+
+impl Default for ShipCountries {
+    fn default() -> Self {
+        // "AQ" is two capital letters: a valid country by construction.
+        Self::AllExcept(vec![Country::parse("AQ").expect("AQ is a valid country code")])
+    }
+}
+
+impl ShipCountries {
+    /// `SHIP_COUNTRIES`: a comma-separated list of ISO 3166-1 alpha-2 codes;
+    /// empty or unset means the default (everywhere but `AQ`).
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let codes: Vec<&str> = list.split(',').map(str::trim).filter(|code| !code.is_empty()).collect();
+        if codes.is_empty() {
+            return Ok(Self::default());
+        }
+        codes
+            .into_iter()
+            .map(|code| Country::parse(code).map_err(|error| format!("SHIP_COUNTRIES: '{code}' {error}")))
+            .collect::<Result<_, _>>()
+            .map(Self::Only)
+    }
+
+    pub fn from_env() -> Result<Self, String> {
+        Self::parse(&std::env::var("SHIP_COUNTRIES").unwrap_or_default())
+    }
+
+    pub fn ships_to(&self, country: &Country) -> bool {
+        match self {
+            Self::AllExcept(excluded) => !excluded.contains(country),
+            Self::Only(included) => included.contains(country),
+        }
+    }
+}
+
+/// Everything a step needs from outside its pure logic.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn Store>,
+    pub ship_countries: ShipCountries,
+}
+
+/// What a step decided for one event: writes to its own service's records
+/// and the events it emits (built with `Decision::event`).
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub writes: Vec<Write>,
+    pub emit: Vec<Event>,
+}
+
+/// A saga step: one Lambda function's pure core. Hosts (the embedded bus,
+/// the bridge, the Lambda adapters) only ever call `handle`.
+#[async_trait::async_trait]
+pub trait Step: Send + Sync + 'static {
+    fn function(&self) -> Function;
+    async fn handle(&self, event: &Event, ports: &Ports) -> Result<Vec<Event>, StepError>;
+}
+
+/// Builds an event emitted by `function` in reaction to `cause`.
+pub fn reaction(function: Function, cause: &Event, payload: Payload) -> Event {
+    Event::new(function, cause.subject, Some(cause), payload)
+}
+
+/// How often a step re-reads after a version conflict before giving up with a
+/// retryable error (the bus then retries later).
+const MAX_CONFLICTS: usize = 32;
+
+/// Runs `decide` (read records, decide) and commits its outcome atomically
+/// with the event's id. A duplicate gets the first run's events back and
+/// changes nothing; a conflict re-reads and decides again.
+pub async fn run_idempotent<F, Fut>(
+    function: Function,
+    event: &Event,
+    store: &dyn Store,
+    mut decide: F,
+) -> Result<Vec<Event>, StepError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Decision, StepError>>,
+{
+    let key = event.id.to_string();
+    for _ in 0..MAX_CONFLICTS {
+        if let Some(emitted) = store.processed(function, &key).await? {
+            tracing::debug!(%function, event_id = %event.id, "duplicate event: returning the first run's events");
+            return Ok(emitted);
+        }
+        let decision = decide().await?;
+        let emitted = decision.emit;
+        let commit = Commit { function, key: key.clone(), writes: decision.writes, emitted: emitted.clone() };
+        match store.commit(commit).await? {
+            CommitOutcome::Committed => return Ok(emitted),
+            CommitOutcome::Duplicate(first_run) => return Ok(first_run),
+            CommitOutcome::Conflict => continue,
+        }
+    }
+    Err(StepError::Retryable(format!("{function}: records kept changing under event {}", event.id)))
+}
+
+/// The error for an event delivered to a function that does not consume it.
+pub fn not_consumed(function: Function, event: &Event) -> StepError {
+    StepError::Permanent(format!("{function} does not consume {} events", event.event_type()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ship_countries_default_excludes_antarctica_only() {
+        let countries = ShipCountries::parse("").unwrap();
+        assert!(countries.ships_to(&Country::parse("FR").unwrap()));
+        assert!(!countries.ships_to(&Country::parse("AQ").unwrap()));
+    }
+
+    #[test]
+    fn ship_countries_list_is_exclusive_and_validated() {
+        let countries = ShipCountries::parse("FR, DE").unwrap();
+        assert!(countries.ships_to(&Country::parse("DE").unwrap()));
+        assert!(!countries.ships_to(&Country::parse("US").unwrap()));
+        assert!(ShipCountries::parse("FR,france").unwrap_err().contains("'france'"));
+    }
+}
