@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use shared::Ports;
 use shared::bus::{Publisher, RelayError, relay_outbox};
 use shared::ports::{SeedStock, Store, StoreError};
 use shared::sqlite::SqliteStore;
 use shared::step::ShipCountries;
-use shared::Ports;
 use tokio::net::TcpListener;
 
 use crate::inprocess::{BusSettings, InProcessBus};
@@ -76,6 +76,10 @@ pub fn app_router(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>) -> Route
 }
 
 /// Serves `router` until `shutdown` resolves, then finishes open requests.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

@@ -110,7 +110,8 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 async fn up(args: UpArgs) -> Result<(), AnyError> {
     let catalog = match &args.inventory {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
             parse_catalog(&path.display().to_string(), &text)?
         }
         None => parse_catalog("infra/inventory.seed.json (built in)", DEFAULT_CATALOG)?,
@@ -160,7 +161,8 @@ async fn order(command: OrderCommand) -> Result<(), AnyError> {
             for item in &args.items {
                 let (sku, quantity) =
                     item.split_once(':').ok_or_else(|| format!("--item '{item}' must be SKU:QUANTITY"))?;
-                let quantity: i64 = quantity.parse().map_err(|_| format!("--item '{item}': '{quantity}' is not a number"))?;
+                let quantity: i64 =
+                    quantity.parse().map_err(|_| format!("--item '{item}': '{quantity}' is not a number"))?;
                 items.push(json!({"sku": sku, "quantity": quantity}));
             }
             let body = json!({

@@ -79,3 +79,14 @@ pub async fn relay_outbox(store: &dyn Store, publisher: &dyn Publisher, grace: D
     }
     Ok(sent)
 }
+
+/// The publisher of a process with no broker configured: every publish fails
+/// as unavailable, so committed events wait in the outbox for a relay.
+pub struct NoBroker;
+
+#[async_trait]
+impl Publisher for NoBroker {
+    async fn publish(&self, _origin: &OutboxRef, _events: &[Event]) -> Result<Handover, PublishError> {
+        Err(PublishError::Unavailable("no broker is configured (set AMQP_URL)".to_owned()))
+    }
+}

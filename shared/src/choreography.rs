@@ -113,7 +113,10 @@ pub const CHOREOGRAPHY: &[FunctionSpec] = &[
         function: Function::OrderQuery,
         name: "order-query",
         service: Service::Orders,
-        routes: &[Route { method: "GET", path: "/orders/{order_id}" }, Route { method: "GET", path: "/inventory/{sku}" }],
+        routes: &[
+            Route { method: "GET", path: "/orders/{order_id}" },
+            Route { method: "GET", path: "/inventory/{sku}" },
+        ],
         consumes: &[],
         emits: &[],
     },

@@ -310,10 +310,7 @@ fn parse_address(value: Option<&serde_json::Value>, errors: &mut Vec<FieldError>
         }
         Some(serde_json::Value::Object(object)) => object,
         Some(other) => {
-            errors.push(FieldError::new(
-                "/shipping_address",
-                format!("must be an object, got {}", json_kind(other)),
-            ));
+            errors.push(FieldError::new("/shipping_address", format!("must be an object, got {}", json_kind(other))));
             return None;
         }
     };
@@ -407,9 +404,7 @@ impl CancelReason {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::UnknownSku, Self::OutOfStock, Self::ShipmentFailed]
-            .into_iter()
-            .find(|reason| reason.as_str() == text)
+        [Self::UnknownSku, Self::OutOfStock, Self::ShipmentFailed].into_iter().find(|reason| reason.as_str() == text)
     }
 }
 

@@ -261,8 +261,8 @@ impl TryFrom<WireEvent> for Event {
         }
         let event_type = EventType::parse(&wire.event_type).ok_or(EventDecodeError::UnknownType(wire.event_type))?;
         let subject = OrderId::parse(&wire.subject).map_err(|_| EventDecodeError::Subject(wire.subject))?;
-        let payload =
-            Payload::from_data(event_type, wire.data).map_err(|source| EventDecodeError::Data { event_type, source })?;
+        let payload = Payload::from_data(event_type, wire.data)
+            .map_err(|source| EventDecodeError::Data { event_type, source })?;
         Ok(Self {
             id: wire.id,
             source: wire.source,

@@ -28,7 +28,13 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { kind: format!("/problems/{slug}"), title, status: status.as_u16(), detail: detail.into(), errors: vec![] }
+        Self {
+            kind: format!("/problems/{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: vec![],
+        }
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {

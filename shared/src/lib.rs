@@ -4,13 +4,16 @@
 
 pub mod bus;
 pub mod choreography;
+pub mod config;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod lambda;
 pub mod ports;
 pub mod sqlite;
 pub mod step;
 pub mod telemetry;
+pub mod testkit;
 
 pub use choreography::Function;
 pub use events::{Event, EventType, Payload};

@@ -220,11 +220,15 @@ fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<bool> {
         Write::Order(order) => {
             let (id, body) = (order.order_id.to_string(), to_json(order));
             if order.version == 0 {
-                tx.prepare_cached("INSERT INTO orders (order_id, body, version) VALUES (?1, ?2, 1) ON CONFLICT DO NOTHING")?
-                    .execute(params![id, body])?
+                tx.prepare_cached(
+                    "INSERT INTO orders (order_id, body, version) VALUES (?1, ?2, 1) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![id, body])?
             } else {
-                tx.prepare_cached("UPDATE orders SET body = ?2, version = version + 1 WHERE order_id = ?1 AND version = ?3")?
-                    .execute(params![id, body, as_i64(order.version)])?
+                tx.prepare_cached(
+                    "UPDATE orders SET body = ?2, version = version + 1 WHERE order_id = ?1 AND version = ?3",
+                )?
+                .execute(params![id, body, as_i64(order.version)])?
             }
         }
         Write::Shipment(shipment) => {
@@ -280,7 +284,7 @@ fn commit_in(connection: &mut Connection, commit: &Commit) -> Result<CommitOutco
             Utc::now().timestamp_millis()
         ])
     })
-        .map_err(unavailable)?;
+    .map_err(unavailable)?;
     tx.commit().map_err(unavailable)?;
     Ok(CommitOutcome::Committed)
 }
@@ -314,7 +318,9 @@ impl Store for SqliteStore {
                 )
                 .map_err(unavailable)?;
             let rows = statement
-                .query_map([committed_before.timestamp_millis()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)))
+                .query_map([committed_before.timestamp_millis()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+                })
                 .map_err(unavailable)?;
             let mut entries = Vec::new();
             for row in rows {
@@ -362,8 +368,7 @@ impl Store for SqliteStore {
             let mut statement = connection
                 .prepare_cached(&format!("SELECT {STOCK_COLUMNS} FROM stock ORDER BY sku"))
                 .map_err(unavailable)?;
-            let rows: Vec<_> =
-                statement.query_map([], read_stock).and_then(Iterator::collect).map_err(unavailable)?;
+            let rows: Vec<_> = statement.query_map([], read_stock).and_then(Iterator::collect).map_err(unavailable)?;
             rows.into_iter().map(stock_level).collect()
         })
         .await
@@ -396,7 +401,8 @@ impl Store for SqliteStore {
         let catalog = catalog.to_vec();
         self.write(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-            let existing: i64 = tx.query_row("SELECT count(*) FROM stock", [], |row| row.get(0)).map_err(unavailable)?;
+            let existing: i64 =
+                tx.query_row("SELECT count(*) FROM stock", [], |row| row.get(0)).map_err(unavailable)?;
             if existing > 0 {
                 return Ok(0);
             }

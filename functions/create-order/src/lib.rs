@@ -54,18 +54,19 @@ pub enum CreateError {
 
 /// Stores a validated order and its `order.created` event atomically.
 /// The same customer's same `idempotency_key` yields the first order again.
-pub async fn create(store: &dyn Store, order: NewOrder, idempotency_key: Option<&str>) -> Result<Accepted, CreateError> {
+pub async fn create(
+    store: &dyn Store,
+    order: NewOrder,
+    idempotency_key: Option<&str>,
+) -> Result<Accepted, CreateError> {
     let order_id = OrderId::new();
     let key = match idempotency_key {
         // Keys are scoped per customer, so two customers cannot collide.
         Some(key) => serde_json::json!([order.customer_id, key]).to_string(),
         None => order_id.to_string(),
     };
-    let data = OrderCreated {
-        customer_id: order.customer_id,
-        items: order.items,
-        shipping_address: order.shipping_address,
-    };
+    let data =
+        OrderCreated { customer_id: order.customer_id, items: order.items, shipping_address: order.shipping_address };
     let event = Event::new(FUNCTION, order_id, None, Payload::OrderCreated(data.clone()));
     let record = OrderRecord {
         order_id,
@@ -93,7 +94,11 @@ pub async fn create(store: &dyn Store, order: NewOrder, idempotency_key: Option<
     }
 }
 
-async fn post_order(State(state): State<CreateOrderState>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+async fn post_order(
+    State(state): State<CreateOrderState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(value) => match value.to_str() {

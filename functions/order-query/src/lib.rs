@@ -8,10 +8,10 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
+use shared::Function;
 use shared::domain::{Address, CancelReason, CustomerId, Item, OrderId, OrderStatus, Sku};
 use shared::http::Problem;
 use shared::ports::{OrderRecord, StockLevel, Store};
-use shared::Function;
 
 pub const FUNCTION: Function = Function::OrderQuery;
 
@@ -92,7 +92,10 @@ fn store_problem(error: shared::ports::StoreError) -> Problem {
     Problem::unavailable("the store is unavailable; try again shortly")
 }
 
-async fn get_order(State(store): State<Arc<dyn Store>>, Path(order_id): Path<String>) -> Result<Json<OrderView>, Problem> {
+async fn get_order(
+    State(store): State<Arc<dyn Store>>,
+    Path(order_id): Path<String>,
+) -> Result<Json<OrderView>, Problem> {
     let order_id = OrderId::parse(&order_id).map_err(Problem::bad_request)?;
     match store.order(order_id).await.map_err(store_problem)? {
         Some(order) => Ok(Json(order.into())),
@@ -100,7 +103,10 @@ async fn get_order(State(store): State<Arc<dyn Store>>, Path(order_id): Path<Str
     }
 }
 
-async fn get_inventory(State(store): State<Arc<dyn Store>>, Path(sku): Path<String>) -> Result<Json<InventoryView>, Problem> {
+async fn get_inventory(
+    State(store): State<Arc<dyn Store>>,
+    Path(sku): Path<String>,
+) -> Result<Json<InventoryView>, Problem> {
     let sku = Sku::parse(&sku).map_err(|error| Problem::bad_request(format!("SKU '{sku}' {error}")))?;
     match store.stock(std::slice::from_ref(&sku)).await.map_err(store_problem)?.pop() {
         Some(level) => Ok(Json(level.into())),

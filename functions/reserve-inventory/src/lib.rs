@@ -96,10 +96,7 @@ fn decide(event: &Event, request: Request<'_>, wanted: &BTreeMap<Sku, u64>, leve
         let missing: Vec<String> = shortfall.iter().map(|short| format!("{} x{}", short.sku, short.units)).collect();
         return emit(Payload::InventoryRejected(InventoryRejected {
             reason: CancelReason::OutOfStock,
-            detail: format!(
-                "still short of {} after {MAX_RESERVATION_RETRIES} replenishments",
-                missing.join(", ")
-            ),
+            detail: format!("still short of {} after {MAX_RESERVATION_RETRIES} replenishments", missing.join(", ")),
         }));
     }
     emit(Payload::InventoryInsufficient(InventoryInsufficient {

@@ -39,7 +39,10 @@ impl Step for SettleInventory {
             for mut level in store.stock(&skus).await? {
                 let held = units[&level.sku];
                 level.reserved = level.reserved.checked_sub(held).ok_or_else(|| {
-                    StepError::Permanent(format!("{} has {} reserved, fewer than the {held} held", level.sku, level.reserved))
+                    StepError::Permanent(format!(
+                        "{} has {} reserved, fewer than the {held} held",
+                        level.sku, level.reserved
+                    ))
                 })?;
                 match outcome {
                     ReservationState::Shipped => level.shipped += held,

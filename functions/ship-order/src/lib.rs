@@ -28,11 +28,12 @@ impl Step for ShipOrder {
             }
             let country = &reserved.shipping_address.country;
             if !ports.ship_countries.ships_to(country) {
-                let failed = ShipmentFailed {
-                    items: reserved.items.clone(),
-                    detail: format!("we do not ship to {country}"),
-                };
-                return Ok(Decision { writes: vec![], emit: vec![reaction(FUNCTION, event, Payload::ShipmentFailed(failed))] });
+                let failed =
+                    ShipmentFailed { items: reserved.items.clone(), detail: format!("we do not ship to {country}") };
+                return Ok(Decision {
+                    writes: vec![],
+                    emit: vec![reaction(FUNCTION, event, Payload::ShipmentFailed(failed))],
+                });
             }
             let tracking_number = tracking_number(event);
             let shipment = Shipment { order_id: event.subject, tracking_number: tracking_number.clone(), version: 0 };

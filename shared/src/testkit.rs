@@ -1,0 +1,181 @@
+//! Builders for the per-step tests, which read GIVEN (a store) / WHEN (an
+//! event) / THEN (emitted events and state): a throwaway SQLite store seeded
+//! with stock, sample orders and events, and the conservation check of DESIGN §3.
+//!
+//! Test support only: it panics on anything unexpected, with a message that
+//! says what the test set up wrongly.
+
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use crate::choreography::{CHOREOGRAPHY, Function};
+use crate::domain::{
+    Address, AddressLine, Country, CustomerId, Item, OrderId, OrderStatus, Quantity, Sku, units_per_sku,
+};
+use crate::events::{Event, OrderCreated, Payload};
+use crate::ports::{
+    Commit, CommitOutcome, HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, StockLevel, Store,
+    Write,
+};
+use crate::sqlite::SqliteStore;
+use crate::step::{Ports, ShipCountries};
+
+pub fn sku(text: &str) -> Sku {
+    Sku::parse(text).unwrap_or_else(|error| panic!("test SKU '{text}' {error}"))
+}
+
+pub fn item(sku_text: &str, quantity: i64) -> Item {
+    let quantity = Quantity::parse(quantity).unwrap_or_else(|error| panic!("test quantity {error}"));
+    Item { sku: sku(sku_text), quantity }
+}
+
+/// A valid address in `country` (two capital letters).
+pub fn address(country: &str) -> Address {
+    let line = |text: &str| AddressLine::parse(text).expect("sample address lines are valid");
+    Address {
+        name: line("Ada Lovelace"),
+        line1: line("12 Analytical Row"),
+        city: line("Paris"),
+        postal_code: line("75001"),
+        country: Country::parse(country).unwrap_or_else(|error| panic!("test country {error}")),
+    }
+}
+
+/// An order for `items`, shipped to France.
+pub fn order_created(items: Vec<Item>) -> OrderCreated {
+    OrderCreated {
+        customer_id: CustomerId::parse("customer-1").expect("sample customer id is valid"),
+        items,
+        shipping_address: address("FR"),
+    }
+}
+
+/// An event about `order_id`, emitted by whichever function the choreography
+/// table says emits its type (so `source` is what it would be in the saga).
+pub fn event(order_id: OrderId, payload: Payload) -> Event {
+    let event_type = payload.event_type();
+    let emitter = CHOREOGRAPHY
+        .iter()
+        .find(|spec| spec.emits.contains(&event_type))
+        .unwrap_or_else(|| panic!("nobody emits {event_type}"))
+        .function;
+    Event::new(emitter, order_id, None, payload)
+}
+
+/// The payloads of emitted events, for comparing with what a step should emit.
+pub fn payloads(events: &[Event]) -> Vec<&Payload> {
+    events.iter().map(|event| &event.payload).collect()
+}
+
+/// The order record `create-order` stores for `created`: `PENDING`, with the
+/// `order.created` entry in its history.
+pub fn pending_order(created: &Event) -> OrderRecord {
+    let Payload::OrderCreated(order) = &created.payload else {
+        panic!("pending_order needs an order.created event, got {}", created.event_type());
+    };
+    OrderRecord {
+        order_id: created.subject,
+        status: OrderStatus::Pending,
+        customer_id: order.customer_id.clone(),
+        items: order.items.clone(),
+        shipping_address: order.shipping_address.clone(),
+        tracking_number: None,
+        cancel_reason: None,
+        history: vec![HistoryEntry::of(created)],
+        version: 0,
+    }
+}
+
+/// A SQLite store in its own temporary file, deleted when dropped.
+pub struct TestStore {
+    pub store: Arc<SqliteStore>,
+    /// Owns the directory holding the database file.
+    _dir: TempDir,
+}
+
+impl TestStore {
+    /// GIVEN a catalog of `(sku, available, max_replenish)`.
+    pub async fn with_stock(catalog: &[(&str, u64, u64)]) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteStore::open(&dir.path().join("choreo.db")).expect("open the test store");
+        let catalog: Vec<SeedStock> = catalog
+            .iter()
+            .map(|&(text, available, max_replenish)| SeedStock { sku: sku(text), available, max_replenish })
+            .collect();
+        store.seed_if_empty(&catalog).await.expect("seed the test store");
+        Self { store: Arc::new(store), _dir: dir }
+    }
+
+    /// Ports over this store, shipping everywhere but `AQ` (the default).
+    pub fn ports(&self) -> Ports {
+        self.ports_shipping_to(ShipCountries::default())
+    }
+
+    pub fn ports_shipping_to(&self, ship_countries: ShipCountries) -> Ports {
+        Ports { store: Arc::clone(&self.store) as Arc<dyn Store>, ship_countries }
+    }
+
+    /// The stock of a SKU that must exist.
+    pub async fn stock(&self, sku_text: &str) -> StockLevel {
+        let mut levels = self.store.stock(&[sku(sku_text)]).await.expect("read stock");
+        levels.pop().unwrap_or_else(|| panic!("SKU {sku_text} is not in the test catalog"))
+    }
+
+    /// GIVEN the order `created` started, stored as `create-order` stores it.
+    pub async fn given_order(&self, created: &Event) -> OrderRecord {
+        let order = pending_order(created);
+        self.given(Function::CreateOrder, vec![Write::Order(order.clone())]).await;
+        order
+    }
+
+    /// GIVEN `order_id` holds a reservation of `items`: their units moved
+    /// from available to reserved, as `reserve-inventory` does.
+    pub async fn given_reservation(&self, order_id: OrderId, items: &[Item]) -> Reservation {
+        let units = units_per_sku(items);
+        let skus: Vec<Sku> = units.keys().cloned().collect();
+        let mut writes: Vec<Write> = Vec::new();
+        for mut level in self.store.stock(&skus).await.expect("read stock") {
+            let held = units[&level.sku];
+            assert!(
+                level.available >= held,
+                "the test holds {held} of {} but only {} are available",
+                level.sku,
+                level.available
+            );
+            level.available -= held;
+            level.reserved += held;
+            writes.push(Write::Stock(level));
+        }
+        assert_eq!(writes.len(), skus.len(), "a reserved SKU is not in the test catalog");
+        let reservation =
+            Reservation { order_id, items: items.to_vec(), state: ReservationState::Reserved, version: 0 };
+        writes.push(Write::Reservation(reservation.clone()));
+        self.given(Function::ReserveInventory, writes).await;
+        reservation
+    }
+
+    /// Commits test setup under a key no event can have.
+    async fn given(&self, function: Function, writes: Vec<Write>) {
+        let commit = Commit { function, key: format!("testkit-{}", Uuid::new_v4()), writes, emitted: vec![] };
+        let outcome = self.store.commit(commit).await.expect("commit the test setup");
+        assert_eq!(outcome, CommitOutcome::Committed, "the test setup did not commit");
+    }
+
+    /// THEN, for every SKU: `available + reserved + shipped = seeded + replenished`.
+    pub async fn assert_conserved(&self) {
+        for level in self.store.all_stock().await.expect("read stock") {
+            assert!(
+                level.is_conserved(),
+                "stock of {} is not conserved: available {} + reserved {} + shipped {} != seeded {} + replenished {}",
+                level.sku,
+                level.available,
+                level.reserved,
+                level.shipped,
+                level.seeded,
+                level.replenished
+            );
+        }
+    }
+}
