@@ -33,9 +33,13 @@ impl OrderId {
         Self(Uuid::now_v7())
     }
 
+    /// Only the canonical 36-character hyphenated form (openapi.yaml's `uuid`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        Uuid::parse_str(text)
+        Some(text)
+            .filter(|text| text.len() == 36)
+            .and_then(|text| Uuid::try_parse(text).ok())
             .map(Self)
+            .ok_or(())
             .map_err(|_| format!("'{text}' is not an order id (a UUID such as 0192f3c4-1e2a-7c3b-9a4d-5e6f7a8b9c0d)"))
     }
 }
@@ -124,9 +128,9 @@ validated_string!(
 );
 
 validated_string!(
-    /// A non-empty line of an address, at most 200 characters.
+    /// A non-empty line of an address, at most 200 characters (kept as sent).
     AddressLine,
-    |text| match text.trim().chars().count() {
+    |text| match text.chars().count() {
         0 => Err("must not be empty".into()),
         1..=200 => Ok(()),
         n => Err(format!("must be at most 200 characters, got {n}")),
@@ -203,7 +207,7 @@ impl NewOrder {
         };
         for key in object.keys() {
             if !matches!(key.as_str(), "customer_id" | "items" | "shipping_address") {
-                errors.push(FieldError::new(format!("/{key}"), "unknown field"));
+                errors.push(FieldError::new(format!("/{}", pointer_token(key)), "unknown field"));
             }
         }
         let customer_id = string_field(object.get("customer_id"), "/customer_id", CustomerId::parse, &mut errors);
@@ -267,7 +271,7 @@ fn parse_items(value: Option<&serde_json::Value>, errors: &mut Vec<FieldError>) 
             continue;
         };
         for key in line.keys().filter(|key| !matches!(key.as_str(), "sku" | "quantity")) {
-            errors.push(FieldError::new(format!("{pointer}/{key}"), "unknown field"));
+            errors.push(FieldError::new(format!("{pointer}/{}", pointer_token(key)), "unknown field"));
         }
         let sku = string_field(line.get("sku"), &format!("{pointer}/sku"), Sku::parse, errors);
         let quantity = match line.get("quantity") {
@@ -275,7 +279,8 @@ fn parse_items(value: Option<&serde_json::Value>, errors: &mut Vec<FieldError>) 
                 errors.push(FieldError::new(format!("{pointer}/quantity"), "is required"));
                 None
             }
-            Some(serde_json::Value::Number(number)) => match number.as_i64() {
+            // JSON Schema counts 2.0 as an integer, so a whole float is accepted too.
+            Some(serde_json::Value::Number(number)) => match number.as_i64().or_else(|| whole(number.as_f64())) {
                 Some(units) => Quantity::parse(units)
                     .map_err(|detail| errors.push(FieldError::new(format!("{pointer}/quantity"), detail)))
                     .ok(),
@@ -316,7 +321,7 @@ fn parse_address(value: Option<&serde_json::Value>, errors: &mut Vec<FieldError>
     };
     const FIELDS: [&str; 5] = ["name", "line1", "city", "postal_code", "country"];
     for key in object.keys().filter(|key| !FIELDS.contains(&key.as_str())) {
-        errors.push(FieldError::new(format!("/shipping_address/{key}"), "unknown field"));
+        errors.push(FieldError::new(format!("/shipping_address/{}", pointer_token(key)), "unknown field"));
     }
     let line = |key: &str, errors: &mut Vec<FieldError>| {
         string_field(object.get(key), &format!("/shipping_address/{key}"), AddressLine::parse, errors)
@@ -327,6 +332,16 @@ fn parse_address(value: Option<&serde_json::Value>, errors: &mut Vec<FieldError>
     let postal_code = line("postal_code", errors);
     let country = string_field(object.get("country"), "/shipping_address/country", Country::parse, errors);
     Some(Address { name: name?, line1: line1?, city: city?, postal_code: postal_code?, country: country? })
+}
+
+fn whole(number: Option<f64>) -> Option<i64> {
+    // The cast is exact: `number` is whole and within ±1e15.
+    number.filter(|n| n.fract() == 0.0 && n.abs() < 1e15).map(|n| n as i64)
+}
+
+/// A member name as a JSON Pointer token (RFC 6901: `~` → `~0`, `/` → `~1`).
+fn pointer_token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
 }
 
 fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -473,7 +488,24 @@ mod tests {
         assert_eq!(fields(json!([1])), [""]);
         let mut body = valid();
         body["items"][0]["quantity"] = json!(1.5);
-        assert_eq!(fields(body), ["/items/0/quantity"]);
+        assert_eq!(fields(body.clone()), ["/items/0/quantity"]);
+        body["items"][0]["quantity"] = json!(2.0);
+        assert_eq!(NewOrder::parse(&body).unwrap().items[0].quantity.get(), 2);
+    }
+
+    #[test]
+    fn unknown_members_are_named_by_escaped_pointer() {
+        let mut body = valid();
+        body["a/b~c"] = json!(1);
+        assert_eq!(fields(body), ["/a~1b~0c"]);
+    }
+
+    #[test]
+    fn order_ids_must_be_canonical() {
+        let id = OrderId::new().to_string();
+        assert!(OrderId::parse(&id).is_ok());
+        assert!(OrderId::parse(&id.replace('-', "")).is_err());
+        assert!(OrderId::parse(&format!("{{{id}}}")).is_err());
     }
 
     #[test]

@@ -94,16 +94,60 @@ pub async fn read_json(headers: &HeaderMap, body: Body) -> Result<serde_json::Va
     serde_json::from_slice(&bytes).map_err(|error| Problem::bad_request(format!("the body is not valid JSON: {error}")))
 }
 
-/// Adds problem+json answers for unknown paths (404) and methods (405).
+/// Adds problem+json answers for unknown paths (404) and methods (405, with
+/// the `Allow` header the routes of the choreography table imply).
 pub fn with_fallbacks(router: Router) -> Router {
     router
-        .method_not_allowed_fallback(|| async {
-            Problem::new(
+        .method_not_allowed_fallback(|uri: axum::http::Uri| async move {
+            let allow = allowed_methods(uri.path());
+            let problem = Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method not allowed",
-                "this path does not accept that method; see openapi.yaml for the API",
-            )
+                format!("{} accepts only {allow}", uri.path()),
+            );
+            ([(header::ALLOW, allow)], problem)
         })
         .fallback(|| async { Problem::not_found("no such route; the API serves /orders and /inventory/{sku}") })
+}
+
+/// Methods the table's routes accept at `path` (GET implies HEAD).
+fn allowed_methods(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut methods: Vec<&str> = crate::choreography::CHOREOGRAPHY
+        .iter()
+        .flat_map(|spec| spec.routes)
+        .filter(|route| {
+            let pattern: Vec<&str> = route.path.split('/').collect();
+            pattern.len() == segments.len()
+                && pattern.iter().zip(&segments).all(|(want, got)| want.starts_with('{') || want == got)
+        })
+        .flat_map(|route| if route.method == "GET" { vec!["GET", "HEAD"] } else { vec![route.method] })
+        .collect();
+    methods.dedup();
+    methods.join(", ")
+}
+
+/// `Idempotency-Key`: 1 to 255 visible ASCII characters.
+pub fn is_valid_idempotency_key(key: &[u8]) -> bool {
+    (1..=255).contains(&key.len()) && key.iter().all(|byte| (0x21..=0x7e).contains(byte))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_lists_the_methods_of_the_matching_route() {
+        assert_eq!(allowed_methods("/orders"), "POST");
+        assert_eq!(allowed_methods("/orders/abc"), "GET, HEAD");
+        assert_eq!(allowed_methods("/inventory/X-1"), "GET, HEAD");
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        assert!(is_valid_idempotency_key(b"order-1"));
+        assert!(!is_valid_idempotency_key(b"has space") && !is_valid_idempotency_key(b""));
+        assert!(!is_valid_idempotency_key(&[b'k'; 256]));
+    }
 }

@@ -2,6 +2,7 @@
 //! choreography table, the ports every step is written against and their
 //! adapters. See DESIGN.md for the picture.
 
+pub mod amqp;
 pub mod bus;
 pub mod choreography;
 pub mod config;

@@ -13,7 +13,7 @@ use axum::routing::post;
 use shared::bus::{OutboxRef, Publisher, publish_committed};
 use shared::domain::{NewOrder, OrderId, OrderStatus};
 use shared::events::OrderCreated;
-use shared::http::{Problem, read_json};
+use shared::http::{Problem, is_valid_idempotency_key, read_json};
 use shared::ports::{Commit, CommitOutcome, HistoryEntry, OrderRecord, Store, Write};
 use shared::{Event, Function, Payload, StepError};
 
@@ -99,14 +99,16 @@ async fn post_order(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(value) => match value.to_str() {
-            Ok(key) if (1..=255).contains(&key.len()) => Some(key.to_owned()),
-            _ => return Err(Problem::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")),
-        },
-    };
     let body = read_json(&headers, body).await?;
+    let mut keys = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let idempotency_key = match (keys.next(), keys.next()) {
+        (None, _) => None,
+        (Some(key), None) if is_valid_idempotency_key(key.as_bytes()) => {
+            // Visible ASCII only, checked just above: valid UTF-8.
+            Some(String::from_utf8_lossy(key.as_bytes()).into_owned())
+        }
+        _ => return Err(Problem::bad_request("send one Idempotency-Key of 1 to 255 visible ASCII characters")),
+    };
     let order = NewOrder::parse(&body).map_err(Problem::validation)?;
     let accepted = match create(&*state.store, order, idempotency_key.as_deref()).await {
         Ok(accepted) => accepted,
