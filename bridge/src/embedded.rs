@@ -25,6 +25,8 @@ pub enum StartError {
     Catalog { path: String, error: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Broker(String),
     #[error("re-publishing the outbox failed: {0}")]
     Relay(#[from] RelayError),
 }

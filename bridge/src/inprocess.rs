@@ -34,6 +34,13 @@ impl Default for BusSettings {
     }
 }
 
+/// One readable log line per saga step: which order, which step, what it emitted.
+pub fn log_step(function: Function, event: &Event, emitted: &[Event]) {
+    let names: Vec<&str> = emitted.iter().map(|emitted| emitted.event_type().as_str()).collect();
+    let outcome = if names.is_empty() { "-".to_owned() } else { names.join(", ") };
+    tracing::info!(target: "choreo::saga", order_id = %event.subject, "{function}: {} -> {outcome}", event.event_type());
+}
+
 /// An event that could not be handled.
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
@@ -171,14 +178,7 @@ impl InProcessBus {
         let event = &delivery.event;
         match step.handle(event, &self.shared.ports).await {
             Ok(emitted) => {
-                let names: Vec<&str> = emitted.iter().map(|emitted| emitted.event_type().as_str()).collect();
-                tracing::info!(
-                    order_id = %event.subject,
-                    step = %function,
-                    event = %event.event_type(),
-                    emitted = %if names.is_empty() { "-".to_owned() } else { names.join(",") },
-                    "saga step"
-                );
+                log_step(function, event, &emitted);
                 if !emitted.is_empty() {
                     let origin = OutboxRef { function, key: event.id.to_string() };
                     let store = &*self.shared.ports.store;

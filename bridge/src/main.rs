@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use choreo::amqp_host::{AmqpSystem, redact};
 use choreo::client::Client;
 use choreo::embedded::{DEFAULT_CATALOG, Embedded, EmbeddedConfig, parse_catalog, serve};
 use choreo::inprocess::BusSettings;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use shared::Function;
+use shared::amqp::{AmqpLink, QueueSettings, Topology};
 use shared::step::ShipCountries;
 
 #[derive(Parser)]
@@ -25,6 +28,19 @@ enum Command {
     Up(UpArgs),
     /// Print the choreography as a Mermaid flowchart.
     Graph,
+    /// Print the RabbitMQ topology as management-plugin definitions (infra/rabbitmq/definitions.json).
+    Topology {
+        /// Virtual host the definitions are for.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        #[command(flatten)]
+        queues: QueueArgs,
+    },
+    /// Inspect or replay the dead-letter queues.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Create or show orders through the HTTP API.
     Order {
         #[command(subcommand)]
@@ -49,9 +65,62 @@ struct UpArgs {
     /// Countries ship-order delivers to, comma-separated ISO codes [default: all but AQ]
     #[arg(long, env = "SHIP_COUNTRIES", default_value = "")]
     ship_countries: String,
+    /// Use RabbitMQ at this URL instead of the in-process bus.
+    #[arg(long, env = "AMQP_URL")]
+    amqp: Option<String>,
+    #[command(flatten)]
+    queues: QueueArgs,
+}
+
+/// How each function's queue is consumed and retried.
+#[derive(Args, Clone)]
+struct QueueArgs {
     /// Events each function handles at once.
-    #[arg(long, env = "CHOREO_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "CHOREO_CONCURRENCY", default_value_t = 32)]
     concurrency: usize,
+    /// Unacknowledged messages RabbitMQ sends each consumer ahead.
+    #[arg(long, env = "CHOREO_PREFETCH", default_value_t = 64)]
+    prefetch: u16,
+    /// Retries of a retryable failure before an event is dead-lettered.
+    #[arg(long, env = "CHOREO_MAX_RETRIES", default_value_t = 5)]
+    max_retries: u32,
+    /// Delay before the first retry, in milliseconds; doubles on each retry.
+    #[arg(long, env = "CHOREO_RETRY_DELAY_MS", default_value_t = 1000)]
+    retry_delay_ms: u64,
+}
+
+impl QueueArgs {
+    fn settings(&self) -> QueueSettings {
+        QueueSettings {
+            prefetch: self.prefetch.max(1),
+            concurrency: self.concurrency.max(1),
+            max_retries: self.max_retries,
+            retry_base: Duration::from_millis(self.retry_delay_ms.max(1)),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print dead letters (they stay in their queues).
+    List {
+        #[arg(long, env = "AMQP_URL", default_value = shared::amqp::DEFAULT_AMQP_URL)]
+        amqp: String,
+        /// Most messages shown per function.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send dead letters back to their function's queue.
+    Replay {
+        #[arg(long, env = "AMQP_URL", default_value = shared::amqp::DEFAULT_AMQP_URL)]
+        amqp: String,
+        /// Only this function's dead letters.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only the message with this id (the event id).
+        #[arg(long)]
+        message_id: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +163,12 @@ async fn main() -> ExitCode {
             print!("{}", shared::choreography::mermaid());
             Ok(())
         }
+        Command::Topology { vhost, queues } => {
+            let definitions = Topology::derive(&queues.settings()).definitions_json(&vhost);
+            println!("{}", serde_json::to_string_pretty(&definitions).unwrap_or_default());
+            Ok(())
+        }
+        Command::Dlq { command } => dlq(command).await,
         Command::Order { command } => order(command).await,
     };
     match result {
@@ -120,17 +195,59 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         db: args.db.clone(),
         catalog,
         ship_countries: ShipCountries::parse(&args.ship_countries)?,
-        bus: BusSettings { concurrency: args.concurrency.max(1), ..BusSettings::default() },
+        bus: BusSettings { concurrency: args.queues.concurrency.max(1), ..BusSettings::default() },
     };
-    let system = Embedded::start(config).await?;
     let address = SocketAddr::new(args.host, args.port);
-    let listener =
-        tokio::net::TcpListener::bind(address).await.map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    if let Some(url) = &args.amqp {
+        let system = AmqpSystem::start(config, url, args.queues.settings()).await?;
+        let listener = bind(address).await?;
+        println!(
+            "choreo is up: http://{} (database {}; RabbitMQ {}; Ctrl-C stops)",
+            listener.local_addr()?,
+            args.db.display(),
+            redact(url)
+        );
+        serve(listener, system.router.clone(), shutdown_signal()).await?;
+        tracing::info!("stopping: finishing the messages in hand");
+        system.shutdown().await;
+        return Ok(());
+    }
+    let system = Embedded::start(config).await?;
+    let listener = bind(address).await?;
     println!("choreo is up: http://{} (database {}; Ctrl-C stops)", listener.local_addr()?, args.db.display());
     serve(listener, system.router, shutdown_signal()).await?;
     tracing::info!(in_flight = system.bus.in_flight(), "stopping: finishing the sagas in flight");
     if tokio::time::timeout(Duration::from_secs(10), system.bus.idle()).await.is_err() {
         tracing::warn!("sagas still in flight after 10 s; they resume from the outbox at the next start");
+    }
+    Ok(())
+}
+
+async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, AnyError> {
+    Ok(tokio::net::TcpListener::bind(address).await.map_err(|error| format!("cannot listen on {address}: {error}"))?)
+}
+
+async fn dlq(command: DlqCommand) -> Result<(), AnyError> {
+    match command {
+        DlqCommand::List { amqp, limit } => {
+            let link = AmqpLink::new(&amqp, "choreo-dlq");
+            let letters = shared::amqp::list_dead_letters(&link, limit).await?;
+            link.close().await;
+            for letter in &letters {
+                println!("{}", serde_json::to_string(letter)?);
+            }
+            eprintln!("{} dead letter(s)", letters.len());
+        }
+        DlqCommand::Replay { amqp, function, message_id } => {
+            let function = match function {
+                Some(name) => Some(Function::from_name(&name).ok_or_else(|| format!("no function named '{name}'"))?),
+                None => None,
+            };
+            let link = AmqpLink::new(&amqp, "choreo-dlq");
+            let replayed = shared::amqp::replay_dead_letters(&link, function, message_id.as_deref()).await?;
+            link.close().await;
+            println!("replayed {replayed} dead letter(s)");
+        }
     }
     Ok(())
 }

@@ -387,6 +387,7 @@ pub async fn run_consumers(
                     () = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => {}
                 }
+                // The runner may be stopped while the broker is away.
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
@@ -422,8 +423,12 @@ async fn consume_session(
         consumers.spawn(consume_queue(link, function, consumer, handler, settings));
     }
     tracing::info!(queues = functions.len(), "consuming");
+    let stopping = async {
+        // The guard `wait_for` returns must not live across an await.
+        let _ = shutdown.wait_for(|stop| *stop).await.map(drop);
+    };
     let outcome = tokio::select! {
-        _ = shutdown.wait_for(|stop| *stop) => {
+        () = stopping => {
             // Stop deliveries; each queue task then drains what it holds.
             for (channel, tag) in &channels {
                 let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;

@@ -7,6 +7,7 @@ pub mod bus;
 pub mod choreography;
 pub mod config;
 pub mod domain;
+pub mod dynamodb;
 pub mod events;
 pub mod http;
 pub mod lambda;
@@ -14,6 +15,7 @@ pub mod ports;
 pub mod sqlite;
 pub mod step;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use choreography::Function;

@@ -2,6 +2,8 @@
 //! each SKU's `max_replenish` (DESIGN §3). The supplier delivers at once,
 //! so the step is deterministic and every path can be driven from outside.
 
+use std::collections::BTreeMap;
+
 use shared::domain::{CancelReason, Sku};
 use shared::events::{ReplenishmentFailed, StockReplenished};
 use shared::ports::Write;
@@ -24,24 +26,27 @@ impl Step for ReplenishStock {
         };
         let store = &*ports.store;
         run_idempotent(FUNCTION, event, store, || async {
-            let skus: Vec<Sku> = insufficient.shortfall.iter().map(|short| short.sku.clone()).collect();
+            // One write per SKU, even if a malformed event names a SKU twice.
+            let mut wanted: BTreeMap<&Sku, u64> = BTreeMap::new();
+            for short in &insufficient.shortfall {
+                *wanted.entry(&short.sku).or_default() += short.units;
+            }
+            let skus: Vec<Sku> = wanted.keys().map(|&sku| sku.clone()).collect();
             let levels = store.stock(&skus).await?;
             let mut writes = Vec::with_capacity(levels.len());
             let mut refused = Vec::new();
-            for short in &insufficient.shortfall {
-                match levels.iter().find(|level| level.sku == short.sku) {
-                    None => refused.push(format!("{} is not in the catalog", short.sku)),
-                    Some(level) if level.max_replenish == 0 => {
-                        refused.push(format!("{} is discontinued", short.sku));
-                    }
-                    Some(level) if short.units > level.max_replenish => refused.push(format!(
-                        "{} is short {} units, more than the supplier delivers at once ({})",
-                        short.sku, short.units, level.max_replenish
+            for (sku, units) in wanted {
+                match levels.iter().find(|level| &level.sku == sku) {
+                    None => refused.push(format!("{sku} is not in the catalog")),
+                    Some(level) if level.max_replenish == 0 => refused.push(format!("{sku} is discontinued")),
+                    Some(level) if units > level.max_replenish => refused.push(format!(
+                        "{sku} is short {units} units, more than the supplier delivers at once ({})",
+                        level.max_replenish
                     )),
                     Some(level) => {
                         let mut level = level.clone();
-                        level.available += short.units;
-                        level.replenished += short.units;
+                        level.available += units;
+                        level.replenished += units;
                         writes.push(Write::Stock(level));
                     }
                 }

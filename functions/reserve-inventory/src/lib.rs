@@ -26,7 +26,7 @@ impl Step for ReserveInventory {
         let (items, address, attempt) = match &event.payload {
             Payload::OrderCreated(order) => (&order.items, &order.shipping_address, 1),
             Payload::StockReplenished(replenished) => {
-                (&replenished.items, &replenished.shipping_address, replenished.attempt + 1)
+                (&replenished.items, &replenished.shipping_address, replenished.attempt.saturating_add(1))
             }
             _ => return Err(shared::step::not_consumed(FUNCTION, event)),
         };
