@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::embedded::{EmbeddedConfig, StartError, app_router};
+use crate::inprocess::StepObserver;
 
 /// How often, and after how long, the outbox relay re-publishes events whose
 /// first publish failed (the broker was away when an order was accepted).
@@ -29,11 +30,12 @@ pub struct LocalSteps {
     steps: HashMap<Function, Arc<dyn Step>>,
     ports: Ports,
     link: Arc<AmqpLink>,
+    observer: Option<StepObserver>,
 }
 
 impl LocalSteps {
-    pub fn new(steps: Vec<Arc<dyn Step>>, ports: Ports, link: Arc<AmqpLink>) -> Self {
-        Self { steps: steps.into_iter().map(|step| (step.function(), step)).collect(), ports, link }
+    pub fn new(steps: Vec<Arc<dyn Step>>, ports: Ports, link: Arc<AmqpLink>, observer: Option<StepObserver>) -> Self {
+        Self { steps: steps.into_iter().map(|step| (step.function(), step)).collect(), ports, link, observer }
     }
 }
 
@@ -48,6 +50,9 @@ impl Handler for LocalSteps {
             RelayError::Publish(PublishError::Unroutable { .. }) => StepError::Permanent(error.to_string()),
             other => StepError::Retryable(other.to_string()),
         })?;
+        if let Some(StepObserver(observe)) = &self.observer {
+            observe(function, event, &emitted);
+        }
         Ok(vec![]) // published above, with its outbox entry settled
     }
 }
@@ -75,7 +80,7 @@ impl AmqpSystem {
             .await
             .map_err(|error| StartError::Broker(format!("cannot reach RabbitMQ at {}: {error}", redact(url))))?;
         let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
-        let handler = Arc::new(LocalSteps::new(crate::steps::all(), ports, Arc::clone(&link)));
+        let handler = Arc::new(LocalSteps::new(crate::steps::all(), ports, Arc::clone(&link), config.bus.observer));
         let (shutdown, stop) = watch::channel(false);
         let functions = Function::consumers().collect();
         let consumers = tokio::spawn(run_consumers(Arc::clone(&link), functions, handler, settings, stop.clone()));

@@ -17,7 +17,22 @@ use shared::choreography::{TERMINAL_EVENTS, consumers_of};
 use shared::{Event, Function, Ports, Step, StepError};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-/// Tunables of the in-process bus.
+/// Called after every successful saga step with the event handled and the
+/// events emitted (`choreo bench` uses it to time sagas without polling).
+#[derive(Clone)]
+pub struct StepObserver(pub Arc<ObserveFn>);
+
+/// The observer's callback: (function, event handled, events emitted).
+pub type ObserveFn = dyn Fn(Function, &Event, &[Event]) + Send + Sync;
+
+impl std::fmt::Debug for StepObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepObserver")
+    }
+}
+
+/// Tunables of the in-process bus (the runner of `choreo up --amqp` reads
+/// `observer` too).
 #[derive(Clone, Debug)]
 pub struct BusSettings {
     /// Events one function handles at once.
@@ -26,11 +41,12 @@ pub struct BusSettings {
     pub max_attempts: u32,
     /// First retry delay; doubles each time.
     pub retry_delay: Duration,
+    pub observer: Option<StepObserver>,
 }
 
 impl Default for BusSettings {
     fn default() -> Self {
-        Self { concurrency: 16, max_attempts: 6, retry_delay: Duration::from_millis(50) }
+        Self { concurrency: 32, max_attempts: 6, retry_delay: Duration::from_millis(50), observer: None }
     }
 }
 
@@ -179,6 +195,9 @@ impl InProcessBus {
         match step.handle(event, &self.shared.ports).await {
             Ok(emitted) => {
                 log_step(function, event, &emitted);
+                if let Some(StepObserver(observe)) = &self.shared.settings.observer {
+                    observe(function, event, &emitted);
+                }
                 if !emitted.is_empty() {
                     let origin = OutboxRef { function, key: event.id.to_string() };
                     let store = &*self.shared.ports.store;

@@ -2,6 +2,8 @@
 //! the step registry and the HTTP client, shared by the binary and the tests.
 
 pub mod amqp_host;
+pub mod bench;
+pub mod bridge;
 pub mod client;
 pub mod embedded;
 pub mod inprocess;

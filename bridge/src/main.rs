@@ -28,6 +28,8 @@ enum Command {
     Up(UpArgs),
     /// Print the choreography as a Mermaid flowchart.
     Graph,
+    /// Print the AWS SAM template (template.yaml) derived from the choreography.
+    Template,
     /// Print the RabbitMQ topology as management-plugin definitions (infra/rabbitmq/definitions.json).
     Topology {
         /// Virtual host the definitions are for.
@@ -36,6 +38,10 @@ enum Command {
         #[command(flatten)]
         queues: QueueArgs,
     },
+    /// Drive N orders through a system it starts itself; prints one JSON object.
+    Bench(BenchArgs),
+    /// Consume the functions' queues and invoke each function: Lambda Invoke API or its SQS queue.
+    Bridge(BridgeArgs),
     /// Inspect or replay the dead-letter queues.
     Dlq {
         #[command(subcommand)]
@@ -100,6 +106,58 @@ impl QueueArgs {
     }
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Orders to drive through the saga.
+    #[arg(long, default_value_t = 1000)]
+    orders: usize,
+    /// Orders in flight at once (closed loop: each client waits for its saga to end).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Start this many orders per second instead of as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Run over RabbitMQ at this URL (functions hosted in-process) instead of the in-process bus.
+    #[arg(long)]
+    amqp: Option<String>,
+    /// Bare lapin through the broker (same messages, no handlers, no store): the physical limit.
+    #[arg(long, requires = "amqp")]
+    raw: bool,
+    /// The saga paths the orders take.
+    #[arg(long, value_enum, default_value_t = choreo::bench::Mix::Ship)]
+    mix: choreo::bench::Mix,
+    /// Messages each function's queue handles at once.
+    #[arg(long, default_value_t = 32)]
+    queue_concurrency: usize,
+    /// Unacknowledged messages RabbitMQ sends each consumer ahead.
+    #[arg(long, default_value_t = 64)]
+    prefetch: u16,
+}
+
+#[derive(Args)]
+struct BridgeArgs {
+    /// How each function is invoked.
+    #[arg(long, value_enum, env = "CHOREO_INVOKE", default_value = "lambda")]
+    invoke: choreo::bridge::InvokeMode,
+    /// RabbitMQ to consume from.
+    #[arg(long, env = "AMQP_URL", default_value = shared::amqp::DEFAULT_AMQP_URL)]
+    amqp: String,
+    /// AWS API endpoint instead of AWS (http://127.0.0.1:9000 for `cargo lambda watch`; moto for SQS).
+    #[arg(long, env = "CHOREO_AWS_ENDPOINT", value_name = "URL")]
+    endpoint: Option<String>,
+    /// Prepended to each function name for the Invoke API (a deployed stack's prefix).
+    #[arg(long, env = "CHOREO_FUNCTION_PREFIX", default_value = "")]
+    function_prefix: String,
+    /// SQS queue of a function, for --invoke sqs; repeat per function [or env CHOREO_SQS_URL_<FUNCTION>, e.g. CHOREO_SQS_URL_SHIP_ORDER]
+    #[arg(long = "sqs-queue-url", value_name = "FUNCTION=URL")]
+    sqs_queue_urls: Vec<String>,
+    /// Bridge only these functions, comma-separated [default: every function that consumes events]
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    functions: Vec<String>,
+    #[command(flatten)]
+    queues: QueueArgs,
+}
+
 #[derive(Subcommand)]
 enum DlqCommand {
     /// Print dead letters (they stay in their queues).
@@ -156,11 +214,23 @@ struct CreateArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A bench logs only problems unless asked: a line per saga step would be
+    // the bench's bottleneck.
+    if matches!(cli.command, Command::Bench(_)) && std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: set before any other thread exists (the runtime's workers do
+        // not read the environment).
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
     shared::telemetry::init();
-    let result = match Cli::parse().command {
+    let result = match cli.command {
         Command::Up(args) => up(args).await,
         Command::Graph => {
             print!("{}", shared::choreography::mermaid());
+            Ok(())
+        }
+        Command::Template => {
+            print!("{}", choreo::template::sam_template());
             Ok(())
         }
         Command::Topology { vhost, queues } => {
@@ -168,7 +238,9 @@ async fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&definitions).unwrap_or_default());
             Ok(())
         }
+        Command::Bridge(args) => bridge(args).await,
         Command::Dlq { command } => dlq(command).await,
+        Command::Bench(args) => bench(args).await,
         Command::Order { command } => order(command).await,
     };
     match result {
@@ -225,6 +297,60 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
 
 async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, AnyError> {
     Ok(tokio::net::TcpListener::bind(address).await.map_err(|error| format!("cannot listen on {address}: {error}"))?)
+}
+
+async fn bench(args: BenchArgs) -> Result<(), AnyError> {
+    use choreo::bench::{BenchConfig, Target};
+    let target = match (&args.amqp, args.raw) {
+        (Some(url), true) => Target::Raw(url.clone()),
+        (Some(url), false) => Target::Amqp(url.clone()),
+        (None, _) => Target::Embedded,
+    };
+    let config = BenchConfig {
+        target,
+        orders: args.orders,
+        concurrency: args.concurrency.max(1),
+        rate: args.rate,
+        mix: args.mix,
+        queues: QueueSettings {
+            prefetch: args.prefetch.max(1),
+            concurrency: args.queue_concurrency.max(1),
+            ..QueueSettings::default()
+        },
+        db_dir: std::env::temp_dir(),
+    };
+    let report = choreo::bench::run(config).await?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
+    use choreo::bridge::{self, BridgeConfig, InvokeMode, Target};
+    let functions = bridge::parse_functions(&args.functions)?;
+    let target = match args.invoke {
+        InvokeMode::Lambda => {
+            if !args.sqs_queue_urls.is_empty() {
+                return Err("--sqs-queue-url applies to --invoke sqs only".into());
+            }
+            Target::Lambda { endpoint: args.endpoint, function_prefix: args.function_prefix }
+        }
+        InvokeMode::Sqs => {
+            let queue_urls =
+                bridge::resolve_queue_urls(&functions, &args.sqs_queue_urls, |name| std::env::var(name).ok())?;
+            Target::Sqs { endpoint: args.endpoint, queue_urls }
+        }
+    };
+    let config = BridgeConfig { amqp_url: args.amqp, functions, target, settings: args.queues.settings() };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing the messages in hand (signal again to stop at once)");
+        let _ = stop.send(true);
+        shutdown_signal().await;
+        std::process::exit(130);
+    });
+    bridge::run(config, stopped).await?;
+    Ok(())
 }
 
 async fn dlq(command: DlqCommand) -> Result<(), AnyError> {

@@ -1,9 +1,10 @@
 //! The AWS SAM template (`template.yaml`, DESIGN §2), generated from the
 //! choreography table so that it cannot drift from the code: every function,
 //! its HTTP routes, its queues, its event-source mappings and its IAM
-//! permissions are derived from `CHOREOGRAPHY`; the DynamoDB tables come from
-//! [`TABLES`]. `choreo template` prints it and `bridge/tests/template.rs`
-//! checks that the committed file is exactly this output.
+//! permissions are derived from `CHOREOGRAPHY`; the DynamoDB tables, their
+//! keys and owners come from the DynamoDB adapter's [`TABLES`].
+//! `choreo template` prints it and `bridge/tests/template.rs` checks that the
+//! committed file is exactly this output.
 //!
 //! Two choices are left to whoever deploys the stack, as parameters:
 //! - `ApiAuth` (`IAM` | `JWT`): how the HTTP API authorizes its callers. The
@@ -12,44 +13,29 @@
 //!   an SQS queue per function (fed by `choreo bridge --invoke sqs`) or an
 //!   Amazon MQ for RabbitMQ event-source mapping on the function's queue.
 //!
+//! The routes are `HttpApi` events made from `FunctionSpec::routes`, not an
+//! `AWS::Include` of `openapi.yaml`: that file is OpenAPI 3.1 (API Gateway
+//! imports 3.0), carries no Lambda integrations, and would be a second list
+//! of routes; the test checks that its paths are the declared routes.
+//!
 //! SAM resolves its own `Auth` and `Events` properties while transforming
 //! and accepts no `Fn::If` in them (`DefaultAuthorizer` must be a literal),
 //! nor a `Condition` on one event. So the template states what SAM would have
 //! expanded them to, with conditions: the API's security schemes in an inline
-//! OpenAPI body (its routes generated from `FunctionSpec::routes`, the same
-//! declaration the axum routers and `openapi.yaml` are checked against), and
-//! the SQS / Amazon MQ mappings as `AWS::Lambda::EventSourceMapping`
+//! OpenAPI body (SAM adds each route's integration to it from the events),
+//! and the SQS / Amazon MQ mappings as `AWS::Lambda::EventSourceMapping`
 //! resources, each with its condition.
 
 use std::fmt::Write as _;
 
-use shared::choreography::{CHOREOGRAPHY, FunctionSpec, Route, Service};
+use shared::choreography::{CHOREOGRAPHY, FunctionSpec, Route};
+pub use shared::dynamodb::TABLES;
+use shared::dynamodb::{KeyAttribute, ORDERS, STOCK, TableSpec};
 
-/// A DynamoDB table of the deployed store (the DynamoDB adapter, DESIGN §6).
-#[derive(Debug)]
-pub struct Table {
-    /// Physical name after the `NamePrefix` parameter; its logical id is this in PascalCase + `Table`.
-    pub name: &'static str,
-    /// Partition key (a string attribute); the tables have no sort key.
-    pub partition_key: &'static str,
-    /// The service whose functions write it; `None`: every function that writes
-    /// anything (the processed-events / outbox records of idempotency).
-    pub owner: Option<Service>,
-    /// Read by the query functions (those that neither consume nor emit events).
-    pub read_by_queries: bool,
-}
-
-// TODO(lead): the DynamoDB adapter (shared/src/dynamodb.rs) is being written
-// and will expose its table names and keys; replace this list with that API
-// (it is the only place the generator learns about tables).
-/// The tables the stores need, one place.
-pub const TABLES: &[Table] = &[
-    Table { name: "stock", partition_key: "sku", owner: Some(Service::Inventory), read_by_queries: true },
-    Table { name: "reservations", partition_key: "order_id", owner: Some(Service::Inventory), read_by_queries: false },
-    Table { name: "orders", partition_key: "order_id", owner: Some(Service::Orders), read_by_queries: true },
-    Table { name: "shipments", partition_key: "order_id", owner: Some(Service::Shipping), read_by_queries: false },
-    Table { name: "processed", partition_key: "pk", owner: None, read_by_queries: false },
-];
+/// The tables the query functions read: what `GET /orders/{order_id}` and
+/// `GET /inventory/{sku}` show. The adapter's [`TABLES`] says who writes
+/// each table; reading across services is the query side's alone (DESIGN §3).
+pub const QUERIED_TABLES: &[TableSpec] = &[ORDERS, STOCK];
 
 /// Memory of every function (MB).
 pub const MEMORY_MB: i64 = 256;
@@ -60,6 +46,8 @@ pub const TIMEOUT_S: i64 = 30;
 pub const VISIBILITY_TIMEOUT_S: i64 = 6 * TIMEOUT_S;
 /// Deliveries of one SQS message before it moves to the dead-letter queue.
 pub const MAX_RECEIVE_COUNT: i64 = 5;
+/// How long a message waits in a function's queue (the SQS default, 4 days).
+pub const RETENTION_S: i64 = 4 * 24 * 3600;
 /// How long a dead letter is kept (the SQS maximum, 14 days).
 pub const DEAD_LETTER_RETENTION_S: i64 = 14 * 24 * 3600;
 
@@ -88,6 +76,11 @@ pub fn sam_template_for(choreography: &[FunctionSpec]) -> String {
         ("AWSTemplateFormatVersion", s("2010-09-09")),
         ("Transform", s("AWS::Serverless-2016-10-31")),
         ("Description", s("choreo: an order saga by choreography, Rust functions reacting to RabbitMQ events")),
+        // cfn-lint's W1030 checks a Ref against its parameter's default, and
+        // the Amazon MQ parameters default to "" (unused in SQS mode); the
+        // rule AmazonMqNeedsBrokerAndCredentials refuses "" in AmazonMQ mode,
+        // which W1030 does not take into account.
+        ("Metadata", map([("cfn-lint", map([("config", map([("ignore_checks", list([s("W1030")]))]))]))])),
         ("Parameters", parameters()),
         ("Rules", rules()),
         ("Conditions", conditions()),
@@ -130,8 +123,8 @@ pub fn dead_letter_queue_id(spec: &FunctionSpec) -> String {
 }
 
 /// Logical id of a table.
-pub fn table_id(table: &Table) -> String {
-    format!("{}Table", pascal_case(table.name))
+pub fn table_id(table: &TableSpec) -> String {
+    format!("{}Table", pascal_case(table.suffix))
 }
 
 /// Logical id of the `HttpApi` event of one route: `GET /orders/{order_id}` → `GetOrdersOrderId`.
@@ -151,23 +144,17 @@ pub enum Access {
     ReadWrite,
 }
 
-/// DynamoDB actions of each access (transactions are authorized per item action).
-pub const READ_ACTIONS: &[&str] = &["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"];
-pub const WRITE_ACTIONS: &[&str] = &[
-    "dynamodb:GetItem",
-    "dynamodb:BatchGetItem",
-    "dynamodb:Query",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-    "dynamodb:ConditionCheckItem",
-];
+/// DynamoDB actions of each access: what the adapter calls (a transaction
+/// is authorized per item action: its conditional Puts need PutItem).
+pub const READ_ACTIONS: &[&str] = &["dynamodb:GetItem", "dynamodb:BatchGetItem"];
+pub const WRITE_ACTIONS: &[&str] =
+    &["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"];
 
 /// The tables a function may touch (DESIGN §3: a function writes only its own
-/// service's tables; the query function only reads).
-pub fn table_access(spec: &FunctionSpec) -> Vec<(&'static Table, Access)> {
+/// service's tables and its processed records; the query function only reads).
+pub fn table_access(spec: &FunctionSpec) -> Vec<(&'static TableSpec, Access)> {
     if is_query(spec) {
-        TABLES.iter().filter(|table| table.read_by_queries).map(|table| (table, Access::Read)).collect()
+        QUERIED_TABLES.iter().map(|table| (table, Access::Read)).collect()
     } else {
         TABLES
             .iter()
@@ -243,10 +230,7 @@ fn parameters() -> Node {
         ("MqBrokerArn", string("ARN of the Amazon MQ for RabbitMQ broker (EventSource AmazonMQ)", Some(""))),
         (
             "MqCredentialsSecretArn",
-            string(
-                "Secrets Manager secret with the broker's username and password (EventSource AmazonMQ)",
-                Some(""),
-            ),
+            string("Secrets Manager secret with the broker's username and password (EventSource AmazonMQ)", Some("")),
         ),
         ("MqVirtualHost", string("RabbitMQ virtual host of the queues (EventSource AmazonMQ)", Some("/"))),
         ("LogFilter", string("RUST_LOG of every function", Some("info"))),
@@ -331,7 +315,8 @@ fn globals() -> Node {
 }
 
 fn resources(choreography: &[FunctionSpec]) -> Node {
-    let mut entries: Vec<(String, Node)> = TABLES.iter().map(|table| (table_id(table), dynamodb_table(table))).collect();
+    let mut entries: Vec<(String, Node)> =
+        TABLES.iter().map(|table| (table_id(table), dynamodb_table(table))).collect();
     entries.push((HTTP_API.to_owned(), http_api(choreography)));
     for spec in choreography {
         entries.push((function_id(spec), function(spec)));
@@ -378,25 +363,37 @@ fn outputs(choreography: &[FunctionSpec]) -> Node {
 
 // ---------------------------------------------------------------- resources
 
-fn dynamodb_table(table: &Table) -> Node {
+fn dynamodb_table(table: &TableSpec) -> Node {
+    let key = |attribute: KeyAttribute, kind: &str| map([("AttributeName", s(attribute.name)), ("KeyType", s(kind))]);
+    let definitions = table
+        .key_attributes()
+        .into_iter()
+        .map(|attribute| map([("AttributeName", s(attribute.name)), ("AttributeType", s(attribute.kind.as_str()))]));
+    let mut properties = vec![
+        ("TableName", sub(format!("${{NamePrefix}}{}", table.suffix))),
+        ("BillingMode", s("PAY_PER_REQUEST")),
+        ("AttributeDefinitions", list(definitions)),
+        ("KeySchema", list([key(table.partition_key, "HASH")])),
+    ];
+    if let Some(index) = table.index {
+        properties.push((
+            "GlobalSecondaryIndexes",
+            list([map([
+                ("IndexName", s(index.name)),
+                ("KeySchema", list([key(index.partition_key, "HASH"), key(index.sort_key, "RANGE")])),
+                ("Projection", map([("ProjectionType", s("ALL"))])),
+            ])]),
+        ));
+    }
+    properties.extend([
+        ("PointInTimeRecoverySpecification", map([("PointInTimeRecoveryEnabled", Node::Bool(true))])),
+        ("SSESpecification", map([("SSEEnabled", Node::Bool(true))])),
+    ]);
     map([
         ("Type", s("AWS::DynamoDB::Table")),
         ("DeletionPolicy", s("Retain")),
         ("UpdateReplacePolicy", s("Retain")),
-        (
-            "Properties",
-            map([
-                ("TableName", sub(format!("${{NamePrefix}}{}", table.name))),
-                ("BillingMode", s("PAY_PER_REQUEST")),
-                (
-                    "AttributeDefinitions",
-                    list([map([("AttributeName", s(table.partition_key)), ("AttributeType", s("S"))])]),
-                ),
-                ("KeySchema", list([map([("AttributeName", s(table.partition_key)), ("KeyType", s("HASH"))])])),
-                ("PointInTimeRecoverySpecification", map([("PointInTimeRecoveryEnabled", Node::Bool(true))])),
-                ("SSESpecification", map([("SSEEnabled", Node::Bool(true))])),
-            ]),
-        ),
+        ("Properties", map(properties)),
     ])
 }
 
@@ -404,11 +401,7 @@ fn dynamodb_table(table: &Table) -> Node {
 /// `ApiAuth` parameter picks; SAM adds each route's Lambda integration from
 /// the functions' `HttpApi` events.
 fn http_api(choreography: &[FunctionSpec]) -> Node {
-    let security = fn_if(
-        AUTH_IS_IAM,
-        list([map([(IAM_SCHEME, list([]))])]),
-        list([map([(JWT_SCHEME, list([]))])]),
-    );
+    let security = fn_if(AUTH_IS_IAM, list([map([(IAM_SCHEME, list([]))])]), list([map([(JWT_SCHEME, list([]))])]));
     let mut paths: Vec<(String, Node)> = Vec::new();
     for route in choreography.iter().flat_map(|spec| spec.routes) {
         let operation =
@@ -455,10 +448,7 @@ fn http_api(choreography: &[FunctionSpec]) -> Node {
                     "DefinitionBody",
                     map([
                         ("openapi", s("3.0.1")),
-                        (
-                            "info",
-                            map([("title", sub("${AWS::StackName}")), ("version", s(env!("CARGO_PKG_VERSION")))]),
-                        ),
+                        ("info", map([("title", sub("${AWS::StackName}")), ("version", s(env!("CARGO_PKG_VERSION")))])),
                         ("paths", Node::Map(paths)),
                         (
                             "components",
@@ -486,10 +476,7 @@ fn function(spec: &FunctionSpec) -> Node {
     if !spec.emits.is_empty() {
         // The function publishes what it emits over AMQP; the URL (with its
         // credentials) stays in Secrets Manager and is read at first use.
-        properties.push((
-            "Environment",
-            map([("Variables", map([("AMQP_SECRET_ARN", reference("AmqpSecretArn"))]))]),
-        ));
+        properties.push(("Environment", map([("Variables", map([("AMQP_SECRET_ARN", reference("AmqpSecretArn"))]))])));
     }
     properties.push(("Policies", policies(spec)));
     if !spec.routes.is_empty() {
@@ -531,7 +518,8 @@ fn describe(spec: &FunctionSpec) -> String {
     let join = |items: Vec<String>| items.join(", ");
     let mut parts = Vec::new();
     if !spec.routes.is_empty() {
-        parts.push(format!("serves {}", join(spec.routes.iter().map(|r| format!("{} {}", r.method, r.path)).collect())));
+        parts
+            .push(format!("serves {}", join(spec.routes.iter().map(|r| format!("{} {}", r.method, r.path)).collect())));
     }
     if !spec.consumes.is_empty() {
         parts.push(format!("consumes {}", join(spec.consumes.iter().map(|e| e.to_string()).collect())));
@@ -544,7 +532,10 @@ fn describe(spec: &FunctionSpec) -> String {
 }
 
 /// Least privilege: DynamoDB on the tables of [`table_access`], the AMQP
-/// secret for functions that publish, and what the event source needs.
+/// secret for functions that publish, and, under its condition, what the
+/// event source needs (what SAM's `SQS` / `MQ` events would have granted,
+/// restricted to the function's own queue). They are inline in the role SAM
+/// makes, so they exist before the function and its mappings.
 fn policies(spec: &FunctionSpec) -> Node {
     let table_arns = |access: Access| -> Vec<Node> {
         table_access(spec)
@@ -553,19 +544,19 @@ fn policies(spec: &FunctionSpec) -> Node {
             .map(|(table, _)| get_att(&table_id(table), "Arn"))
             .collect()
     };
-    let mut always = Vec::new();
+    let mut statements = Vec::new();
     let writes = table_arns(Access::ReadWrite);
     if !writes.is_empty() {
-        always.push(statement("WriteOwnServiceTables", WRITE_ACTIONS, list(writes)));
+        statements.push(statement("WriteOwnServiceTables", WRITE_ACTIONS, list(writes)));
     }
     let reads = table_arns(Access::Read);
     if !reads.is_empty() {
-        always.push(statement("ReadQueriedTables", READ_ACTIONS, list(reads)));
+        statements.push(statement("ReadQueriedTables", READ_ACTIONS, list(reads)));
     }
     if !spec.emits.is_empty() {
-        always.push(statement("ReadAmqpUrl", &["secretsmanager:GetSecretValue"], reference("AmqpSecretArn")));
+        statements.push(statement("ReadAmqpUrl", &["secretsmanager:GetSecretValue"], reference("AmqpSecretArn")));
     }
-    let mut policies = vec![map([("Statement", list(always))])];
+    let mut policies = vec![map([("Statement", list(statements))])];
     if !spec.consumes.is_empty() {
         let sqs = statement(
             "ConsumeOwnQueue",
@@ -591,10 +582,15 @@ fn statement(sid: &str, actions: &[&str], resource: Node) -> Node {
     ])
 }
 
+/// The queues go with the stack (explicitly): drain the dead letters before deleting it.
+const QUEUE_POLICIES: [(&str, &str); 2] = [("DeletionPolicy", "Delete"), ("UpdateReplacePolicy", "Delete")];
+
 fn dead_letter_queue(spec: &FunctionSpec) -> Node {
     map([
         ("Type", s("AWS::SQS::Queue")),
         ("Condition", s(USE_SQS)),
+        (QUEUE_POLICIES[0].0, s(QUEUE_POLICIES[0].1)),
+        (QUEUE_POLICIES[1].0, s(QUEUE_POLICIES[1].1)),
         (
             "Properties",
             map([
@@ -610,11 +606,14 @@ fn queue(spec: &FunctionSpec) -> Node {
     map([
         ("Type", s("AWS::SQS::Queue")),
         ("Condition", s(USE_SQS)),
+        (QUEUE_POLICIES[0].0, s(QUEUE_POLICIES[0].1)),
+        (QUEUE_POLICIES[1].0, s(QUEUE_POLICIES[1].1)),
         (
             "Properties",
             map([
                 ("QueueName", sub(format!("${{NamePrefix}}{}", spec.name))),
                 ("VisibilityTimeout", int(VISIBILITY_TIMEOUT_S)),
+                ("MessageRetentionPeriod", int(RETENTION_S)),
                 ("SqsManagedSseEnabled", Node::Bool(true)),
                 (
                     "RedrivePolicy",
@@ -797,6 +796,8 @@ mod tests {
         assert_eq!(scalar("AWS::Serverless-2016-10-31"), "AWS::Serverless-2016-10-31");
         assert_eq!(scalar("2010-09-09"), "\"2010-09-09\"");
         assert_eq!(scalar("No"), "\"No\"");
+        assert_eq!(scalar("y"), "\"y\"");
+        assert_eq!(scalar("N"), "\"N\"");
         assert_eq!(scalar(""), "\"\"");
         assert_eq!(scalar("*"), "\"*\"");
         assert_eq!(scalar("${NamePrefix}stock"), "\"${NamePrefix}stock\"");
@@ -806,10 +807,10 @@ mod tests {
 
     #[test]
     fn blocks_nest_maps_in_lists() {
-        let node = map([("A", list([map([("B", s("x")), ("C", list([s("y")]))]), s("z")])), ("D", map::<&str>([]))]);
+        let node = map([("A", list([map([("B", s("x")), ("C", list([s("v")]))]), s("z")])), ("D", map::<&str>([]))]);
         let mut out = String::new();
         write_block(&mut out, &node, 0);
-        assert_eq!(out, "A:\n  - B: x\n    C:\n      - y\n  - z\nD: {}\n");
+        assert_eq!(out, "A:\n  - B: x\n    C:\n      - v\n  - z\nD: {}\n");
     }
 
     #[test]

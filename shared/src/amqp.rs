@@ -607,11 +607,18 @@ pub async fn replay_dead_letters(
         None => Function::consumers().collect(),
     };
     for function in functions {
+        let queue = dead_letter_queue(function);
         let channel = link.channel().await?;
+        // Only the letters there now: one that fails again while the consumers
+        // run comes back to this queue behind them, and is not replayed twice.
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let present =
+            channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await?.message_count();
         let mut kept = Vec::new();
-        while let Some(message) =
-            channel.basic_get(dead_letter_queue(function).as_str().into(), BasicGetOptions::default()).await?
-        {
+        for _ in 0..present {
+            let Some(message) = channel.basic_get(queue.as_str().into(), BasicGetOptions::default()).await? else {
+                break;
+            };
             let delivery = message.delivery;
             let id = delivery.properties.message_id().as_ref().map(ShortString::to_string);
             if message_id.is_some_and(|wanted| id.as_deref() != Some(wanted)) {

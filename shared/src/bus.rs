@@ -51,7 +51,8 @@ pub async fn publish_committed(
     origin: &OutboxRef,
     events: &[Event],
 ) -> Result<(), RelayError> {
-    if !events.is_empty() && publisher.publish(origin, events).await? == Handover::Deferred {
+    // A commit that emitted nothing is stored as published already.
+    if events.is_empty() || publisher.publish(origin, events).await? == Handover::Deferred {
         return Ok(());
     }
     store.mark_published(origin.function, &origin.key).await?;

@@ -3,8 +3,8 @@
 //! wait for the writer.
 //!
 //! rusqlite is blocking, so every call runs on tokio's blocking pool; one
-//! writer connection (SQLite allows one writer at a time anyway) and one
-//! reader connection, each with a prepared-statement cache.
+//! writer connection (SQLite allows one writer at a time anyway) and a few
+//! reader connections, each with a prepared-statement cache.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -46,9 +46,13 @@ CREATE TABLE IF NOT EXISTS processed (
 CREATE INDEX IF NOT EXISTS processed_unpublished ON processed (published) WHERE published = 0;
 ";
 
+/// Reader connections: WAL lets them read while the writer writes.
+const READERS: usize = 4;
+
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
-    reader: Arc<Mutex<Connection>>,
+    readers: Vec<Arc<Mutex<Connection>>>,
+    next_reader: std::sync::atomic::AtomicUsize,
 }
 
 impl SqliteStore {
@@ -60,8 +64,10 @@ impl SqliteStore {
         }
         let writer = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
-        let reader = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), reader: Arc::new(Mutex::new(reader)) })
+        let readers = (0..READERS)
+            .map(|_| connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map(|reader| Arc::new(Mutex::new(reader))))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, next_reader: Default::default() })
     }
 
     async fn with<T: Send + 'static>(
@@ -83,7 +89,8 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        Self::with(&self.reader, work).await
+        let index = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.readers.len();
+        Self::with(&self.readers[index], work).await
     }
 
     async fn write<T: Send + 'static>(

@@ -26,6 +26,11 @@ impl Step for SettleInventory {
         };
         let store = &*ports.store;
         run_idempotent(FUNCTION, event, store, || async {
+            // Stock before reservation: if a twin delivery settles in between,
+            // this step sees the reservation settled (or its stock write
+            // conflicts), never a still-reserved order with released stock.
+            let skus: Vec<Sku> = units_per_sku(items).into_keys().collect();
+            let levels = store.stock(&skus).await?;
             let Some(mut reservation) = store.reservation(event.subject).await? else {
                 return Err(StepError::Permanent(format!("order {} holds no reservation to settle", event.subject)));
             };
@@ -34,9 +39,15 @@ impl Step for SettleInventory {
                 return Ok(Decision::default());
             }
             let units = units_per_sku(&reservation.items);
-            let skus: Vec<Sku> = units.keys().cloned().collect();
-            let mut writes = Vec::with_capacity(skus.len() + 1);
-            for mut level in store.stock(&skus).await? {
+            if units.keys().ne(skus.iter()) {
+                return Err(StepError::Permanent(format!(
+                    "{} names other SKUs than order {}'s reservation",
+                    event.event_type(),
+                    event.subject
+                )));
+            }
+            let mut writes = Vec::with_capacity(levels.len() + 1);
+            for mut level in levels {
                 let held = units[&level.sku];
                 level.reserved = level.reserved.checked_sub(held).ok_or_else(|| {
                     StepError::Permanent(format!(

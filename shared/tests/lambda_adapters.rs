@@ -1,0 +1,711 @@
+//! The Lambda hosting of every consuming function (DESIGN §5), driven the way
+//! AWS drives it: `SqsEvent` and Amazon MQ `RabbitMqEvent` payloads read from
+//! JSON fixtures shaped like what AWS sends (`tests/fixtures/`), a direct
+//! CloudEvent as the bridge sends it, and payloads of no known shape.
+//!
+//! Each test gets a `StepHost` over a throwaway SQLite store and a real
+//! `AmqpLink` to RabbitMQ at `AMQP_URL`, in a vhost of its own with the whole
+//! topology declared, so every publish is confirmed and routed, and what a
+//! function emitted is read back from the consumer queues.
+//!
+//! Fixtures keep the AWS envelope; what must match the test store is filled
+//! in: `{{EVENT_ID}}`/`{{ORDER_ID}}` in the CloudEvent bodies
+//! (`cloudevent-<type>.json`), and per message slot `n` of an envelope
+//! `{{BODY_n}}` (SQS body), `{{BODY_BASE64_n}}`/`{{BODY_SIZE_n}}` (Amazon MQ
+//! data and `bodySize`), `{{EVENT_ID_n}}`, `{{ORDER_ID_n}}`, `{{TYPE_n}}`,
+//! plus `{{FUNCTION}}` and `{{QUEUE}}`.
+//!
+//! `shared` cannot depend on the function crates (they depend on it), so the
+//! five steps are compiled here from their crates' sources: the very `Step`
+//! each function's `main` hands to `shared::lambda::run`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
+use aws_lambda_events::event::sqs::SqsEvent;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::Utc;
+use lambda_runtime::Diagnostic;
+use lapin::options::BasicGetOptions;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use shared::amqp::{AmqpLink, CONTENT_TYPE, DEFAULT_AMQP_URL, QueueSettings, SAGA_ENDED_QUEUE, Topology};
+use shared::domain::{CancelReason, OrderId, OrderStatus};
+use shared::lambda::{Invocation, PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE, StepHost};
+use shared::ports::{ReservationState, Store};
+use shared::testkit::{TestStore, event, item, order_created};
+use shared::{Event, EventType, Function, Payload, Step, StepError};
+
+#[allow(dead_code)]
+#[path = "../../functions/order-status/src/lib.rs"]
+mod order_status;
+#[allow(dead_code)]
+#[path = "../../functions/replenish-stock/src/lib.rs"]
+mod replenish_stock;
+#[allow(dead_code)] // only the step is used here
+#[path = "../../functions/reserve-inventory/src/lib.rs"]
+mod reserve_inventory;
+#[allow(dead_code)]
+#[path = "../../functions/settle-inventory/src/lib.rs"]
+mod settle_inventory;
+#[allow(dead_code)]
+#[path = "../../functions/ship-order/src/lib.rs"]
+mod ship_order;
+
+/// The one SKU of every fixture order (2 units each) and its stock.
+const SKU: &str = "MUG-RED";
+const UNITS: u64 = 2;
+const AVAILABLE: u64 = 10;
+const CATALOG: &[(&str, u64, u64)] = &[(SKU, AVAILABLE, 50)];
+
+// ---------------------------------------------------------------------------
+// Fixtures
+
+fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{name} is not JSON: {error}"))
+}
+
+fn placeholder(name: &str) -> String {
+    format!("{{{{{name}}}}}")
+}
+
+/// Fills placeholders in keys and string values: a string that is exactly
+/// one placeholder becomes its value (so `bodySize` becomes a number), and a
+/// placeholder inside a longer string is replaced by the value's text.
+fn fill(value: &mut Value, values: &[(String, Value)]) {
+    let text_of = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+    let fill_text = |text: &str| {
+        values.iter().fold(text.to_owned(), |text, (name, value)| text.replace(&placeholder(name), &text_of(value)))
+    };
+    match value {
+        Value::String(text) => {
+            let whole = values.iter().find(|(name, _)| *text == placeholder(name)).map(|(_, value)| value.clone());
+            *value = whole.unwrap_or_else(|| Value::String(fill_text(text)));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| fill(item, values)),
+        Value::Object(map) => {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(key, mut item)| {
+                    fill(&mut item, values);
+                    (fill_text(&key), item)
+                })
+                .collect();
+        }
+        _ => {}
+    }
+}
+
+/// The CloudEvent of fixture `name` about `order_id`, with a fresh id, as
+/// the text a queue carries.
+fn cloudevent(name: &str, order_id: OrderId) -> String {
+    let mut body = fixture(name);
+    let values = [
+        ("EVENT_ID".to_owned(), json!(Uuid::now_v7().to_string())),
+        ("ORDER_ID".to_owned(), json!(order_id.to_string())),
+    ];
+    fill(&mut body, &values);
+    body.to_string()
+}
+
+/// The AWS envelope of fixture `name` for `function`, carrying `bodies` in
+/// its message slots 1, 2, …
+fn envelope(name: &str, function: Function, bodies: &[&str]) -> Value {
+    let mut values =
+        vec![("FUNCTION".to_owned(), json!(function.name())), ("QUEUE".to_owned(), json!(function.queue()))];
+    for (slot, body) in (1..).zip(bodies) {
+        let cloudevent: Value = serde_json::from_str(body).expect("a body slot holds a JSON CloudEvent");
+        values.extend([
+            (format!("BODY_{slot}"), json!(body)),
+            (format!("BODY_BASE64_{slot}"), json!(BASE64.encode(body))),
+            (format!("BODY_SIZE_{slot}"), json!(body.len())),
+            (format!("EVENT_ID_{slot}"), cloudevent["id"].clone()),
+            (format!("ORDER_ID_{slot}"), cloudevent["subject"].clone()),
+            (format!("TYPE_{slot}"), cloudevent["type"].clone()),
+        ]);
+    }
+    let mut envelope = fixture(name);
+    fill(&mut envelope, &values);
+    let text = envelope.to_string();
+    assert!(!text.contains("{{"), "{name} has a placeholder this test does not fill: {text}");
+    envelope
+}
+
+/// The key of a function's queue in `rmqMessagesByQueue` (`<queue>::<vhost>`).
+fn rmq_key(function: Function) -> String {
+    format!("{}::/", function.queue())
+}
+
+fn decode(body: &str) -> Event {
+    Event::from_json(body.as_bytes()).unwrap_or_else(|error| panic!("a fixture CloudEvent does not decode: {error}"))
+}
+
+// ---------------------------------------------------------------------------
+// Broker and host
+
+/// A RabbitMQ vhost of this test's own, deleted when dropped.
+struct Vhost {
+    name: String,
+    /// `AMQP_URL` pointed at this vhost.
+    url: String,
+}
+
+impl Vhost {
+    fn create() -> Self {
+        let base = std::env::var("AMQP_URL").ok().filter(|url| !url.is_empty());
+        let base = base.as_deref().unwrap_or(DEFAULT_AMQP_URL);
+        let (scheme, rest) = base.split_once("://").unwrap_or_else(|| panic!("AMQP_URL '{base}' has no scheme"));
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        let user = authority
+            .rsplit_once('@')
+            .map_or("guest", |(credentials, _)| credentials.split(':').next().unwrap_or("guest"));
+        let name = format!("choreo-lambda-test-{}", Uuid::new_v4().simple());
+        rabbitmqctl(&["add_vhost", &name]);
+        let vhost = Self { url: format!("{scheme}://{authority}/{name}"), name };
+        rabbitmqctl(&["set_permissions", "-p", &vhost.name, user, ".*", ".*", ".*"]);
+        vhost
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").args(["-q", "delete_vhost", &self.name]).output();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let output =
+        Command::new("rabbitmqctl").arg("-q").args(args).output().unwrap_or_else(|error| {
+            panic!("cannot run rabbitmqctl ({error}); scripts/ensure-rabbitmq installs RabbitMQ")
+        });
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A step hosted as on Lambda, with its store and its broker.
+struct Host {
+    host: StepHost,
+    given: TestStore,
+    link: Arc<AmqpLink>,
+    /// Dropped last: deleting the vhost closes what is still connected.
+    _vhost: Vhost,
+}
+
+impl Host {
+    async fn new(step: Arc<dyn Step>) -> Self {
+        let vhost = Vhost::create();
+        let link = AmqpLink::new(&vhost.url, "lambda-adapters-test");
+        link.declare(&Topology::derive(&QueueSettings::default()))
+            .await
+            .unwrap_or_else(|error| panic!("declare the topology in vhost {}: {error}", vhost.name));
+        let given = TestStore::with_stock(CATALOG).await;
+        let host = StepHost { step, ports: given.ports(), publisher: Some(Arc::clone(&link) as Arc<_>) };
+        Self { host, given, link, _vhost: vhost }
+    }
+
+    async fn invoke(&self, payload: Value) -> Result<Value, StepError> {
+        self.host.invoke(payload).await
+    }
+
+    /// Removes and decodes every message waiting in `queue`, checking each
+    /// carries the AMQP properties of DESIGN §4.
+    async fn take(&self, queue: &str) -> Vec<Event> {
+        let channel = self.link.channel().await.expect("a channel to read back published events");
+        let mut events = Vec::new();
+        while let Some(message) =
+            channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("basic.get")
+        {
+            let delivery = message.delivery;
+            let event = Event::from_json(&delivery.data).expect("a published message is a CloudEvent");
+            let properties = &delivery.properties;
+            let text = |value: &Option<lapin::types::ShortString>| value.as_ref().map(|text| text.to_string());
+            assert_eq!(delivery.routing_key.as_str(), event.event_type().as_str(), "routing key = type");
+            assert_eq!(text(properties.message_id()), Some(event.id.to_string()), "message_id = id");
+            assert_eq!(text(properties.correlation_id()), Some(event.subject.to_string()), "correlation_id = order");
+            assert_eq!(text(properties.content_type()).as_deref(), Some(CONTENT_TYPE));
+            assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
+            events.push(event);
+        }
+        let _ = channel.close(200, "read".into()).await;
+        events
+    }
+
+    /// THEN every committed event was confirmed by the broker and its outbox
+    /// entry settled (nothing is left for a relay to re-publish).
+    async fn assert_outbox_settled(&self) {
+        let later = Utc::now() + chrono::Duration::days(1);
+        let unpublished = self.given.store.unpublished(later).await.expect("read the outbox");
+        assert!(unpublished.is_empty(), "events committed but not marked published: {unpublished:?}");
+    }
+
+    /// THEN `consumer` emitted exactly one event in reaction to each of
+    /// `inputs`, and it reached the queue of the function that consumes it.
+    async fn assert_published(&self, consumer: Consumer, inputs: &[Event]) {
+        let (event_type, queue) = consumer.emits();
+        let mut published: Vec<_> = self
+            .take(&queue)
+            .await
+            .iter()
+            .map(|event| (event.causation_id, event.subject, event.event_type()))
+            .collect();
+        published.sort();
+        let mut expected: Vec<_> = inputs.iter().map(|input| (Some(input.id), input.subject, event_type)).collect();
+        expected.sort();
+        assert_eq!(
+            published,
+            expected,
+            "{} should publish one {event_type} per handled event to {queue}",
+            consumer.function()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The five consuming functions: what each is given, fed, and leaves behind
+
+#[derive(Clone, Copy, Debug)]
+enum Consumer {
+    ReserveInventory,
+    ReplenishStock,
+    ShipOrder,
+    SettleInventory,
+    OrderStatus,
+}
+
+impl Consumer {
+    fn step(self) -> Arc<dyn Step> {
+        match self {
+            Self::ReserveInventory => Arc::new(reserve_inventory::ReserveInventory),
+            Self::ReplenishStock => Arc::new(replenish_stock::ReplenishStock),
+            Self::ShipOrder => Arc::new(ship_order::ShipOrder),
+            Self::SettleInventory => Arc::new(settle_inventory::SettleInventory),
+            Self::OrderStatus => Arc::new(order_status::OrderStatusStep),
+        }
+    }
+
+    fn function(self) -> Function {
+        self.step().function()
+    }
+
+    /// The CloudEvent fixture it is fed.
+    fn input(self) -> &'static str {
+        match self {
+            Self::ReserveInventory => "cloudevent-order.created.json",
+            Self::ReplenishStock => "cloudevent-inventory.insufficient.json",
+            Self::ShipOrder => "cloudevent-inventory.reserved.json",
+            Self::SettleInventory => "cloudevent-shipment.failed.json",
+            Self::OrderStatus => "cloudevent-inventory.rejected.json",
+        }
+    }
+
+    /// The event that input makes it emit, and a queue it is routed to.
+    fn emits(self) -> (EventType, String) {
+        match self {
+            Self::ReserveInventory => (EventType::InventoryReserved, Function::ShipOrder.queue()),
+            Self::ReplenishStock => (EventType::StockReplenished, Function::ReserveInventory.queue()),
+            Self::ShipOrder => (EventType::OrderShipped, Function::SettleInventory.queue()),
+            Self::SettleInventory => (EventType::InventoryReleased, Function::OrderStatus.queue()),
+            Self::OrderStatus => (EventType::OrderCancelled, SAGA_ENDED_QUEUE.to_owned()),
+        }
+    }
+
+    /// GIVEN what the saga left in the store before this step, for `order_id`.
+    async fn given(self, given: &TestStore, order_id: OrderId) {
+        match self {
+            Self::ReserveInventory | Self::ReplenishStock | Self::ShipOrder => {}
+            Self::SettleInventory => {
+                given.given_reservation(order_id, &[item(SKU, 2)]).await;
+            }
+            Self::OrderStatus => {
+                given.given_order(&event(order_id, Payload::OrderCreated(order_created(vec![item(SKU, 2)])))).await;
+            }
+        }
+    }
+
+    /// A fresh input event about `order_id`, as queue text.
+    fn body(self, order_id: OrderId) -> String {
+        cloudevent(self.input(), order_id)
+    }
+
+    /// THEN the step's effect is in the store for exactly the `handled` orders.
+    async fn assert_effect(self, given: &TestStore, handled: &[OrderId]) {
+        let n = handled.len() as u64;
+        let stock = given.stock(SKU).await;
+        let store = &given.store;
+        match self {
+            Self::ReserveInventory => {
+                for &order_id in handled {
+                    let reservation = store.reservation(order_id).await.expect("read").expect("a reservation");
+                    assert_eq!(reservation.state, ReservationState::Reserved);
+                }
+                assert_eq!((stock.available, stock.reserved), (AVAILABLE - UNITS * n, UNITS * n));
+            }
+            Self::ReplenishStock => {
+                assert_eq!((stock.available, stock.replenished), (AVAILABLE + UNITS * n, UNITS * n));
+            }
+            Self::ShipOrder => {
+                for &order_id in handled {
+                    let shipment = store.shipment(order_id).await.expect("read").expect("a shipment");
+                    assert!(shipment.tracking_number.starts_with("CHR"), "{shipment:?}");
+                }
+            }
+            Self::SettleInventory => {
+                for &order_id in handled {
+                    let reservation = store.reservation(order_id).await.expect("read").expect("a reservation");
+                    assert_eq!(reservation.state, ReservationState::Released);
+                }
+                assert_eq!((stock.available, stock.reserved), (AVAILABLE, 0), "released units are back on the shelf");
+            }
+            Self::OrderStatus => {
+                for &order_id in handled {
+                    let order = store.order(order_id).await.expect("read").expect("the order");
+                    assert_eq!(
+                        (order.status, order.cancel_reason),
+                        (OrderStatus::Cancelled, Some(CancelReason::UnknownSku))
+                    );
+                    let rejected =
+                        order.history.iter().filter(|entry| entry.event_type == "inventory.rejected").count();
+                    assert_eq!(rejected, 1, "the rejection is recorded once: {:?}", order.history);
+                }
+            }
+        }
+        given.assert_conserved().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios run for every consuming function
+
+/// WHEN an SQS batch of one valid record arrives, THEN no failure is
+/// reported, the effect is stored and the emitted event is published.
+async fn sqs_one_record(consumer: Consumer) {
+    let host = Host::new(consumer.step()).await;
+    let order_id = OrderId::new();
+    consumer.given(&host.given, order_id).await;
+    let body = consumer.body(order_id);
+
+    let response = host.invoke(envelope("sqs-one-record.json", consumer.function(), &[&body])).await;
+
+    assert_eq!(response.expect("an SQS invocation always answers"), json!({"batchItemFailures": []}));
+    consumer.assert_effect(&host.given, &[order_id]).await;
+    host.assert_published(consumer, &[decode(&body)]).await;
+    host.assert_outbox_settled().await;
+}
+
+/// WHEN the middle record of three cannot be decoded, THEN exactly its
+/// messageId is reported and the other two are handled.
+async fn sqs_batch_with_one_undecodable_record(consumer: Consumer) {
+    let host = Host::new(consumer.step()).await;
+    let orders = [OrderId::new(), OrderId::new()];
+    for order_id in orders {
+        consumer.given(&host.given, order_id).await;
+    }
+    let bodies = orders.map(|order_id| consumer.body(order_id));
+    let batch = envelope("sqs-three-records-one-undecodable.json", consumer.function(), &[&bodies[0], &bodies[1]]);
+    let bad_message_id = batch["Records"][1]["messageId"].clone();
+    assert!(decode_fails(&batch["Records"][1]["body"]), "the fixture's middle record must be undecodable");
+
+    let response = host.invoke(batch).await.expect("an SQS invocation always answers");
+
+    assert_eq!(response, json!({"batchItemFailures": [{"itemIdentifier": bad_message_id}]}));
+    consumer.assert_effect(&host.given, &orders).await;
+    host.assert_published(consumer, &bodies.each_ref().map(|body| decode(body))).await;
+    host.assert_outbox_settled().await;
+}
+
+fn decode_fails(body: &Value) -> bool {
+    Event::from_json(body.as_str().unwrap_or_default().as_bytes()).is_err()
+}
+
+/// WHEN an Amazon MQ batch of one message arrives, THEN it is handled,
+/// stored and its emitted event published.
+async fn rmq_one_message(consumer: Consumer) {
+    let host = Host::new(consumer.step()).await;
+    let order_id = OrderId::new();
+    consumer.given(&host.given, order_id).await;
+    let body = consumer.body(order_id);
+
+    let response = host.invoke(envelope("rmq-one-message.json", consumer.function(), &[&body])).await;
+
+    assert_eq!(response.expect("a handled batch answers Ok"), json!({"handled": 1, "rejected": []}));
+    consumer.assert_effect(&host.given, &[order_id]).await;
+    host.assert_published(consumer, &[decode(&body)]).await;
+    host.assert_outbox_settled().await;
+}
+
+/// WHEN one message of three is a poison message (JSON, but no CloudEvent),
+/// THEN the invocation succeeds, the two others are handled and the poison
+/// one is reported as rejected (so it cannot block the queue).
+async fn rmq_batch_with_one_poison_message(consumer: Consumer) {
+    let host = Host::new(consumer.step()).await;
+    let orders = [OrderId::new(), OrderId::new()];
+    for order_id in orders {
+        consumer.given(&host.given, order_id).await;
+    }
+    let bodies = orders.map(|order_id| consumer.body(order_id));
+    let batch = envelope("rmq-three-messages-one-poison.json", consumer.function(), &[&bodies[0], &bodies[1]]);
+    let key = rmq_key(consumer.function());
+    let poison_id = batch["rmqMessagesByQueue"][&key][1]["basicProperties"]["messageId"].clone();
+
+    let response = host.invoke(batch).await.expect("a poison message must not fail the invocation");
+
+    assert_eq!(response["handled"], 2, "{response}");
+    let rejected = response["rejected"].as_array().expect("a list of rejected messages");
+    let [rejected] = &rejected[..] else { panic!("exactly the poison message is rejected: {response}") };
+    assert_eq!((&rejected["queue"], &rejected["message_id"]), (&json!(key), &poison_id));
+    let error = rejected["error"].as_str().unwrap_or_default();
+    assert!(error.contains("not a CloudEvent"), "the rejection says why: {error}");
+    consumer.assert_effect(&host.given, &orders).await;
+    host.assert_published(consumer, &bodies.each_ref().map(|body| decode(body))).await;
+    host.assert_outbox_settled().await;
+}
+
+macro_rules! for_each_consumer {
+    ($($module:ident => $consumer:expr,)*) => {$(
+        mod $module {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqs_record_is_handled_and_its_events_published() {
+                sqs_one_record($consumer).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqs_batch_reports_only_the_undecodable_record() {
+                sqs_batch_with_one_undecodable_record($consumer).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn amazon_mq_message_is_handled_and_its_events_published() {
+                rmq_one_message($consumer).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn amazon_mq_poison_message_is_rejected_and_the_others_handled() {
+                rmq_batch_with_one_poison_message($consumer).await;
+            }
+        }
+    )*};
+}
+
+for_each_consumer! {
+    reserve_inventory_lambda => Consumer::ReserveInventory,
+    replenish_stock_lambda => Consumer::ReplenishStock,
+    ship_order_lambda => Consumer::ShipOrder,
+    settle_inventory_lambda => Consumer::SettleInventory,
+    order_status_lambda => Consumer::OrderStatus,
+}
+
+// ---------------------------------------------------------------------------
+// One function stands for all
+
+/// WHEN the same event arrives twice in one SQS batch (published twice, so
+/// two messages), THEN neither fails, the effect is applied once, and only
+/// the first run's event is ever published (no second reaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_duplicate_record_is_handled_once() {
+    let consumer = Consumer::ReserveInventory;
+    let host = Host::new(consumer.step()).await;
+    let order_id = OrderId::new();
+    let body = consumer.body(order_id);
+
+    let response = host.invoke(envelope("sqs-two-records.json", consumer.function(), &[&body, &body])).await;
+
+    assert_eq!(response.expect("an SQS invocation always answers"), json!({"batchItemFailures": []}));
+    consumer.assert_effect(&host.given, &[order_id]).await; // reserved 2 units, not 4
+    let published = host.take(&Function::ShipOrder.queue()).await;
+    let ids: BTreeSet<Uuid> = published.iter().map(|event| event.id).collect();
+    assert_eq!(ids.len(), 1, "one reaction, possibly published again: {published:?}");
+    assert_eq!(published[0].causation_id, Some(decode(&body).id));
+    host.assert_outbox_settled().await;
+}
+
+/// WHEN an Amazon MQ event holds messages of two queues (a mapping may list
+/// several, e.g. the dead-letter queue while an operator redrives it), THEN
+/// every queue's messages are handled, not only the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amazon_mq_messages_of_two_queues_are_all_handled() {
+    let consumer = Consumer::ReserveInventory;
+    let host = Host::new(consumer.step()).await;
+    let orders = [OrderId::new(), OrderId::new()];
+    let bodies = orders.map(|order_id| consumer.body(order_id));
+    let batch = envelope("rmq-two-queues.json", consumer.function(), &[&bodies[0], &bodies[1]]);
+    let queues = batch["rmqMessagesByQueue"].as_object().map(|queues| queues.len());
+    assert_eq!(queues, Some(2), "the fixture holds two queues");
+
+    let response = host.invoke(batch).await;
+
+    assert_eq!(response.expect("a handled batch answers Ok"), json!({"handled": 2, "rejected": []}));
+    consumer.assert_effect(&host.given, &orders).await;
+    host.assert_published(consumer, &bodies.each_ref().map(|body| decode(body))).await;
+    host.assert_outbox_settled().await;
+}
+
+/// WHEN a message of an Amazon MQ batch fails in a way a retry can fix (the
+/// order is not in the store yet), THEN the invocation fails, so the whole
+/// batch comes back; the message handled meanwhile is not applied twice
+/// when it does, and the retried one then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amazon_mq_retryable_failure_fails_the_invocation() {
+    let consumer = Consumer::OrderStatus;
+    let host = Host::new(consumer.step()).await;
+    let (known, missing) = (OrderId::new(), OrderId::new());
+    consumer.given(&host.given, known).await;
+    let bodies = [consumer.body(known), consumer.body(missing)];
+    let batch = envelope("rmq-two-messages.json", consumer.function(), &[&bodies[0], &bodies[1]]);
+
+    let error = host.invoke(batch.clone()).await.expect_err("a retryable failure fails the invocation");
+
+    assert!(error.is_retryable(), "{error}");
+    assert!(error.to_string().contains(&missing.to_string()), "the error names the order: {error}");
+    assert_eq!(Diagnostic::from(error).error_type, RETRYABLE_ERROR_TYPE);
+    consumer.assert_effect(&host.given, &[known]).await;
+    assert!(host.given.store.order(missing).await.expect("read").is_none());
+
+    // The order's record becomes visible; Amazon MQ redelivers the batch.
+    consumer.given(&host.given, missing).await;
+    let response = host.invoke(batch).await;
+
+    assert_eq!(response.expect("the retried batch succeeds"), json!({"handled": 2, "rejected": []}));
+    consumer.assert_effect(&host.given, &[known, missing]).await;
+    let cancelled = host.take(SAGA_ENDED_QUEUE).await;
+    let reactions: BTreeSet<_> = cancelled.iter().map(|event| (event.id, event.subject, event.causation_id)).collect();
+    let causes: BTreeSet<_> = reactions.iter().map(|&(_, subject, cause)| (subject, cause)).collect();
+    let expected: BTreeSet<_> = bodies.iter().map(|body| decode(body)).map(|e| (e.subject, Some(e.id))).collect();
+    assert_eq!(causes, expected);
+    assert_eq!(reactions.len(), 2, "one order.cancelled per order, however often published: {cancelled:?}");
+    host.assert_outbox_settled().await;
+}
+
+/// WHEN one SQS record fails in a way a retry can fix, THEN only that record
+/// goes back to SQS; the other is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_retryable_failure_reports_only_that_record() {
+    let consumer = Consumer::OrderStatus;
+    let host = Host::new(consumer.step()).await;
+    let (known, missing) = (OrderId::new(), OrderId::new());
+    consumer.given(&host.given, known).await;
+    let bodies = [consumer.body(known), consumer.body(missing)];
+    let batch = envelope("sqs-two-records.json", consumer.function(), &[&bodies[0], &bodies[1]]);
+    let failed_id = batch["Records"][1]["messageId"].clone();
+
+    let response = host.invoke(batch).await.expect("an SQS invocation always answers");
+
+    assert_eq!(response, json!({"batchItemFailures": [{"itemIdentifier": failed_id}]}));
+    consumer.assert_effect(&host.given, &[known]).await;
+    host.assert_published(consumer, &[decode(&bodies[0])]).await;
+}
+
+/// WHEN the bridge invokes a function with a CloudEvent, THEN the emitted
+/// events come back as a JSON array of CloudEvents for the bridge to
+/// publish, the function publishes nothing itself, and a redelivery answers
+/// the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_cloudevent_returns_the_emitted_events_and_publishes_nothing() {
+    let consumer = Consumer::ShipOrder;
+    let host = Host::new(consumer.step()).await;
+    let order_id = OrderId::new();
+    let body = consumer.body(order_id);
+    let input = decode(&body);
+    let payload: Value = serde_json::from_str(&body).expect("JSON");
+
+    let answer = host.invoke(payload.clone()).await.expect("a direct invocation answers the emitted events");
+
+    let array = answer.as_array().expect("a JSON array");
+    assert_eq!(array.len(), 1, "{answer}");
+    assert_eq!((&array[0]["specversion"], &array[0]["type"]), (&json!("1.0"), &json!("order.shipped")));
+    let emitted: Vec<Event> = serde_json::from_value(answer.clone()).expect("CloudEvents");
+    assert_eq!((emitted[0].subject, emitted[0].causation_id), (order_id, Some(input.id)));
+    consumer.assert_effect(&host.given, &[order_id]).await;
+    for queue in [Function::SettleInventory.queue(), Function::OrderStatus.queue()] {
+        assert_eq!(host.take(&queue).await, vec![], "a direct invocation publishes nothing itself ({queue})");
+    }
+    host.assert_outbox_settled().await;
+
+    let again = host.invoke(payload).await.expect("a redelivery answers too");
+    assert_eq!(again, answer, "a redelivery answers the first run's events");
+}
+
+/// WHEN the payload is none of the shapes, or a known shape that does not
+/// parse, THEN a permanent error says what was expected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_of_no_known_shape_is_a_permanent_error() {
+    let host = Host::new(Consumer::ShipOrder.step()).await;
+    let mut no_body_size =
+        envelope("rmq-one-message.json", Function::ShipOrder, &[&Consumer::ShipOrder.body(OrderId::new())]);
+    let key = rmq_key(Function::ShipOrder);
+    let removed =
+        no_body_size["rmqMessagesByQueue"][&key][0]["basicProperties"].as_object_mut().map(|p| p.remove("bodySize"));
+    assert!(removed.is_some_and(|value| value.is_some()), "the fixture has a bodySize to remove");
+    let cases = [
+        (
+            json!({"detail-type": "Scheduled Event", "source": "aws.events"}),
+            "neither a CloudEvent, an SqsEvent nor a RabbitMqEvent",
+        ),
+        (json!("order.created"), "neither a CloudEvent, an SqsEvent nor a RabbitMqEvent"),
+        (json!({"Records": "none"}), "not a valid SqsEvent"),
+        (no_body_size, "not a valid RabbitMqEvent"),
+        (json!({"specversion": "1.0", "type": "order.teleported"}), "not a valid CloudEvent"),
+    ];
+    for (payload, expected) in cases {
+        let error = host.invoke(payload.clone()).await.expect_err("not a payload a step can handle");
+        assert!(!error.is_retryable(), "{payload}: {error}");
+        assert!(error.to_string().contains(expected), "{payload}: '{error}' should say '{expected}'");
+        assert_eq!(Diagnostic::from(error).error_type, PERMANENT_ERROR_TYPE);
+    }
+    assert_eq!(host.given.store.unpublished(Utc::now()).await.expect("read the outbox"), vec![], "nothing was handled");
+}
+
+/// The fixtures parse as the `aws_lambda_events` types AWS payloads are read
+/// with, and survive a round trip through them.
+#[test]
+fn fixtures_parse_as_the_aws_event_types_and_round_trip() {
+    let body = Consumer::ReserveInventory.body(OrderId::new());
+    let function = Function::ReserveInventory;
+    for name in ["sqs-one-record.json", "sqs-two-records.json", "sqs-three-records-one-undecodable.json"] {
+        let payload = envelope(name, function, &[&body, &body]);
+        let parsed: SqsEvent = serde_json::from_value(payload.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let again: SqsEvent =
+            serde_json::from_value(serde_json::to_value(&parsed).expect("serializes")).expect("parses");
+        assert_eq!(again, parsed, "{name} round-trips");
+        assert_eq!(parsed.records.len(), payload["Records"].as_array().map_or(0, Vec::len), "{name}");
+        for record in &parsed.records {
+            assert_eq!(record.event_source.as_deref(), Some("aws:sqs"), "{name}");
+            assert!(record.message_id.as_deref().is_some_and(|id| !id.is_empty()), "{name}: a messageId");
+            assert!(record.attributes.contains_key("ApproximateReceiveCount"), "{name}");
+        }
+        assert_eq!(parsed.records[0].body.as_deref(), Some(body.as_str()), "{name}: body is the CloudEvent text");
+        assert!(matches!(Invocation::classify(payload), Ok(Invocation::Sqs(_))), "{name}");
+    }
+    for name in
+        ["rmq-one-message.json", "rmq-two-messages.json", "rmq-three-messages-one-poison.json", "rmq-two-queues.json"]
+    {
+        let payload = envelope(name, function, &[&body, &body]);
+        let parsed: RabbitMqEvent = serde_json::from_value(payload.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let again: RabbitMqEvent =
+            serde_json::from_value(serde_json::to_value(&parsed).expect("serializes")).expect("parses");
+        assert_eq!(again, parsed, "{name} round-trips");
+        assert_eq!(parsed.event_source.as_deref(), Some("aws:rmq"), "{name}");
+        let first = &parsed.messages_by_queue[&rmq_key(function)][0];
+        let data = BASE64.decode(first.data.as_deref().unwrap_or_default()).expect("base64 data");
+        assert_eq!(data, body.as_bytes(), "{name}: data is the base64 of the CloudEvent");
+        assert_eq!(first.basic_properties.body_size, body.len() as u64, "{name}");
+        let traceparent = &first.basic_properties.headers["traceparent"]["bytes"];
+        let bytes: Vec<u8> = serde_json::from_value(traceparent.clone()).expect("string headers come as byte arrays");
+        assert!(String::from_utf8(bytes).is_ok_and(|text| text.starts_with("00-")), "{name}");
+        assert!(matches!(Invocation::classify(payload), Ok(Invocation::RabbitMq(_))), "{name}");
+    }
+    let direct = serde_json::from_str(&body).expect("JSON");
+    assert!(matches!(Invocation::classify(direct), Ok(Invocation::Direct(_))));
+}

@@ -1,0 +1,734 @@
+//! The store conformance suite (DESIGN §6): every adapter of the `Store` port
+//! behaves the same. Each check is written once, as an async fn over
+//! `Arc<dyn Store>`, and `conformance!` runs it against every adapter:
+//! `sqlite::<check>` on a temporary file, `dynamodb::<check>` on moto's server
+//! at `MOTO_URL` (default `http://127.0.0.1:5000`; `scripts/with-moto` starts
+//! it), each test in tables of its own prefix. When moto does not answer, the
+//! DynamoDB tests fail and say how to start it.
+//!
+//! Checks read GIVEN (a store) / WHEN (a commit) / THEN (what it answers and
+//! what is stored).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::Utc;
+use shared::domain::{CancelReason, OrderId, OrderStatus, Sku, units_per_sku};
+use shared::dynamodb::{DynamoStore, PROCESSED, STOCK, TABLES};
+use shared::events::{InventoryInsufficient, InventoryReserved, SkuUnits};
+use shared::ports::{
+    Commit, CommitOutcome, HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, Shipment, StockLevel,
+    Store, StoreError, Write,
+};
+use shared::sqlite::SqliteStore;
+use shared::step::{Decision, StepError, reaction, run_idempotent};
+use shared::testkit::{event, item, order_created, pending_order, sku};
+use shared::{Event, EventType, Function, Payload};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+/// Runs each check against each adapter. `check: atomic` marks a check that
+/// needs the server to apply concurrent transactions atomically (see
+/// `scripts/with-moto`).
+macro_rules! conformance {
+    (@atomic) => { false };
+    (@atomic atomic) => { true };
+    ($($check:ident $(: $atomic:ident)?),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let subject = super::Subject::sqlite().await;
+                    super::$check(Arc::clone(&subject.store)).await;
+                }
+            )*
+            use std::sync::Arc;
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let subject = super::Subject::dynamodb(conformance!(@atomic $($atomic)?)).await;
+                    super::$check(Arc::clone(&subject.store)).await;
+                    subject.drop_tables().await;
+                }
+            )*
+            use std::sync::Arc;
+        }
+    };
+}
+
+conformance! {
+    seeds_only_an_empty_store,
+    reads_the_stock_of_known_skus_only,
+    commits_versioned_writes_with_the_key_and_its_events,
+    a_stale_version_conflicts_and_writes_nothing,
+    a_processed_key_answers_duplicate_with_the_first_events,
+    a_version_zero_write_of_an_existing_record_conflicts,
+    the_outbox_holds_emitted_events_until_marked_published,
+    orders_reservations_and_shipments_round_trip,
+    concurrent_reservations_never_oversell: atomic,
+}
+
+// ---------------------------------------------------------------- fixtures
+
+/// A store under test and what has to live as long as it.
+struct Subject {
+    store: Arc<dyn Store>,
+    /// The SQLite file's directory, deleted on drop.
+    _dir: Option<TempDir>,
+    /// The DynamoDB tables' client and prefix, dropped after the test.
+    dynamo: Option<(Client, String)>,
+}
+
+impl Subject {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteStore::open(&dir.path().join("choreo.db")).expect("open a SQLite store");
+        Self { store: Arc::new(store), _dir: Some(dir), dynamo: None }
+    }
+
+    /// A `DynamoStore` on moto, in fresh tables. `atomic`: the check needs
+    /// concurrent transactions applied atomically, which a plain `moto_server`
+    /// does not do.
+    async fn dynamodb(atomic: bool) -> Self {
+        let url = moto_url();
+        let client = moto_client(&url).await;
+        if let Err(error) = client.list_tables().limit(1).send().await {
+            panic!(
+                "moto is not reachable at {url} (MOTO_URL): {}\n\
+                 Start it with scripts/with-moto, or point MOTO_URL at a running moto server.",
+                aws_sdk_dynamodb::error::DisplayErrorContext(&error)
+            );
+        }
+        if atomic {
+            assert!(
+                moto_serializes_requests(&url).await,
+                "the moto server at {url} is a plain moto_server, whose TransactWriteItems is not atomic under \
+                 concurrent requests; this check needs the one scripts/with-moto starts (it serializes requests)"
+            );
+        }
+        let prefix = format!("t{}-", &Uuid::new_v4().simple().to_string()[..12]);
+        let store = DynamoStore::new(client.clone(), prefix.clone());
+        store.create_tables().await.unwrap_or_else(|error| panic!("create the tables on moto at {url}: {error}"));
+        Self { store: Arc::new(store), _dir: None, dynamo: Some((client, prefix)) }
+    }
+
+    /// Deletes the test's tables, so a long-running moto does not pile them up.
+    async fn drop_tables(&self) {
+        if let Some((client, prefix)) = &self.dynamo {
+            for table in &TABLES {
+                client.delete_table().table_name(table.name(prefix)).send().await.expect("delete a test table");
+            }
+        }
+    }
+}
+
+fn moto_url() -> String {
+    std::env::var("MOTO_URL").ok().filter(|url| !url.is_empty()).unwrap_or_else(|| "http://127.0.0.1:5000".to_owned())
+}
+
+/// A DynamoDB client for moto: region us-east-1, dummy credentials.
+async fn moto_client(url: &str) -> Client {
+    let credentials = aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "conformance");
+    let config = shared::config::with_http_client(aws_config::defaults(aws_config::BehaviorVersion::latest()))
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(url)
+        .load()
+        .await;
+    Client::new(&config)
+}
+
+/// Whether the server at `url` is the serialized moto of `scripts/with-moto`
+/// (its responses carry `x-choreo-moto: serialized`).
+async fn moto_serializes_requests(url: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
+    let Ok(mut stream) = tokio::net::TcpStream::connect(&authority).await else { return false };
+    let request = format!("GET /moto-api/config HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    let mut response = Vec::new();
+    if stream.write_all(request.as_bytes()).await.is_err() || stream.read_to_end(&mut response).await.is_err() {
+        return false;
+    }
+    String::from_utf8_lossy(&response).to_ascii_lowercase().contains("x-choreo-moto: serialized")
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn catalog(entries: &[(&str, u64, u64)]) -> Vec<SeedStock> {
+    entries
+        .iter()
+        .map(|&(text, available, max_replenish)| SeedStock { sku: sku(text), available, max_replenish })
+        .collect()
+}
+
+async fn seed(store: &Arc<dyn Store>, entries: &[(&str, u64, u64)]) {
+    let written = store.seed_if_empty(&catalog(entries)).await.expect("seed the catalog");
+    assert_eq!(written, entries.len(), "the store was not empty before seeding");
+}
+
+async fn stock_of(store: &Arc<dyn Store>, text: &str) -> StockLevel {
+    let mut levels = store.stock(&[sku(text)]).await.expect("read stock");
+    assert_eq!(levels.len(), 1, "SKU {text} should exist once");
+    levels.remove(0)
+}
+
+/// An `order.created` event for one new order of `items` (`(sku, quantity)`).
+fn new_order(items: &[(&str, i64)]) -> Event {
+    let items = items.iter().map(|&(text, quantity)| item(text, quantity)).collect();
+    event(OrderId::new(), Payload::OrderCreated(order_created(items)))
+}
+
+fn reserved_by(cause: &Event) -> Event {
+    let Payload::OrderCreated(order) = &cause.payload else { panic!("an order.created event is needed") };
+    reaction(
+        Function::ReserveInventory,
+        cause,
+        Payload::InventoryReserved(InventoryReserved {
+            items: order.items.clone(),
+            shipping_address: order.shipping_address.clone(),
+        }),
+    )
+}
+
+fn commit(function: Function, key: &str, writes: Vec<Write>, emitted: Vec<Event>) -> Commit {
+    Commit { function, key: key.to_owned(), writes, emitted }
+}
+
+async fn committed(store: &Arc<dyn Store>, commit: Commit) {
+    let outcome = store.commit(commit).await.expect("commit");
+    assert_eq!(outcome, CommitOutcome::Committed);
+}
+
+fn held(level: &StockLevel, units: u64) -> StockLevel {
+    StockLevel { available: level.available - units, reserved: level.reserved + units, ..level.clone() }
+}
+
+fn reservation_of(cause: &Event) -> Reservation {
+    let Payload::OrderCreated(order) = &cause.payload else { panic!("an order.created event is needed") };
+    Reservation { order_id: cause.subject, items: order.items.clone(), state: ReservationState::Reserved, version: 0 }
+}
+
+// ---------------------------------------------------------------- checks
+
+async fn seeds_only_an_empty_store(store: Arc<dyn Store>) {
+    // GIVEN an empty store, WHEN seeded with a catalog naming a SKU twice, THEN nothing is written.
+    let twice = store.seed_if_empty(&catalog(&[("A-1", 1, 1), ("A-1", 2, 2)])).await;
+    assert!(matches!(twice, Err(StoreError::Corrupt(_))), "a SKU twice must be refused: {twice:?}");
+    assert_eq!(store.all_stock().await.expect("read stock"), []);
+
+    // WHEN seeded with a valid catalog, THEN every SKU is stored at version 1.
+    assert_eq!(store.seed_if_empty(&catalog(&[("B-2", 0, 0), ("A-1", 10, 5)])).await.expect("seed"), 2);
+    // WHEN seeded again, THEN nothing changes.
+    assert_eq!(store.seed_if_empty(&catalog(&[("C-3", 7, 1)])).await.expect("seed again"), 0);
+
+    let levels = store.all_stock().await.expect("read stock");
+    let expected = [
+        StockLevel {
+            sku: sku("A-1"),
+            seeded: 10,
+            available: 10,
+            reserved: 0,
+            shipped: 0,
+            replenished: 0,
+            max_replenish: 5,
+            version: 1,
+        },
+        StockLevel {
+            sku: sku("B-2"),
+            seeded: 0,
+            available: 0,
+            reserved: 0,
+            shipped: 0,
+            replenished: 0,
+            max_replenish: 0,
+            version: 1,
+        },
+    ];
+    assert_eq!(levels, expected, "all_stock lists the seeded catalog, sorted by SKU");
+}
+
+async fn reads_the_stock_of_known_skus_only(store: Arc<dyn Store>) {
+    seed(&store, &[("A-1", 10, 5), ("B-2", 3, 0)]).await;
+
+    let levels = store.stock(&[sku("B-2"), sku("NOPE"), sku("A-1")]).await.expect("read stock");
+    let skus: Vec<&str> = levels.iter().map(|level| level.sku.as_str()).collect();
+    assert_eq!(skus, ["B-2", "A-1"], "known SKUs, in the order asked; unknown ones are absent");
+    assert_eq!((levels[0].available, levels[0].max_replenish), (3, 0));
+    assert_eq!(store.stock(&[sku("NOPE")]).await.expect("read stock"), []);
+    assert_eq!(store.stock(&[]).await.expect("read stock"), []);
+}
+
+async fn commits_versioned_writes_with_the_key_and_its_events(store: Arc<dyn Store>) {
+    seed(&store, &[("A-1", 10, 5), ("B-2", 4, 0)]).await;
+    let cause = new_order(&[("A-1", 3), ("B-2", 1)]);
+    let emitted = vec![reserved_by(&cause)];
+    let (a, b) = (stock_of(&store, "A-1").await, stock_of(&store, "B-2").await);
+
+    // WHEN a reservation commits its stock writes, the reservation and its events
+    let writes = vec![Write::Stock(held(&a, 3)), Write::Stock(held(&b, 1)), Write::Reservation(reservation_of(&cause))];
+    let key = cause.id.to_string();
+    committed(&store, commit(Function::ReserveInventory, &key, writes, emitted.clone())).await;
+
+    // THEN every record moved to its next version
+    let a_after = stock_of(&store, "A-1").await;
+    assert_eq!(a_after, StockLevel { version: 2, ..held(&a, 3) });
+    assert_eq!(stock_of(&store, "B-2").await, StockLevel { version: 2, ..held(&b, 1) });
+    assert!(a_after.is_conserved());
+    let reservation = store.reservation(cause.subject).await.expect("read the reservation");
+    assert_eq!(reservation, Some(Reservation { version: 1, ..reservation_of(&cause) }));
+    // AND the key is processed, with its events, for this function only
+    assert_eq!(store.processed(Function::ReserveInventory, &key).await.expect("read processed"), Some(emitted));
+    assert_eq!(store.processed(Function::OrderStatus, &key).await.expect("read processed"), None);
+
+    // WHEN the next step writes the version it read, THEN it commits again
+    let shipped = StockLevel { reserved: a_after.reserved - 3, shipped: 3, ..a_after.clone() };
+    committed(&store, commit(Function::SettleInventory, "settle-1", vec![Write::Stock(shipped.clone())], vec![])).await;
+    assert_eq!(stock_of(&store, "A-1").await, StockLevel { version: 3, ..shipped });
+}
+
+async fn a_stale_version_conflicts_and_writes_nothing(store: Arc<dyn Store>) {
+    seed(&store, &[("A-1", 10, 5), ("B-2", 10, 5)]).await;
+    let (a, b) = (stock_of(&store, "A-1").await, stock_of(&store, "B-2").await);
+    // GIVEN A-1 moved on since it was read
+    committed(&store, commit(Function::ReserveInventory, "other", vec![Write::Stock(held(&a, 1))], vec![])).await;
+
+    // WHEN a commit writes B-2 (fresh), new records and then A-1 (stale)
+    let cause = new_order(&[("A-1", 2), ("B-2", 2)]);
+    let order = pending_order(&cause);
+    let writes = vec![
+        Write::Stock(held(&b, 2)),
+        Write::Reservation(reservation_of(&cause)),
+        Write::Order(order.clone()),
+        Write::Stock(held(&a, 2)),
+    ];
+    let key = cause.id.to_string();
+    let outcome = store.commit(commit(Function::ReserveInventory, &key, writes, vec![reserved_by(&cause)])).await;
+
+    // THEN it conflicts, and none of it is stored: not the fresh writes, not the key, not the events
+    assert_eq!(outcome.expect("commit"), CommitOutcome::Conflict);
+    assert_eq!(stock_of(&store, "B-2").await, b, "B-2 must be untouched");
+    assert_eq!(stock_of(&store, "A-1").await, StockLevel { version: 2, ..held(&a, 1) });
+    assert_eq!(store.reservation(cause.subject).await.expect("read"), None);
+    assert_eq!(store.order(cause.subject).await.expect("read"), None);
+    assert_eq!(store.processed(Function::ReserveInventory, &key).await.expect("read"), None);
+    assert_eq!(store.unpublished(Utc::now() + Duration::from_secs(60)).await.expect("read the outbox"), []);
+
+    // WHEN the step reads again and decides again, THEN the same key commits
+    let a = stock_of(&store, "A-1").await;
+    let writes = vec![Write::Stock(held(&b, 2)), Write::Stock(held(&a, 2)), Write::Reservation(reservation_of(&cause))];
+    committed(&store, commit(Function::ReserveInventory, &key, writes, vec![])).await;
+    assert_eq!(stock_of(&store, "A-1").await.available, 7);
+}
+
+async fn a_processed_key_answers_duplicate_with_the_first_events(store: Arc<dyn Store>) {
+    seed(&store, &[("A-1", 10, 5)]).await;
+    let cause = new_order(&[("A-1", 1)]);
+    let key = cause.id.to_string();
+    let first_events = vec![reserved_by(&cause)];
+    let a = stock_of(&store, "A-1").await;
+    committed(&store, commit(Function::ReserveInventory, &key, vec![Write::Stock(held(&a, 1))], first_events.clone()))
+        .await;
+    let after_first = stock_of(&store, "A-1").await;
+
+    // WHEN the same key commits again with fresh versions and other events
+    let again =
+        commit(Function::ReserveInventory, &key, vec![Write::Stock(held(&after_first, 1))], vec![reserved_by(&cause)]);
+    // THEN the first run's events come back and nothing is written
+    let outcome = store.commit(again).await.expect("commit");
+    assert_eq!(outcome, CommitOutcome::Duplicate(first_events.clone()));
+    assert_eq!(stock_of(&store, "A-1").await, after_first);
+
+    // WHEN it commits again with a stale version, THEN it is still a duplicate (not a conflict)
+    let stale = commit(Function::ReserveInventory, &key, vec![Write::Stock(held(&a, 1))], vec![]);
+    assert_eq!(store.commit(stale).await.expect("commit"), CommitOutcome::Duplicate(first_events));
+    assert_eq!(store.unpublished(Utc::now() + Duration::from_secs(60)).await.expect("read the outbox").len(), 1);
+
+    // A step that emitted nothing is a duplicate too, with no events
+    committed(&store, commit(Function::OrderStatus, "quiet", vec![], vec![])).await;
+    let quiet_again = store.commit(commit(Function::OrderStatus, "quiet", vec![], vec![reserved_by(&cause)])).await;
+    assert_eq!(quiet_again.expect("commit"), CommitOutcome::Duplicate(vec![]));
+
+    // The key is per function: another function may process the same event
+    let other = commit(Function::OrderStatus, &key, vec![Write::Order(pending_order(&cause))], vec![]);
+    assert_eq!(store.commit(other).await.expect("commit"), CommitOutcome::Committed);
+}
+
+async fn a_version_zero_write_of_an_existing_record_conflicts(store: Arc<dyn Store>) {
+    seed(&store, &[("A-1", 10, 5)]).await;
+    let a = stock_of(&store, "A-1").await;
+    let insert_again = Write::Stock(StockLevel { version: 0, available: 99, ..a.clone() });
+    let outcome = store.commit(commit(Function::ReplenishStock, "k0", vec![insert_again], vec![])).await;
+    assert_eq!(outcome.expect("commit"), CommitOutcome::Conflict);
+    assert_eq!(stock_of(&store, "A-1").await, a);
+
+    let cause = new_order(&[("A-1", 1)]);
+    let order = pending_order(&cause);
+    let reservation = reservation_of(&cause);
+    let shipment = Shipment { order_id: cause.subject, tracking_number: "TRACK-1".to_owned(), version: 0 };
+    let first =
+        vec![Write::Order(order.clone()), Write::Reservation(reservation.clone()), Write::Shipment(shipment.clone())];
+    committed(&store, commit(Function::CreateOrder, "k1", first, vec![])).await;
+
+    // WHEN each record is inserted again (version 0), THEN each conflicts and keeps its first content
+    let inserts = [
+        Write::Order(OrderRecord { status: OrderStatus::Cancelled, ..order.clone() }),
+        Write::Reservation(Reservation { state: ReservationState::Released, ..reservation.clone() }),
+        Write::Shipment(Shipment { tracking_number: "TRACK-2".to_owned(), ..shipment.clone() }),
+    ];
+    for (index, insert) in inserts.into_iter().enumerate() {
+        let outcome =
+            store.commit(commit(Function::CreateOrder, &format!("again-{index}"), vec![insert], vec![])).await;
+        assert_eq!(outcome.expect("commit"), CommitOutcome::Conflict, "insert #{index} of an existing record");
+    }
+    assert_eq!(store.order(cause.subject).await.expect("read"), Some(OrderRecord { version: 1, ..order }));
+    assert_eq!(store.reservation(cause.subject).await.expect("read"), Some(Reservation { version: 1, ..reservation }));
+    assert_eq!(store.shipment(cause.subject).await.expect("read"), Some(Shipment { version: 1, ..shipment }));
+
+    // An update of a record that does not exist conflicts too, and creates nothing
+    let ghost = new_order(&[("A-1", 1)]);
+    let update = Write::Order(OrderRecord { version: 3, ..pending_order(&ghost) });
+    let outcome = store.commit(commit(Function::OrderStatus, "ghost", vec![update], vec![])).await;
+    assert_eq!(outcome.expect("commit"), CommitOutcome::Conflict);
+    assert_eq!(store.order(ghost.subject).await.expect("read"), None);
+}
+
+async fn the_outbox_holds_emitted_events_until_marked_published(store: Arc<dyn Store>) {
+    let before_any = Utc::now();
+    let (first, second) = (new_order(&[("A-1", 1)]), new_order(&[("B-2", 2)]));
+    let first_events = vec![reserved_by(&first)];
+    let second_events = vec![reserved_by(&second), reserved_by(&second)];
+    committed(&store, commit(Function::ReserveInventory, "k1", vec![], first_events.clone())).await;
+    tokio::time::sleep(Duration::from_millis(5)).await; // distinct commit times, to check the order
+    committed(&store, commit(Function::OrderStatus, "nothing-emitted", vec![], vec![])).await;
+    committed(&store, commit(Function::CreateOrder, "k2", vec![], second_events.clone())).await;
+
+    // THEN the entries that emitted events are unpublished, oldest first
+    let outbox = store.unpublished(Utc::now() + Duration::from_secs(60)).await.expect("read the outbox");
+    let entries: Vec<(Function, &str, &[Event])> =
+        outbox.iter().map(|entry| (entry.function, entry.key.as_str(), entry.events.as_slice())).collect();
+    assert_eq!(
+        entries,
+        [
+            (Function::ReserveInventory, "k1", first_events.as_slice()),
+            (Function::CreateOrder, "k2", second_events.as_slice())
+        ]
+    );
+    // AND only those committed before the given time
+    assert_eq!(store.unpublished(before_any).await.expect("read the outbox"), []);
+
+    // WHEN one is marked published (twice: marking is idempotent), THEN it leaves the outbox
+    store.mark_published(Function::ReserveInventory, "k1").await.expect("mark published");
+    store.mark_published(Function::ReserveInventory, "k1").await.expect("mark published again");
+    let outbox = store.unpublished(Utc::now() + Duration::from_secs(60)).await.expect("read the outbox");
+    let keys: Vec<&str> = outbox.iter().map(|entry| entry.key.as_str()).collect();
+    assert_eq!(keys, ["k2"]);
+    // AND a duplicate still gets its events back
+    assert_eq!(store.processed(Function::ReserveInventory, "k1").await.expect("read"), Some(first_events));
+
+    // Marking an unknown key changes nothing and creates nothing
+    store.mark_published(Function::ShipOrder, "unknown").await.expect("mark an unknown key");
+    assert_eq!(store.processed(Function::ShipOrder, "unknown").await.expect("read"), None);
+    assert_eq!(store.unpublished(Utc::now() + Duration::from_secs(60)).await.expect("read the outbox").len(), 1);
+}
+
+async fn orders_reservations_and_shipments_round_trip(store: Arc<dyn Store>) {
+    let created = new_order(&[("A-1", 2), ("B-2", 1)]);
+    let order_id = created.subject;
+    assert_eq!(store.order(order_id).await.expect("read"), None);
+    assert_eq!(store.reservation(order_id).await.expect("read"), None);
+    assert_eq!(store.shipment(order_id).await.expect("read"), None);
+
+    // An order with every optional field and a history of several entries
+    let mut order = pending_order(&created);
+    order.record(&reserved_by(&created));
+    order.status = OrderStatus::Cancelled;
+    order.tracking_number = Some("TRACK-42".to_owned());
+    order.cancel_reason = Some(CancelReason::ShipmentFailed);
+    let reservation = reservation_of(&created);
+    let shipment = Shipment { order_id, tracking_number: "TRACK-42".to_owned(), version: 0 };
+    let writes =
+        vec![Write::Order(order.clone()), Write::Reservation(reservation.clone()), Write::Shipment(shipment.clone())];
+    committed(&store, commit(Function::CreateOrder, "create", writes, vec![])).await;
+
+    let stored = store.order(order_id).await.expect("read").expect("the order is stored");
+    assert_eq!(stored, OrderRecord { version: 1, ..order.clone() });
+    assert_eq!(stored.history.len(), 2);
+    assert_eq!(
+        store.reservation(order_id).await.expect("read"),
+        Some(Reservation { version: 1, ..reservation.clone() })
+    );
+    assert_eq!(store.shipment(order_id).await.expect("read"), Some(Shipment { version: 1, ..shipment.clone() }));
+
+    // Updates from the version read
+    let history = vec![HistoryEntry::of(&created)];
+    let updated_order = OrderRecord { status: OrderStatus::Shipped, cancel_reason: None, history, ..stored };
+    let updated_reservation = Reservation { state: ReservationState::Shipped, version: 1, ..reservation };
+    let updated_shipment = Shipment { tracking_number: "TRACK-43".to_owned(), version: 1, ..shipment };
+    let writes = vec![
+        Write::Order(updated_order.clone()),
+        Write::Reservation(updated_reservation.clone()),
+        Write::Shipment(updated_shipment.clone()),
+    ];
+    committed(&store, commit(Function::OrderStatus, "update", writes, vec![])).await;
+    assert_eq!(store.order(order_id).await.expect("read"), Some(OrderRecord { version: 2, ..updated_order }));
+    assert_eq!(
+        store.reservation(order_id).await.expect("read"),
+        Some(Reservation { version: 2, ..updated_reservation })
+    );
+    assert_eq!(store.shipment(order_id).await.expect("read"), Some(Shipment { version: 2, ..updated_shipment }));
+}
+
+/// The reserve step's read–decide–commit, as `reserve-inventory` runs it
+/// (that crate depends on this one, so it is emulated here): all-or-nothing
+/// across the order's items, through `run_idempotent`. A retryable error
+/// (records kept changing) is retried, as the bus would redeliver the event.
+async fn reserve(store: &Arc<dyn Store>, cause: &Event) -> Vec<Event> {
+    let Payload::OrderCreated(order) = &cause.payload else { panic!("an order.created event is needed") };
+    let decide = || {
+        let (store, order, cause) = (Arc::clone(store), order.clone(), cause.clone());
+        async move {
+            let units: BTreeMap<Sku, u64> = units_per_sku(&order.items);
+            let skus: Vec<Sku> = units.keys().cloned().collect();
+            let levels = store.stock(&skus).await?;
+            let shortfall: Vec<SkuUnits> = levels
+                .iter()
+                .filter(|level| level.available < units[&level.sku])
+                .map(|level| SkuUnits { sku: level.sku.clone(), units: units[&level.sku] - level.available })
+                .collect();
+            if !shortfall.is_empty() {
+                let insufficient = InventoryInsufficient {
+                    items: order.items.clone(),
+                    shipping_address: order.shipping_address.clone(),
+                    shortfall,
+                    attempt: 1,
+                };
+                let emit =
+                    vec![reaction(Function::ReserveInventory, &cause, Payload::InventoryInsufficient(insufficient))];
+                return Ok(Decision { writes: vec![], emit });
+            }
+            let mut writes: Vec<Write> =
+                levels.iter().map(|level| Write::Stock(held(level, units[&level.sku]))).collect();
+            writes.push(Write::Reservation(reservation_of(&cause)));
+            Ok::<_, StepError>(Decision { writes, emit: vec![reserved_by(&cause)] })
+        }
+    };
+    for _ in 0..50 {
+        match run_idempotent(Function::ReserveInventory, cause, store.as_ref(), decide).await {
+            Ok(emitted) => return emitted,
+            Err(error) if error.is_retryable() => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(error) => panic!("reserve failed permanently: {error}"),
+        }
+    }
+    panic!("reserve kept failing for event {}", cause.id)
+}
+
+async fn concurrent_reservations_never_oversell(store: Arc<dyn Store>) {
+    const ORDERS: usize = 50;
+    // GIVEN 15 units seeded and 5 replenished of a hot SKU (20 in all), and a cold SKU
+    seed(&store, &[("HOT", 15, 100), ("COLD", 5, 0)]).await;
+    let hot = stock_of(&store, "HOT").await;
+    let replenished = StockLevel { available: hot.available + 5, replenished: 5, ..hot };
+    committed(&store, commit(Function::ReplenishStock, "replenish", vec![Write::Stock(replenished)], vec![])).await;
+    let cold = stock_of(&store, "COLD").await;
+
+    // WHEN 50 orders of 1 unit each are reserved at once
+    let orders: Vec<Event> = (0..ORDERS).map(|_| new_order(&[("HOT", 1)])).collect();
+    let outcomes = reserve_all(&store, &orders).await;
+
+    // THEN exactly the 20 units are reserved: never oversold, all-or-nothing per order
+    let reserved: Vec<&Event> = outcomes
+        .iter()
+        .filter(|emitted| emitted.iter().any(|event| event.event_type() == EventType::InventoryReserved))
+        .map(|emitted| &emitted[0])
+        .collect();
+    let insufficient = outcomes
+        .iter()
+        .filter(|emitted| emitted.iter().any(|event| event.event_type() == EventType::InventoryInsufficient))
+        .count();
+    assert_eq!((reserved.len(), insufficient), (20, ORDERS - 20), "reserved vs insufficient orders");
+    let hot = stock_of(&store, "HOT").await;
+    assert_eq!((hot.available, hot.reserved, hot.seeded, hot.replenished), (0, 20, 15, 5));
+    assert!(hot.is_conserved(), "available + reserved + shipped = seeded + replenished: {hot:?}");
+    assert_eq!(stock_of(&store, "COLD").await, cold, "an unrelated SKU is untouched");
+    for (order, emitted) in orders.iter().zip(&outcomes) {
+        let has_reservation = store.reservation(order.subject).await.expect("read").is_some();
+        assert_eq!(has_reservation, emitted[0].event_type() == EventType::InventoryReserved, "order {}", order.subject);
+    }
+
+    // WHEN every event is delivered again, at once, THEN each gets its first events back and nothing moves
+    let again = reserve_all(&store, &orders).await;
+    assert_eq!(again, outcomes);
+    assert_eq!(stock_of(&store, "HOT").await, hot);
+}
+
+async fn reserve_all(store: &Arc<dyn Store>, orders: &[Event]) -> Vec<Vec<Event>> {
+    let tasks: Vec<_> = orders
+        .iter()
+        .cloned()
+        .map(|order| {
+            let store = Arc::clone(store);
+            tokio::spawn(async move { reserve(&store, &order).await })
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await.expect("a reserve task panicked"));
+    }
+    outcomes
+}
+
+// ---------------------------------------------------------------- DynamoDB only
+
+mod dynamodb_only {
+    use super::*;
+
+    /// Largest order (50 SKUs, DESIGN §7): 50 stock writes + the reservation
+    /// + the processed record fit in one transaction; 100 writes do not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_largest_reservation_fits_in_one_transaction() {
+        let subject = Subject::dynamodb(false).await;
+        let store = &subject.store;
+        let names: Vec<String> = (0..50).map(|index| format!("SKU-{index:02}")).collect();
+        let entries: Vec<(&str, u64, u64)> = names.iter().map(|name| (name.as_str(), 5, 0)).collect();
+        seed(store, &entries).await;
+        let items: Vec<(&str, i64)> = names.iter().map(|name| (name.as_str(), 2)).collect();
+        let cause = new_order(&items);
+        let levels = store.stock(&names.iter().map(|name| sku(name)).collect::<Vec<_>>()).await.expect("read stock");
+        let mut writes: Vec<Write> = levels.iter().map(|level| Write::Stock(held(level, 2))).collect();
+        writes.push(Write::Reservation(reservation_of(&cause)));
+        committed(store, commit(Function::ReserveInventory, "largest", writes, vec![reserved_by(&cause)])).await;
+        assert!(store.all_stock().await.expect("read stock").iter().all(|level| level.reserved == 2));
+
+        let levels = store.all_stock().await.expect("read stock");
+        let too_many: Vec<Write> = (0..100).map(|index| Write::Stock(levels[index % 50].clone())).collect();
+        let outcome = store.commit(commit(Function::ReserveInventory, "too-many", too_many, vec![])).await;
+        assert!(
+            matches!(outcome, Err(StoreError::Corrupt(ref detail)) if detail.contains("100 writes")),
+            "{outcome:?}"
+        );
+        subject.drop_tables().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_writes_of_one_record_conflict_like_sqlite() {
+        let subject = Subject::dynamodb(false).await;
+        seed(&subject.store, &[("A-1", 10, 0)]).await;
+        let a = stock_of(&subject.store, "A-1").await;
+        let writes = vec![Write::Stock(held(&a, 1)), Write::Stock(held(&a, 2))];
+        let outcome = subject.store.commit(commit(Function::ReserveInventory, "twice", writes, vec![])).await;
+        assert_eq!(outcome.expect("commit"), CommitOutcome::Conflict);
+        assert_eq!(stock_of(&subject.store, "A-1").await, a);
+        subject.drop_tables().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreadable_items_are_corrupt() {
+        let subject = Subject::dynamodb(false).await;
+        let (client, prefix) = subject.dynamo.clone().expect("a DynamoDB subject");
+        // GIVEN a stock item with a text count and a processed record whose events are not JSON
+        let garbage = |pairs: &[(&str, AttributeValue)]| {
+            pairs.iter().map(|(name, value)| ((*name).to_owned(), value.clone())).collect()
+        };
+        client
+            .put_item()
+            .table_name(STOCK.name(&prefix))
+            .set_item(Some(garbage(&[
+                ("sku", AttributeValue::S("BAD-1".to_owned())),
+                ("seeded", AttributeValue::N("3".to_owned())),
+                ("available", AttributeValue::S("lots".to_owned())),
+            ])))
+            .send()
+            .await
+            .expect("put a bad stock item");
+        client
+            .put_item()
+            .table_name(PROCESSED.name(&prefix))
+            .set_item(Some(garbage(&[
+                ("pk", AttributeValue::S("ship-order#bad".to_owned())),
+                ("emitted", AttributeValue::S("not json".to_owned())),
+            ])))
+            .send()
+            .await
+            .expect("put a bad processed item");
+
+        // THEN reading them, or a commit that finds the bad record a duplicate, is Corrupt
+        let stock = subject.store.all_stock().await;
+        assert!(matches!(stock, Err(StoreError::Corrupt(ref detail)) if detail.contains("available")), "{stock:?}");
+        let processed = subject.store.processed(Function::ShipOrder, "bad").await;
+        assert!(matches!(processed, Err(StoreError::Corrupt(_))), "{processed:?}");
+        let duplicate = subject.store.commit(commit(Function::ShipOrder, "bad", vec![], vec![])).await;
+        assert!(matches!(duplicate, Err(StoreError::Corrupt(_))), "{duplicate:?}");
+        subject.drop_tables().await;
+    }
+
+    /// No server: every call is `Unavailable` (retryable), never a panic or `Corrupt`.
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_unavailable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        drop(listener); // nothing listens there now
+        let config = moto_client(&url)
+            .await
+            .config()
+            .to_builder()
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .build();
+        let store = DynamoStore::new(Client::from_conf(config), "nowhere-");
+        let stock = store.stock(&[sku("A-1")]).await;
+        assert!(matches!(stock, Err(StoreError::Unavailable(_))), "{stock:?}");
+        let outcome = store.commit(commit(Function::ReserveInventory, "k", vec![], vec![])).await;
+        assert!(matches!(outcome, Err(StoreError::Unavailable(_))), "{outcome:?}");
+    }
+
+    /// `store_from_env` with `CHOREO_STORE=dynamodb` reaches the endpoint and
+    /// tables the environment names. Run in a child process (this test binary,
+    /// filtered to `store_from_env_child`), so no test changes this process's
+    /// environment.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_from_env_uses_the_environments_endpoint_and_prefix() {
+        let subject = Subject::dynamodb(false).await;
+        seed(&subject.store, &[("ENV-1", 7, 0)]).await;
+        let (_, prefix) = subject.dynamo.clone().expect("a DynamoDB subject");
+        let output = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", "dynamodb_only::store_from_env_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("CHOREO_CONFORMANCE_CHILD", "1")
+            .env("CHOREO_STORE", "dynamodb")
+            .env("CHOREO_TABLE_PREFIX", &prefix)
+            .env("AWS_ENDPOINT_URL_DYNAMODB", moto_url())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .output()
+            .expect("run the child test");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("child read ENV-1 = 7"),
+            "child test failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        subject.drop_tables().await;
+    }
+
+    #[tokio::test]
+    #[ignore = "run in a child process by store_from_env_uses_the_environments_endpoint_and_prefix"]
+    async fn store_from_env_child() {
+        if std::env::var_os("CHOREO_CONFORMANCE_CHILD").is_none() {
+            eprintln!("only meaningful when run by its parent test; skipped");
+            return;
+        }
+        let store = shared::config::store_from_env().await.expect("store from the environment");
+        let levels = store.stock(&[sku("ENV-1")]).await.expect("read stock through the environment's endpoint");
+        assert_eq!(levels.len(), 1, "ENV-1 is in the tables the parent seeded");
+        println!("child read ENV-1 = {}", levels[0].available);
+    }
+}
