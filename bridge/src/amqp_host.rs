@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use shared::amqp::{AmqpLink, Handler, QueueSettings, Topology, run_consumers};
-use shared::bus::{OutboxRef, PublishError, RelayError, publish_committed, relay_outbox};
+use shared::bus::{OutboxRef, publish_committed, relay_outbox};
 use shared::ports::Store;
 use shared::sqlite::SqliteStore;
 use shared::{Event, Function, Ports, Step, StepError};
@@ -46,10 +46,7 @@ impl Handler for LocalSteps {
         let emitted = step.handle(event, &self.ports).await?;
         crate::inprocess::log_step(function, event, &emitted);
         let origin = OutboxRef { function, key: event.id.to_string() };
-        publish_committed(&*self.ports.store, &*self.link, &origin, &emitted).await.map_err(|error| match error {
-            RelayError::Publish(PublishError::Unroutable { .. }) => StepError::Permanent(error.to_string()),
-            other => StepError::Retryable(other.to_string()),
-        })?;
+        publish_committed(&*self.ports.store, &*self.link, &origin, &emitted).await?;
         if let Some(StepObserver(observe)) = &self.observer {
             observe(function, event, &emitted);
         }

@@ -7,8 +7,9 @@
 mod common;
 
 use common::{
-    Envelope, InProcess, SAGA_TIMEOUT, Scratch, Vhost, assert_conserved, assert_function_queues_empty, default_catalog,
-    drain_saga_ended, eventually, history_types, inventory, order_body, test_settings, wait_all_terminal,
+    Envelope, InProcess, Levels, SAGA_TIMEOUT, Scratch, Vhost, assert_conserved, assert_function_queues_empty,
+    default_catalog, drain_saga_ended, eventually, history_types, inventory, order_body, test_settings,
+    wait_all_terminal,
 };
 use serde_json::Value;
 use shared::amqp::AmqpLink;
@@ -19,7 +20,7 @@ struct Expected<'a> {
     cancel_reason: Option<&'a str>,
     history: &'a [&'a str],
     /// `(sku, (available, reserved, shipped, replenished))` once the saga is over.
-    stock: &'a [(&'a str, (u64, u64, u64, u64))],
+    stock: &'a [(&'a str, Levels)],
 }
 
 /// Places one order on a fresh system seeded with the default catalog, waits

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use choreo::client::Client;
 use common::{
-    ChoreoProcess, InProcess, Scratch, Vhost, assert_conserved, assert_function_queues_empty, drain_saga_ended,
+    ChoreoProcess, InProcess, Levels, Scratch, Vhost, assert_conserved, assert_function_queues_empty, drain_saga_ended,
     eventually, history_types, message_count, order_body, rabbitmqctl, stock, test_settings, try_rabbitmqctl,
     wait_all_terminal,
 };
@@ -189,7 +189,7 @@ async fn check_mixed(store: &dyn Store, orders: &[Placed], catalog: &[SeedStock]
             return Err(format!("order {} ({:?}) ended {outcome:?} after {history:?}", placed.id, placed.path));
         }
     }
-    let levels: BTreeMap<String, (u64, u64, u64, u64)> = store
+    let levels: BTreeMap<String, Levels> = store
         .all_stock()
         .await
         .map_err(|error| error.to_string())?
@@ -197,7 +197,7 @@ async fn check_mixed(store: &dyn Store, orders: &[Placed], catalog: &[SeedStock]
         .map(|level| (level.sku.to_string(), (level.available, level.reserved, level.shipped, level.replenished)))
         .collect();
     let seeded = |sku: &str| catalog.iter().find(|entry| entry.sku.as_str() == sku).map_or(0, |entry| entry.available);
-    let expected: BTreeMap<String, (u64, u64, u64, u64)> = [
+    let expected: BTreeMap<String, Levels> = [
         ("WIDGET-1", (seeded("WIDGET-1").saturating_sub(widgets_shipped), 0, widgets_shipped, 0)),
         ("GADGET-2", (gadgets_replenished.saturating_sub(gadgets_shipped), 0, gadgets_shipped, gadgets_replenished)),
         ("RELIC-9", (seeded("RELIC-9"), 0, 0, 0)),

@@ -222,9 +222,43 @@ fn unavailable(error: lapin::Error) -> PublishError {
 /// One AMQP connection for the whole process, reopened after it is lost, and
 /// one confirming channel for publishing.
 pub struct AmqpLink {
-    url: String,
+    url: BrokerUrl,
     name: String,
     session: Mutex<Option<Arc<Session>>>,
+}
+
+/// Where the broker URL comes from.
+enum BrokerUrl {
+    Plain(String),
+    /// A Secrets Manager secret whose value is the URL (deployed functions:
+    /// credentials never sit in plain environment variables). Read at the
+    /// first connection, then cached for the container's life.
+    Secret { arn: String, resolved: tokio::sync::OnceCell<String> },
+}
+
+impl BrokerUrl {
+    async fn get(&self) -> Result<&str, lapin::Error> {
+        match self {
+            Self::Plain(url) => Ok(url),
+            Self::Secret { arn, resolved } => {
+                resolved.get_or_try_init(|| read_secret(arn)).await.map(String::as_str).map_err(|error| {
+                    tracing::error!(%arn, %error, "cannot read the AMQP URL secret");
+                    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Error))
+                })
+            }
+        }
+    }
+}
+
+async fn read_secret(arn: &str) -> Result<String, String> {
+    let config = crate::config::aws_sdk_config().await;
+    let secret = aws_sdk_secretsmanager::Client::new(&config)
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|error| aws_sdk_secretsmanager::error::DisplayErrorContext(error).to_string())?;
+    secret.secret_string().map(str::trim).map(str::to_owned).ok_or_else(|| "the secret has no string value".into())
 }
 
 struct Session {
@@ -235,12 +269,19 @@ struct Session {
 impl AmqpLink {
     /// Nothing is opened until first use, so a Lambda init makes no network call.
     pub fn new(url: &str, name: &str) -> Arc<Self> {
-        Arc::new(Self { url: url.to_owned(), name: name.to_owned(), session: Mutex::new(None) })
+        Arc::new(Self { url: BrokerUrl::Plain(url.to_owned()), name: name.to_owned(), session: Mutex::new(None) })
     }
 
-    /// The link named by `AMQP_URL`, if set.
+    /// The link named by the environment: `AMQP_URL`, or else the secret
+    /// `AMQP_SECRET_ARN` holds the URL. `None` when neither is set.
     pub fn from_env(name: &str) -> Option<Arc<Self>> {
-        std::env::var("AMQP_URL").ok().filter(|url| !url.is_empty()).map(|url| Self::new(&url, name))
+        let var = |key: &str| std::env::var(key).ok().filter(|value| !value.is_empty());
+        let url = match (var("AMQP_URL"), var("AMQP_SECRET_ARN")) {
+            (Some(url), _) => BrokerUrl::Plain(url),
+            (None, Some(arn)) => BrokerUrl::Secret { arn, resolved: tokio::sync::OnceCell::new() },
+            (None, None) => return None,
+        };
+        Some(Arc::new(Self { url, name: name.to_owned(), session: Mutex::new(None) }))
     }
 
     async fn session(&self) -> Result<Arc<Session>, lapin::Error> {
@@ -252,7 +293,7 @@ impl AmqpLink {
             return Ok(Arc::clone(session));
         }
         let properties = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let connection = Connection::connect(&self.url, properties).await?;
+        let connection = Connection::connect(self.url.get().await?, properties).await?;
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         let session = Arc::new(Session { connection, publisher });

@@ -91,3 +91,14 @@ impl Publisher for NoBroker {
         Err(PublishError::Unavailable("no broker is configured (set AMQP_URL)".to_owned()))
     }
 }
+
+impl From<RelayError> for crate::StepError {
+    /// An unroutable event is a topology error that no retry fixes; anything
+    /// else (broker away, store busy) may pass.
+    fn from(error: RelayError) -> Self {
+        match error {
+            RelayError::Publish(PublishError::Unroutable { .. }) => Self::Permanent(error.to_string()),
+            other => Self::Retryable(other.to_string()),
+        }
+    }
+}

@@ -95,7 +95,7 @@ impl StepHost {
         let origin = OutboxRef { function: self.step.function(), key: event.id.to_string() };
         publish_committed(&*self.ports.store, publisher, &origin, &emitted)
             .await
-            .map_err(|error| StepError::Retryable(error.to_string()))?;
+            .map_err(StepError::from)?;
         Ok(emitted.len())
     }
 

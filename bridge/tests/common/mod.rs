@@ -424,8 +424,11 @@ pub async fn wait_all_terminal(client: &Client, ids: &[String], bound: Duration)
     }
 }
 
-/// `GET /inventory/{sku}` as `(available, reserved, shipped, replenished)`.
-pub async fn inventory(client: &Client, sku: &str) -> (u64, u64, u64, u64) {
+/// Stock of one SKU as `(available, reserved, shipped, replenished)`.
+pub type Levels = (u64, u64, u64, u64);
+
+/// `GET /inventory/{sku}`.
+pub async fn inventory(client: &Client, sku: &str) -> Levels {
     let level = client.inventory(sku).await.unwrap_or_else(|error| panic!("GET /inventory/{sku}: {error}"));
     let field = |name: &str| level[name].as_u64().unwrap_or_else(|| panic!("{name} in {level}"));
     (field("available"), field("reserved"), field("shipped"), field("replenished"))
