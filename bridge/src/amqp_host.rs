@@ -96,7 +96,8 @@ impl AmqpSystem {
     }
 }
 
-async fn relay_forever(store: Arc<dyn Store>, link: Arc<AmqpLink>, mut stop: watch::Receiver<bool>) {
+/// Re-publishes stranded outbox entries until `stop` turns true.
+pub async fn relay_forever(store: Arc<dyn Store>, link: Arc<AmqpLink>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(RELAY_EVERY) => {}

@@ -28,6 +28,12 @@ enum Command {
     Up(UpArgs),
     /// Print the choreography as a Mermaid flowchart.
     Graph,
+    /// Re-publish events whose first publish failed (the outbox) until stopped:
+    /// run it beside the bridge when the functions' store is DynamoDB.
+    Relay {
+        #[arg(long, env = "AMQP_URL", default_value = shared::amqp::DEFAULT_AMQP_URL)]
+        amqp: String,
+    },
     /// Print the AWS SAM template (template.yaml) derived from the choreography.
     Template,
     /// Print the RabbitMQ topology as management-plugin definitions (infra/rabbitmq/definitions.json).
@@ -229,6 +235,7 @@ async fn main() -> ExitCode {
             print!("{}", shared::choreography::mermaid());
             Ok(())
         }
+        Command::Relay { amqp } => relay(amqp).await,
         Command::Template => {
             print!("{}", choreo::template::sam_template());
             Ok(())
@@ -350,6 +357,20 @@ async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
         std::process::exit(130);
     });
     bridge::run(config, stopped).await?;
+    Ok(())
+}
+
+async fn relay(amqp: String) -> Result<(), AnyError> {
+    // The store the functions use: CHOREO_STORE=dynamodb (+ CHOREO_TABLE_PREFIX) or CHOREO_DB.
+    let store = shared::config::store_from_env().await?;
+    let link = AmqpLink::new(&amqp, "choreo-relay");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(choreo::amqp_host::relay_forever(store, std::sync::Arc::clone(&link), stopped));
+    println!("relaying the outbox to {} (Ctrl-C stops)", redact(&amqp));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = relay.await;
+    link.close().await;
     Ok(())
 }
 
