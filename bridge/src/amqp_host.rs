@@ -73,9 +73,15 @@ impl AmqpSystem {
         }
         let link = AmqpLink::new(url, "choreo-up");
         // Fail fast with a clear message when the broker is not there at start.
-        link.declare(&Topology::derive(&settings))
-            .await
-            .map_err(|error| StartError::Broker(format!("cannot reach RabbitMQ at {}: {error}", redact(url))))?;
+        link.declare(&Topology::derive(&settings)).await.map_err(|error| {
+            let hint = if error.to_string().contains("PRECONDITION_FAILED") {
+                " (its queues were declared with other retry settings: use the same --max-retries and \
+                     --retry-delay-ms, or delete the choreo queues)"
+            } else {
+                ""
+            };
+            StartError::Broker(format!("cannot set up RabbitMQ at {}: {error}{hint}", redact(url)))
+        })?;
         let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
         let handler = Arc::new(LocalSteps::new(crate::steps::all(), ports, Arc::clone(&link), config.bus.observer));
         let (shutdown, stop) = watch::channel(false);

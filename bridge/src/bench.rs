@@ -256,26 +256,40 @@ async fn saga(config: &BenchConfig, target: Target) -> Result<Value, BenchError>
         let count = completed.get(&key).and_then(Value::as_u64).unwrap_or(0);
         completed.insert(key, json!(count + 1));
     }
-    let mut latencies: Vec<f64> = samples.iter().map(|(_, _, latency)| latency.as_secs_f64() * 1000.0).collect();
-    latencies.sort_by(f64::total_cmp);
-    Ok(json!({
+    let latencies = samples.iter().map(|(_, _, latency)| latency.as_secs_f64() * 1000.0).collect();
+    let mix = format!("{:?}", config.mix).to_ascii_lowercase();
+    Ok(report(mode, &mix, config, completed, latencies, wall, steps))
+}
+
+/// The one JSON object a bench run prints.
+fn report(
+    mode: &str,
+    mix: &str,
+    config: &BenchConfig,
+    completed: serde_json::Map<String, Value>,
+    mut latencies_ms: Vec<f64>,
+    wall: f64,
+    messages: usize,
+) -> Value {
+    latencies_ms.sort_by(f64::total_cmp);
+    json!({
         "mode": mode,
-        "mix": format!("{:?}", config.mix).to_ascii_lowercase(),
-        "orders": samples.len(),
+        "mix": mix,
+        "orders": latencies_ms.len(),
         "concurrency": config.concurrency,
         "rate": config.rate,
         "completed": completed,
         "wall_s": round3(wall),
-        "sagas_per_s": round3(samples.len() as f64 / wall),
+        "sagas_per_s": round3(latencies_ms.len() as f64 / wall),
         "latency_ms": {
-            "p50": round3(percentile(&latencies, 0.50)),
-            "p95": round3(percentile(&latencies, 0.95)),
-            "p99": round3(percentile(&latencies, 0.99)),
-            "max": round3(latencies.last().copied().unwrap_or(0.0)),
+            "p50": round3(percentile(&latencies_ms, 0.50)),
+            "p95": round3(percentile(&latencies_ms, 0.95)),
+            "p99": round3(percentile(&latencies_ms, 0.99)),
+            "max": round3(latencies_ms.last().copied().unwrap_or(0.0)),
         },
-        "messages": steps,
-        "messages_per_s": round3(steps as f64 / wall),
-    }))
+        "messages": messages,
+        "messages_per_s": round3(messages as f64 / wall),
+    })
 }
 
 /// The events the ship path publishes, in order, with the function that
@@ -417,25 +431,9 @@ async fn raw(config: &BenchConfig, url: &str) -> Result<Value, BenchError> {
     }
     let messages = deliveries.load(Ordering::Relaxed);
     let _ = connection.close(200, "bench done".into()).await;
-    latencies.sort_by(f64::total_cmp);
-    Ok(json!({
-        "mode": "raw",
-        "mix": "ship",
-        "orders": latencies.len(),
-        "concurrency": config.concurrency,
-        "rate": config.rate,
-        "completed": {"shipped:shipped": latencies.len()},
-        "wall_s": round3(wall),
-        "sagas_per_s": round3(latencies.len() as f64 / wall),
-        "latency_ms": {
-            "p50": round3(percentile(&latencies, 0.50)),
-            "p95": round3(percentile(&latencies, 0.95)),
-            "p99": round3(percentile(&latencies, 0.99)),
-            "max": round3(latencies.last().copied().unwrap_or(0.0)),
-        },
-        "messages": messages,
-        "messages_per_s": round3(messages as f64 / wall),
-    }))
+    let mut completed = serde_json::Map::new();
+    completed.insert("shipped:shipped".into(), json!(latencies.len()));
+    Ok(report("raw", "ship", config, completed, latencies, wall, messages))
 }
 
 /// Deliveries of one ship-path saga: each published event times its consumers.

@@ -48,6 +48,9 @@ pub const ATTEMPT_HEADER: &str = "x-choreo-attempt";
 pub const ERROR_HEADER: &str = "x-choreo-error";
 pub const FUNCTION_HEADER: &str = "x-choreo-function";
 
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// How a function's queue is consumed and retried.
@@ -233,7 +236,10 @@ enum BrokerUrl {
     /// A Secrets Manager secret whose value is the URL (deployed functions:
     /// credentials never sit in plain environment variables). Read at the
     /// first connection, then cached for the container's life.
-    Secret { arn: String, resolved: tokio::sync::OnceCell<String> },
+    Secret {
+        arn: String,
+        resolved: tokio::sync::OnceCell<String>,
+    },
 }
 
 impl BrokerUrl {
@@ -293,7 +299,13 @@ impl AmqpLink {
             return Ok(Arc::clone(session));
         }
         let properties = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let connection = Connection::connect(self.url.get().await?, properties).await?;
+        // Bounded: a broker that drops packets must not hold every publisher
+        // (and so every POST) for the TCP connect timeout.
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(self.url.get().await?, properties))
+            .await
+            .map_err(|_| {
+                lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(std::io::ErrorKind::TimedOut.into())))
+            })??;
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         let session = Arc::new(Session { connection, publisher });
@@ -370,7 +382,9 @@ impl AmqpLink {
     pub async fn publish_events(&self, events: &[Event]) -> Result<(), PublishError> {
         let messages = events
             .iter()
-            .map(|event| (EXCHANGE.to_owned(), event.event_type().as_str().to_owned(), event.to_json(), properties(event)))
+            .map(|event| {
+                (EXCHANGE.to_owned(), event.event_type().as_str().to_owned(), event.to_json(), properties(event))
+            })
             .collect();
         self.publish_all(messages).await
     }

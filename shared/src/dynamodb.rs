@@ -818,16 +818,7 @@ impl Store for DynamoStore {
         }
         let mut written = 0;
         for entry in catalog {
-            let mut item = stock_item(&StockLevel {
-                sku: entry.sku.clone(),
-                seeded: entry.available,
-                available: entry.available,
-                reserved: 0,
-                shipped: 0,
-                replenished: 0,
-                max_replenish: entry.max_replenish,
-                version: 0,
-            });
+            let mut item = stock_item(&entry.initial_level());
             item.insert(VERSION.to_owned(), number(1));
             let result = self
                 .client

@@ -42,7 +42,8 @@ pub enum Invocation {
 impl Invocation {
     /// Tells the shapes apart by their distinguishing keys.
     pub fn classify(payload: Value) -> Result<Self, StepError> {
-        let permanent = |shape: &str, error: serde_json::Error| StepError::Permanent(format!("not a valid {shape}: {error}"));
+        let permanent =
+            |shape: &str, error: serde_json::Error| StepError::Permanent(format!("not a valid {shape}: {error}"));
         if payload.get("Records").is_some() {
             serde_json::from_value(payload).map(Self::Sqs).map_err(|error| permanent("SqsEvent", error))
         } else if payload.get("rmqMessagesByQueue").is_some() {
@@ -52,9 +53,7 @@ impl Invocation {
                 .map(|event| Self::Direct(Box::new(event)))
                 .map_err(|error| permanent("CloudEvent", error))
         } else {
-            Err(StepError::Permanent(
-                "the payload is neither a CloudEvent, an SqsEvent nor a RabbitMqEvent".to_owned(),
-            ))
+            Err(StepError::Permanent("the payload is neither a CloudEvent, an SqsEvent nor a RabbitMqEvent".to_owned()))
         }
     }
 }
@@ -93,9 +92,7 @@ impl StepHost {
         })?;
         let emitted = self.step.handle(event, &self.ports).await?;
         let origin = OutboxRef { function: self.step.function(), key: event.id.to_string() };
-        publish_committed(&*self.ports.store, publisher, &origin, &emitted)
-            .await
-            .map_err(StepError::from)?;
+        publish_committed(&*self.ports.store, publisher, &origin, &emitted).await.map_err(StepError::from)?;
         Ok(emitted.len())
     }
 
@@ -131,7 +128,9 @@ impl StepHost {
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(message.data.as_deref().unwrap_or_default())
                     .map_err(|error| StepError::Permanent(format!("body is not base64: {error}")))
-                    .and_then(|bytes| Event::from_json(&bytes).map_err(|error| StepError::Permanent(error.to_string())));
+                    .and_then(|bytes| {
+                        Event::from_json(&bytes).map_err(|error| StepError::Permanent(error.to_string()))
+                    });
                 let outcome = match decoded {
                     Ok(event) => self.handle_and_publish(&event).await,
                     Err(error) => Err(error),
@@ -142,7 +141,9 @@ impl StepHost {
                     Err(error) => {
                         let message_id = message.basic_properties.message_id.clone().unwrap_or_default();
                         tracing::error!(%queue, %message_id, %error, "dropping a message that can never be handled");
-                        rejected.push(serde_json::json!({"queue": queue, "message_id": message_id, "error": error.to_string()}));
+                        rejected.push(
+                            serde_json::json!({"queue": queue, "message_id": message_id, "error": error.to_string()}),
+                        );
                     }
                 }
             }

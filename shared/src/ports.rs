@@ -50,6 +50,22 @@ pub struct SeedStock {
     pub max_replenish: u64,
 }
 
+impl SeedStock {
+    /// The stock level a new catalog entry starts with (not stored yet).
+    pub fn initial_level(&self) -> StockLevel {
+        StockLevel {
+            sku: self.sku.clone(),
+            seeded: self.available,
+            available: self.available,
+            reserved: 0,
+            shipped: 0,
+            replenished: 0,
+            max_replenish: self.max_replenish,
+            version: 0,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReservationState {

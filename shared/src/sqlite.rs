@@ -414,17 +414,7 @@ impl Store for SqliteStore {
                 return Ok(0);
             }
             for entry in &catalog {
-                let level = StockLevel {
-                    sku: entry.sku.clone(),
-                    seeded: entry.available,
-                    available: entry.available,
-                    reserved: 0,
-                    shipped: 0,
-                    replenished: 0,
-                    max_replenish: entry.max_replenish,
-                    version: 0,
-                };
-                if !apply(&tx, &Write::Stock(level)).map_err(unavailable)? {
+                if !apply(&tx, &Write::Stock(entry.initial_level())).map_err(unavailable)? {
                     return Err(StoreError::Corrupt(format!("SKU {} appears twice in the catalog", entry.sku)));
                 }
             }
