@@ -50,6 +50,8 @@ pub const FUNCTION_HEADER: &str = "x-choreo-function";
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a publish may wait for the broker's confirms.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -338,8 +340,19 @@ impl AmqpLink {
         self.session.lock().await.as_ref().is_some_and(|session| session.connection.status().connected())
     }
 
-    /// Publishes raw messages with `mandatory` and waits for all confirms together.
+    /// Publishes raw messages with `mandatory` and waits for all confirms
+    /// together, within `PUBLISH_TIMEOUT`: a broker that vanishes mid-publish
+    /// must not leave a caller (a consumer, the relay, a POST) waiting forever.
     async fn publish_all(&self, messages: Vec<(String, String, Vec<u8>, BasicProperties)>) -> Result<(), PublishError> {
+        tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_confirmed(messages))
+            .await
+            .map_err(|_| PublishError::Unavailable(format!("no publisher confirm within {PUBLISH_TIMEOUT:?}")))?
+    }
+
+    async fn publish_confirmed(
+        &self,
+        messages: Vec<(String, String, Vec<u8>, BasicProperties)>,
+    ) -> Result<(), PublishError> {
         let session = self.session().await.map_err(unavailable)?;
         let mut confirms = Vec::with_capacity(messages.len());
         let mut identities = Vec::with_capacity(messages.len());
