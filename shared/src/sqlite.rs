@@ -2,16 +2,25 @@
 //! (`choreo up`, `cargo lambda watch`, tests), in WAL mode so readers never
 //! wait for the writer.
 //!
-//! rusqlite is blocking, so every call runs on tokio's blocking pool; one
-//! writer connection (SQLite allows one writer at a time anyway) and a few
-//! reader connections, each with a prepared-statement cache.
+//! rusqlite is blocking, so the store runs on threads of its own, never on
+//! the async runtime: one writer thread owning the write connection (SQLite
+//! has one writer at a time anyway) and a few reader threads, each with a
+//! prepared-statement cache. Callers hand them jobs over channels.
+//!
+//! The writer commits in groups: it takes every write job waiting, runs each
+//! under its own savepoint inside one transaction and commits once. Each job
+//! still succeeds or fails alone (a conflict rolls back to its savepoint), but
+//! a busy system pays for one WAL commit per group instead of one per step.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
 
 use crate::choreography::Function;
 use crate::domain::{OrderId, Sku};
@@ -46,13 +55,22 @@ CREATE TABLE IF NOT EXISTS processed (
 CREATE INDEX IF NOT EXISTS processed_unpublished ON processed (published) WHERE published = 0;
 ";
 
-/// Reader connections: WAL lets them read while the writer writes.
-const READERS: usize = 4;
+/// Reader threads: WAL lets them read while the writer writes.
+const READERS: usize = 3;
+/// Most write jobs committed together.
+const MAX_GROUP: usize = 128;
+
+/// Answers a write job's caller once the group's commit is known.
+type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Runs inside the group's transaction (or learns it could not start) and
+/// says whether to keep its changes.
+type WriteJob = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Answer) + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
-    readers: Vec<Arc<Mutex<Connection>>>,
-    next_reader: std::sync::atomic::AtomicUsize,
+    writes: mpsc::Sender<WriteJob>,
+    reads: Vec<mpsc::Sender<ReadJob>>,
+    next_reader: AtomicUsize,
 }
 
 impl SqliteStore {
@@ -64,40 +82,104 @@ impl SqliteStore {
         }
         let writer = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
-        let readers = (0..READERS)
-            .map(|_| connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map(|reader| Arc::new(Mutex::new(reader))))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, next_reader: Default::default() })
-    }
-
-    async fn with<T: Send + 'static>(
-        connection: &Arc<Mutex<Connection>>,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let connection = Arc::clone(connection);
-        tokio::task::spawn_blocking(move || {
-            // A poisoned lock means a panic mid-call; the connection itself is
-            // still consistent (SQLite rolled back), so keep using it.
-            let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut connection)
-        })
-        .await
-        .map_err(|error| StoreError::Unavailable(format!("store task failed: {error}")))?
+        let (writes, jobs) = mpsc::channel();
+        spawn_thread("sqlite-writer", move || write_groups(&writer, &jobs))?;
+        let mut reads = Vec::with_capacity(READERS);
+        for index in 0..READERS {
+            let reader = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+            let (sender, jobs) = mpsc::channel::<ReadJob>();
+            spawn_thread(&format!("sqlite-reader-{index}"), move || {
+                while let Ok(job) = jobs.recv() {
+                    // A panicking job must not take the thread (and the store) with it.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&reader)));
+                }
+            })?;
+            reads.push(sender);
+        }
+        Ok(Self { writes, reads, next_reader: AtomicUsize::new(0) })
     }
 
     async fn read<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let index = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.readers.len();
-        Self::with(&self.readers[index], work).await
+        let (answer, answered) = oneshot::channel();
+        let job: ReadJob = Box::new(move |connection| {
+            let _ = answer.send(work(connection));
+        });
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.reads.len();
+        self.reads[index].send(job).map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
     }
 
+    /// Runs `work` in the writer's next group; its changes are kept when
+    /// `keep` says so and the group commits.
     async fn write<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        keep: fn(&T) -> bool,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        Self::with(&self.writer, work).await
+        let (answer, answered) = oneshot::channel();
+        let job: WriteJob = Box::new(move |connection| {
+            let outcome = match connection {
+                Ok(connection) => work(connection),
+                Err(error) => Err(StoreError::Unavailable(error.to_string())),
+            };
+            let kept = outcome.as_ref().is_ok_and(keep);
+            let reply: Answer = Box::new(move |group| {
+                let _ = answer.send(group.and(outcome));
+            });
+            (kept, reply)
+        });
+        self.writes.send(job).map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+}
+
+fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map(drop)
+        .map_err(|error| StoreError::Unavailable(format!("cannot start a store thread: {error}")))
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the store's threads have stopped".to_owned())
+}
+
+/// The writer thread: one transaction per group of waiting jobs, a savepoint per job.
+fn write_groups(connection: &Connection, jobs: &mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        group.extend(jobs.try_iter().take(MAX_GROUP - 1));
+        // IMMEDIATE takes the write lock up front (waiting up to busy_timeout
+        // for other processes), so every job sees one consistent state.
+        if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE").map_err(unavailable) {
+            for job in group {
+                let (_, answer) = job(Err(&error));
+                answer(Err(StoreError::Unavailable(error.to_string())));
+            }
+            continue;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for job in group {
+            let _ = connection.execute_batch("SAVEPOINT job");
+            let (keep, answer) = match std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(connection)))) {
+                Ok(done) => done,
+                Err(_) => (false, Box::new(|_| ()) as Answer),
+            };
+            let end = if keep { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let _ = connection.execute_batch(end);
+            answers.push(answer);
+        }
+        let committed = connection.execute_batch("COMMIT").map_err(unavailable);
+        if committed.is_err() {
+            let _ = connection.execute_batch("ROLLBACK");
+        }
+        for answer in answers {
+            answer(committed.as_ref().map(drop).map_err(|error| StoreError::Unavailable(error.to_string())));
+        }
     }
 }
 
@@ -176,7 +258,7 @@ fn parse_state(text: &str) -> Result<ReservationState, StoreError> {
 }
 
 /// Applies one versioned write; `false` when the record moved since it was read.
-fn apply(tx: &Transaction<'_>, write: &Write) -> rusqlite::Result<bool> {
+fn apply(tx: &Connection, write: &Write) -> rusqlite::Result<bool> {
     let changed = match write {
         Write::Stock(level) if level.version == 0 => tx
             .prepare_cached(
@@ -260,10 +342,8 @@ fn decode_events(text: &str) -> Result<Vec<Event>, StoreError> {
     from_json(text)
 }
 
-fn commit_in(connection: &mut Connection, commit: &Commit) -> Result<CommitOutcome, StoreError> {
-    // IMMEDIATE takes the write lock up front, so the duplicate check and the
-    // writes see one consistent state.
-    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+/// Runs inside the writer's transaction; only `Committed` keeps its changes.
+fn commit_in(tx: &Connection, commit: &Commit) -> Result<CommitOutcome, StoreError> {
     let previous: Option<String> = tx
         .prepare_cached("SELECT emitted FROM processed WHERE function = ?1 AND key = ?2")
         .and_then(|mut statement| {
@@ -274,8 +354,8 @@ fn commit_in(connection: &mut Connection, commit: &Commit) -> Result<CommitOutco
         return Ok(CommitOutcome::Duplicate(decode_events(&previous)?));
     }
     for write in &commit.writes {
-        if !apply(&tx, write).map_err(unavailable)? {
-            return Ok(CommitOutcome::Conflict); // dropping `tx` rolls back
+        if !apply(tx, write).map_err(unavailable)? {
+            return Ok(CommitOutcome::Conflict);
         }
     }
     let published = commit.emitted.is_empty();
@@ -292,7 +372,6 @@ fn commit_in(connection: &mut Connection, commit: &Commit) -> Result<CommitOutco
         ])
     })
     .map_err(unavailable)?;
-    tx.commit().map_err(unavailable)?;
     Ok(CommitOutcome::Committed)
 }
 
@@ -313,7 +392,8 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        self.write(move |connection| commit_in(connection, &commit)).await
+        self.write(|outcome| *outcome == CommitOutcome::Committed, move |connection| commit_in(connection, &commit))
+            .await
     }
 
     async fn unpublished(&self, committed_before: DateTime<Utc>) -> Result<Vec<OutboxEntry>, StoreError> {
@@ -343,13 +423,18 @@ impl Store for SqliteStore {
 
     async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError> {
         let key = key.to_owned();
-        self.write(move |connection| {
-            connection
-                .prepare_cached("UPDATE processed SET published = 1 WHERE function = ?1 AND key = ?2 AND published = 0")
-                .and_then(|mut statement| statement.execute(params![function.name(), key]))
-                .map(drop)
-                .map_err(unavailable)
-        })
+        self.write(
+            |()| true,
+            move |connection| {
+                connection
+                    .prepare_cached(
+                        "UPDATE processed SET published = 1 WHERE function = ?1 AND key = ?2 AND published = 0",
+                    )
+                    .and_then(|mut statement| statement.execute(params![function.name(), key]))
+                    .map(drop)
+                    .map_err(unavailable)
+            },
+        )
         .await
     }
 
@@ -406,21 +491,22 @@ impl Store for SqliteStore {
 
     async fn seed_if_empty(&self, catalog: &[SeedStock]) -> Result<usize, StoreError> {
         let catalog = catalog.to_vec();
-        self.write(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-            let existing: i64 =
-                tx.query_row("SELECT count(*) FROM stock", [], |row| row.get(0)).map_err(unavailable)?;
-            if existing > 0 {
-                return Ok(0);
-            }
-            for entry in &catalog {
-                if !apply(&tx, &Write::Stock(entry.initial_level())).map_err(unavailable)? {
-                    return Err(StoreError::Corrupt(format!("SKU {} appears twice in the catalog", entry.sku)));
+        self.write(
+            |_| true,
+            move |tx| {
+                let existing: i64 =
+                    tx.query_row("SELECT count(*) FROM stock", [], |row| row.get(0)).map_err(unavailable)?;
+                if existing > 0 {
+                    return Ok(0);
                 }
-            }
-            tx.commit().map_err(unavailable)?;
-            Ok(catalog.len())
-        })
+                for entry in &catalog {
+                    if !apply(tx, &Write::Stock(entry.initial_level())).map_err(unavailable)? {
+                        return Err(StoreError::Corrupt(format!("SKU {} appears twice in the catalog", entry.sku)));
+                    }
+                }
+                Ok(catalog.len())
+            },
+        )
         .await
     }
 
