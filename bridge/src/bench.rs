@@ -241,7 +241,18 @@ async fn saga(config: &BenchConfig, target: Target) -> Result<Value, BenchError>
         samples.extend(worker.map_err(|error| BenchError::Other(error.to_string()))??);
     }
     let wall = started.elapsed().as_secs_f64();
-    let steps = finish.steps.load(Ordering::Relaxed);
+    // Steps off the critical path (settle-inventory) may still be running:
+    // let them finish so the count is whole and no message outlives the run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut steps = finish.steps.load(Ordering::Relaxed);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = finish.steps.load(Ordering::Relaxed);
+        if now == steps {
+            break;
+        }
+        steps = now;
+    }
 
     let _ = stop_server.send(());
     let _ = server.await;

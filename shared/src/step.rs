@@ -107,7 +107,7 @@ pub fn reaction(function: Function, cause: &Event, payload: Payload) -> Event {
 
 /// How often a step re-reads after a version conflict before giving up with a
 /// retryable error (the bus then retries later).
-const MAX_CONFLICTS: usize = 32;
+const MAX_CONFLICTS: u32 = 100;
 
 /// Runs `decide` (read records, decide) and commits its outcome atomically
 /// with the event's id. A duplicate gets the first run's events back and
@@ -123,17 +123,26 @@ where
     Fut: Future<Output = Result<Decision, StepError>>,
 {
     let key = event.id.to_string();
-    for _ in 0..MAX_CONFLICTS {
-        if let Some(emitted) = store.processed(function, &key).await? {
-            tracing::debug!(%function, event_id = %event.id, "duplicate event: returning the first run's events");
-            return Ok(emitted);
+    // No separate "seen it?" read: `commit` checks the key in the same
+    // transaction as the writes, and answers a duplicate with the first run's
+    // events (deciding again on a duplicate is harmless: nothing of it is kept).
+    for conflicts in 0..MAX_CONFLICTS {
+        if conflicts > 0 {
+            // Steps racing for one hot record (a popular SKU) would otherwise
+            // collide again in lockstep: wait a little, randomly, growing.
+            let ceiling_us = 200u64 << conflicts.min(5);
+            let jitter_us = u64::from(uuid::Uuid::new_v4().as_u128() as u16) % ceiling_us;
+            tokio::time::sleep(std::time::Duration::from_micros(jitter_us)).await;
         }
         let decision = decide().await?;
         let emitted = decision.emit;
         let commit = Commit { function, key: key.clone(), writes: decision.writes, emitted: emitted.clone() };
         match store.commit(commit).await? {
             CommitOutcome::Committed => return Ok(emitted),
-            CommitOutcome::Duplicate(first_run) => return Ok(first_run),
+            CommitOutcome::Duplicate(first_run) => {
+                tracing::debug!(%function, event_id = %event.id, "duplicate event: returning the first run's events");
+                return Ok(first_run);
+            }
             CommitOutcome::Conflict => continue,
         }
     }
