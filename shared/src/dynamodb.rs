@@ -32,12 +32,16 @@
 //! A `commit` is ONE `TransactWriteItems`: first a Put of the processed record
 //! conditioned on `attribute_not_exists(pk)` (the idempotency key), then one
 //! Put per versioned write, conditioned on `version = <version read>` (or on
-//! the key not existing for version 0) and storing `version + 1`. Either all
+//! the key not existing for version 0) and storing `version + 1`, and one
+//! Update per stock delta: `ADD` of each counter's change and of 1 to the
+//! version, conditioned on the SKU existing and on every counter the delta
+//! lowers being at least that large (no version condition). Either all
 //! of it is applied or none. When DynamoDB cancels the transaction, its
 //! cancellation reasons (one per item, in order) decide the outcome:
 //! a failed condition on the processed record is a `Duplicate` (the first
-//! run's events come back with the cancellation, `ALL_OLD`); on a record, a
-//! `Conflict`; a `TransactionConflict` (another transaction on the same item
+//! run's events come back with the cancellation, `ALL_OLD`); on a record (a
+//! moved version, or a stock delta that would go negative or names an
+//! unknown SKU), a `Conflict`; a `TransactionConflict` (another transaction on the same item
 //! in flight) is a `Conflict` too; throttling is `Unavailable`, a rejected
 //! request `Corrupt` (retrying cannot help).
 //!
@@ -46,9 +50,8 @@
 //! per SKU of the order (at most 50 items, DESIGN §7) + the reservation + the
 //! processed record = 52 items. A commit above the limit is refused as
 //! `Corrupt` instead of being split (which would lose atomicity). DynamoDB
-//! also refuses two operations on one item in a transaction; SQLite would
-//! apply the first and find the second stale, so such a commit answers
-//! `Conflict` here too, without a request.
+//! also refuses two operations on one item in a transaction; such a commit
+//! answers `Conflict` without a request, as on SQLite.
 //!
 //! Step reads (`stock`, `reservation`, `order`, `shipment`, `processed`) are
 //! strongly consistent, so a step decides on the latest committed versions
@@ -68,7 +71,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType,
     KeysAndAttributes, Projection, ProjectionType, Put, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TableStatus, TransactWriteItem,
+    TableStatus, TransactWriteItem, Update,
 };
 use chrono::{DateTime, Utc};
 
@@ -76,8 +79,8 @@ use crate::choreography::{Function, Service};
 use crate::domain::{OrderId, Sku};
 use crate::events::Event;
 use crate::ports::{
-    Commit, CommitOutcome, OrderRecord, OutboxEntry, Reservation, ReservationState, SeedStock, Shipment, StockLevel,
-    Store, StoreError, Write,
+    Commit, CommitOutcome, OrderRecord, OutboxEntry, Reservation, ReservationState, SeedStock, Shipment, StockDelta,
+    StockLevel, Store, StoreError, Write,
 };
 
 /// Table-name prefix when `CHOREO_TABLE_PREFIX` is not set.
@@ -361,11 +364,59 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
+    /// A write's item of the commit transaction.
+    fn write_item(&self, write: &Write) -> Result<TransactWriteItem, StoreError> {
+        match write {
+            Write::StockDelta(delta) => self.stock_delta_update(delta),
+            _ => self.versioned_put(write),
+        }
+    }
+
+    /// A stock delta's Update: adds each counter's change to the stored value
+    /// (whatever its version) and bumps the version, on the condition that
+    /// the SKU exists and no counter goes below zero.
+    fn stock_delta_update(&self, delta: &StockDelta) -> Result<TransactWriteItem, StoreError> {
+        let changes = [
+            (AVAILABLE, delta.available),
+            (RESERVED, delta.reserved),
+            (SHIPPED, delta.shipped),
+            (REPLENISHED, delta.replenished),
+        ];
+        let mut update = Update::builder()
+            .table_name(&self.stock)
+            .key(STOCK.partition_key.name, AttributeValue::S(delta.sku.as_str().to_owned()))
+            .expression_attribute_names("#pk", STOCK.partition_key.name)
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":one", number(1));
+        let mut adds = vec!["#version :one".to_owned()];
+        let mut conditions = vec!["attribute_exists(#pk)".to_owned()];
+        for (index, (name, change)) in changes.into_iter().enumerate() {
+            update = update
+                .expression_attribute_names(format!("#c{index}"), name)
+                .expression_attribute_values(format!(":d{index}"), AttributeValue::N(change.to_string()));
+            adds.push(format!("#c{index} :d{index}"));
+            if change < 0 {
+                // counter + change >= 0, i.e. counter >= -change.
+                update = update.expression_attribute_values(format!(":need{index}"), number(change.unsigned_abs()));
+                conditions.push(format!("#c{index} >= :need{index}"));
+            }
+        }
+        let update = update
+            .update_expression(format!("ADD {}", adds.join(", ")))
+            .condition_expression(conditions.join(" AND "))
+            .build()
+            .map_err(invalid_request)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
     /// A versioned write's Put: stores `version + 1` if the record still has
     /// the version that was read (0: if it does not exist).
     fn versioned_put(&self, write: &Write) -> Result<TransactWriteItem, StoreError> {
         let (table, spec, mut item, read_version) = match write {
             Write::Stock(level) => (&self.stock, STOCK, stock_item(level), level.version),
+            Write::StockDelta(delta) => {
+                return Err(StoreError::Corrupt(format!("the stock delta of {} is not a versioned write", delta.sku)));
+            }
             Write::Reservation(reservation) => {
                 (&self.reservations, RESERVATIONS, reservation_item(reservation), reservation.version)
             }
@@ -575,6 +626,7 @@ fn emitted(table: &str, item: &Item) -> Result<Vec<Event>, StoreError> {
 fn target(write: &Write) -> (&'static str, String) {
     match write {
         Write::Stock(level) => (STOCK.suffix, level.sku.as_str().to_owned()),
+        Write::StockDelta(delta) => (STOCK.suffix, delta.sku.as_str().to_owned()),
         Write::Reservation(reservation) => (RESERVATIONS.suffix, reservation.order_id.to_string()),
         Write::Order(order) => (ORDERS.suffix, order.order_id.to_string()),
         Write::Shipment(shipment) => (SHIPMENTS.suffix, shipment.order_id.to_string()),
@@ -634,7 +686,7 @@ impl Store for DynamoStore {
         let mut items = Vec::with_capacity(commit.writes.len() + 1);
         items.push(self.processed_put(&commit)?); // first: cancellation reason 0 is the duplicate check
         for write in &commit.writes {
-            items.push(self.versioned_put(write)?);
+            items.push(self.write_item(write)?);
         }
         let error = match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => return Ok(CommitOutcome::Committed),

@@ -144,10 +144,68 @@ pub struct Shipment {
     pub version: u64,
 }
 
-/// One record a step writes; its `version` is the version it read (0: must not exist yet).
+/// A relative change of one SKU's stock counters. Unlike the versioned
+/// writes it is applied to whatever is stored when the commit runs (no
+/// version check), so sagas on one popular SKU do not conflict with each
+/// other; it only must not take a counter below zero. A delta that would, or
+/// one of an unknown SKU, fails the whole commit with `Conflict` (the step
+/// re-reads and decides again: a reservation may now be insufficient).
+///
+/// The constructors keep the conservation rule by construction: each one's
+/// `available + reserved + shipped` change equals its `replenished` change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StockDelta {
+    pub sku: Sku,
+    pub available: i64,
+    pub reserved: i64,
+    pub shipped: i64,
+    pub replenished: i64,
+}
+
+impl StockDelta {
+    /// `units` go from available to reserved (`reserve-inventory`).
+    pub fn reserve(sku: Sku, units: u64) -> Self {
+        let units = signed(units);
+        Self { sku, available: -units, reserved: units, shipped: 0, replenished: 0 }
+    }
+
+    /// `units` arrive from the supplier (`replenish-stock`).
+    pub fn replenish(sku: Sku, units: u64) -> Self {
+        let units = signed(units);
+        Self { sku, available: units, reserved: 0, shipped: 0, replenished: units }
+    }
+
+    /// Reserved `units` leave the warehouse: reserved → shipped (`settle-inventory`).
+    pub fn ship(sku: Sku, units: u64) -> Self {
+        let units = signed(units);
+        Self { sku, available: 0, reserved: -units, shipped: units, replenished: 0 }
+    }
+
+    /// Reserved `units` go back on the shelf: reserved → available (`settle-inventory`).
+    pub fn release(sku: Sku, units: u64) -> Self {
+        let units = signed(units);
+        Self { sku, available: units, reserved: -units, shipped: 0, replenished: 0 }
+    }
+
+    /// Whether applying it keeps `available + reserved + shipped = seeded + replenished`.
+    pub fn is_conserving(&self) -> bool {
+        self.available + self.reserved + self.shipped == self.replenished
+    }
+}
+
+fn signed(units: u64) -> i64 {
+    // Unit counts are sums of 1..=1000 quantities: far below i64::MAX.
+    i64::try_from(units).unwrap_or(i64::MAX)
+}
+
+/// One record a step writes; its `version` is the version it read (0: must
+/// not exist yet), except for `StockDelta`, which is relative and unversioned.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
+    /// A whole stock level: version 0 inserts it (seeding); a later version
+    /// rewrites it if still at that version. Steps emit `StockDelta` instead.
     Stock(StockLevel),
+    StockDelta(StockDelta),
     Reservation(Reservation),
     Order(OrderRecord),
     Shipment(Shipment),

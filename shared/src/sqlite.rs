@@ -257,7 +257,8 @@ fn parse_state(text: &str) -> Result<ReservationState, StoreError> {
     }
 }
 
-/// Applies one versioned write; `false` when the record moved since it was read.
+/// Applies one write; `false` when the record moved since it was read (a
+/// versioned write) or a stock delta cannot apply.
 fn apply(tx: &Connection, write: &Write) -> rusqlite::Result<bool> {
     let changed = match write {
         Write::Stock(level) if level.version == 0 => tx
@@ -289,6 +290,16 @@ fn apply(tx: &Connection, write: &Write) -> rusqlite::Result<bool> {
                 as_i64(level.max_replenish),
                 as_i64(level.version)
             ])?,
+        // Relative: applies to the current counters, whatever their version,
+        // unless a counter would go negative (or the SKU does not exist).
+        Write::StockDelta(delta) => tx
+            .prepare_cached(
+                "UPDATE stock SET available = available + ?2, reserved = reserved + ?3, shipped = shipped + ?4,
+                 replenished = replenished + ?5, version = version + 1
+                 WHERE sku = ?1 AND available + ?2 >= 0 AND reserved + ?3 >= 0 AND shipped + ?4 >= 0
+                 AND replenished + ?5 >= 0",
+            )?
+            .execute(params![delta.sku.as_str(), delta.available, delta.reserved, delta.shipped, delta.replenished])?,
         Write::Reservation(reservation) => {
             let (id, items, state) =
                 (reservation.order_id.to_string(), to_json(&reservation.items), state_name(reservation.state));
@@ -338,6 +349,17 @@ fn apply(tx: &Connection, write: &Write) -> rusqlite::Result<bool> {
     Ok(changed == 1)
 }
 
+/// The table and key a write targets.
+fn target(write: &Write) -> (&'static str, String) {
+    match write {
+        Write::Stock(level) => ("stock", level.sku.as_str().to_owned()),
+        Write::StockDelta(delta) => ("stock", delta.sku.as_str().to_owned()),
+        Write::Reservation(reservation) => ("reservations", reservation.order_id.to_string()),
+        Write::Order(order) => ("orders", order.order_id.to_string()),
+        Write::Shipment(shipment) => ("shipments", shipment.order_id.to_string()),
+    }
+}
+
 fn decode_events(text: &str) -> Result<Vec<Event>, StoreError> {
     from_json(text)
 }
@@ -352,6 +374,13 @@ fn commit_in(tx: &Connection, commit: &Commit) -> Result<CommitOutcome, StoreErr
         .map_err(unavailable)?;
     if let Some(previous) = previous {
         return Ok(CommitOutcome::Duplicate(decode_events(&previous)?));
+    }
+    // Two writes of one record: a versioned second one is stale once the first
+    // applies; two stock deltas would both apply here but cannot share a
+    // DynamoDB transaction. Either way a conflict, as on DynamoDB.
+    let mut targets = std::collections::HashSet::new();
+    if !commit.writes.iter().all(|write| targets.insert(target(write))) {
+        return Ok(CommitOutcome::Conflict);
     }
     for write in &commit.writes {
         if !apply(tx, write).map_err(unavailable)? {

@@ -16,8 +16,8 @@ use crate::domain::{
 };
 use crate::events::{Event, OrderCreated, Payload};
 use crate::ports::{
-    Commit, CommitOutcome, HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, StockLevel, Store,
-    Write,
+    Commit, CommitOutcome, HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, StockDelta, StockLevel,
+    Store, Write,
 };
 use crate::sqlite::SqliteStore;
 use crate::step::{Ports, ShipCountries};
@@ -136,7 +136,7 @@ impl TestStore {
         let units = units_per_sku(items);
         let skus: Vec<Sku> = units.keys().cloned().collect();
         let mut writes: Vec<Write> = Vec::new();
-        for mut level in self.store.stock(&skus).await.expect("read stock") {
+        for level in self.store.stock(&skus).await.expect("read stock") {
             let held = units[&level.sku];
             assert!(
                 level.available >= held,
@@ -144,9 +144,7 @@ impl TestStore {
                 level.sku,
                 level.available
             );
-            level.available -= held;
-            level.reserved += held;
-            writes.push(Write::Stock(level));
+            writes.push(Write::StockDelta(StockDelta::reserve(level.sku.clone(), held)));
         }
         assert_eq!(writes.len(), skus.len(), "a reserved SKU is not in the test catalog");
         let reservation =

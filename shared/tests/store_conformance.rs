@@ -20,8 +20,8 @@ use shared::domain::{CancelReason, OrderId, OrderStatus, Sku, units_per_sku};
 use shared::dynamodb::{DynamoStore, PROCESSED, STOCK, TABLES};
 use shared::events::{InventoryInsufficient, InventoryReserved, SkuUnits};
 use shared::ports::{
-    Commit, CommitOutcome, HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, Shipment, StockLevel,
-    Store, StoreError, Write,
+    Commit, CommitOutcome, HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, Shipment, StockDelta,
+    StockLevel, Store, StoreError, Write,
 };
 use shared::sqlite::SqliteStore;
 use shared::step::{Decision, StepError, reaction, run_idempotent};
@@ -71,6 +71,10 @@ conformance! {
     the_outbox_holds_emitted_events_until_marked_published,
     orders_reservations_and_shipments_round_trip,
     concurrent_reservations_never_oversell: atomic,
+    stock_deltas_apply_to_the_current_counters_whatever_their_version,
+    a_stock_delta_that_would_go_negative_conflicts_and_writes_nothing,
+    a_stock_delta_of_an_unknown_sku_conflicts_and_creates_nothing,
+    concurrent_delta_reservations_never_oversell: atomic,
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -487,7 +491,9 @@ async fn orders_reservations_and_shipments_round_trip(store: Arc<dyn Store>) {
 /// (that crate depends on this one, so it is emulated here): all-or-nothing
 /// across the order's items, through `run_idempotent`. A retryable error
 /// (records kept changing) is retried, as the bus would redeliver the event.
-async fn reserve(store: &Arc<dyn Store>, cause: &Event) -> Vec<Event> {
+/// With `relative`, the stock writes are deltas (as `reserve-inventory`
+/// writes them), else versioned rewrites of the levels read.
+async fn reserve(store: &Arc<dyn Store>, cause: &Event, relative: bool) -> Vec<Event> {
     let Payload::OrderCreated(order) = &cause.payload else { panic!("an order.created event is needed") };
     let decide = || {
         let (store, order, cause) = (Arc::clone(store), order.clone(), cause.clone());
@@ -511,8 +517,13 @@ async fn reserve(store: &Arc<dyn Store>, cause: &Event) -> Vec<Event> {
                     vec![reaction(Function::ReserveInventory, &cause, Payload::InventoryInsufficient(insufficient))];
                 return Ok(Decision { writes: vec![], emit });
             }
-            let mut writes: Vec<Write> =
-                levels.iter().map(|level| Write::Stock(held(level, units[&level.sku]))).collect();
+            let mut writes: Vec<Write> = levels
+                .iter()
+                .map(|level| match relative {
+                    true => Write::StockDelta(StockDelta::reserve(level.sku.clone(), units[&level.sku])),
+                    false => Write::Stock(held(level, units[&level.sku])),
+                })
+                .collect();
             writes.push(Write::Reservation(reservation_of(&cause)));
             Ok::<_, StepError>(Decision { writes, emit: vec![reserved_by(&cause)] })
         }
@@ -528,6 +539,14 @@ async fn reserve(store: &Arc<dyn Store>, cause: &Event) -> Vec<Event> {
 }
 
 async fn concurrent_reservations_never_oversell(store: Arc<dyn Store>) {
+    never_oversell(store, false).await;
+}
+
+async fn concurrent_delta_reservations_never_oversell(store: Arc<dyn Store>) {
+    never_oversell(store, true).await;
+}
+
+async fn never_oversell(store: Arc<dyn Store>, relative: bool) {
     const ORDERS: usize = 50;
     // GIVEN 15 units seeded and 5 replenished of a hot SKU (20 in all), and a cold SKU
     seed(&store, &[("HOT", 15, 100), ("COLD", 5, 0)]).await;
@@ -538,7 +557,7 @@ async fn concurrent_reservations_never_oversell(store: Arc<dyn Store>) {
 
     // WHEN 50 orders of 1 unit each are reserved at once
     let orders: Vec<Event> = (0..ORDERS).map(|_| new_order(&[("HOT", 1)])).collect();
-    let outcomes = reserve_all(&store, &orders).await;
+    let outcomes = reserve_all(&store, &orders, relative).await;
 
     // THEN exactly the 20 units are reserved: never oversold, all-or-nothing per order
     let reserved: Vec<&Event> = outcomes
@@ -561,18 +580,18 @@ async fn concurrent_reservations_never_oversell(store: Arc<dyn Store>) {
     }
 
     // WHEN every event is delivered again, at once, THEN each gets its first events back and nothing moves
-    let again = reserve_all(&store, &orders).await;
+    let again = reserve_all(&store, &orders, relative).await;
     assert_eq!(again, outcomes);
     assert_eq!(stock_of(&store, "HOT").await, hot);
 }
 
-async fn reserve_all(store: &Arc<dyn Store>, orders: &[Event]) -> Vec<Vec<Event>> {
+async fn reserve_all(store: &Arc<dyn Store>, orders: &[Event], relative: bool) -> Vec<Vec<Event>> {
     let tasks: Vec<_> = orders
         .iter()
         .cloned()
         .map(|order| {
             let store = Arc::clone(store);
-            tokio::spawn(async move { reserve(&store, &order).await })
+            tokio::spawn(async move { reserve(&store, &order, relative).await })
         })
         .collect();
     let mut outcomes = Vec::with_capacity(tasks.len());
@@ -580,6 +599,102 @@ async fn reserve_all(store: &Arc<dyn Store>, orders: &[Event]) -> Vec<Vec<Event>
         outcomes.push(task.await.expect("a reserve task panicked"));
     }
     outcomes
+}
+
+async fn stock_deltas_apply_to_the_current_counters_whatever_their_version(store: Arc<dyn Store>) {
+    seed(&store, &[("A-1", 10, 5)]).await;
+    let read = stock_of(&store, "A-1").await;
+    // GIVEN A-1 moved on since the step read it (a versioned write of another saga)
+    committed(&store, commit(Function::ReserveInventory, "other", vec![Write::Stock(held(&read, 2))], vec![])).await;
+    assert_eq!(stock_of(&store, "A-1").await.version, 2);
+
+    // WHEN a reservation commits a delta of A-1 with its reservation and events
+    let cause = new_order(&[("A-1", 3)]);
+    let key = cause.id.to_string();
+    let emitted = vec![reserved_by(&cause)];
+    let writes =
+        vec![Write::StockDelta(StockDelta::reserve(sku("A-1"), 3)), Write::Reservation(reservation_of(&cause))];
+    committed(&store, commit(Function::ReserveInventory, &key, writes, emitted.clone())).await;
+
+    // THEN it applied to the current counters, not to the ones read, and bumped the version
+    let after = stock_of(&store, "A-1").await;
+    assert_eq!(after, StockLevel { available: 5, reserved: 5, version: 3, ..read.clone() });
+    assert_eq!(store.processed(Function::ReserveInventory, &key).await.expect("read"), Some(emitted.clone()));
+
+    // WHEN the other deltas of the saga follow, THEN each applies and stock stays conserved
+    let deltas =
+        [StockDelta::replenish(sku("A-1"), 4), StockDelta::ship(sku("A-1"), 3), StockDelta::release(sku("A-1"), 2)];
+    for (index, delta) in deltas.into_iter().enumerate() {
+        assert!(delta.is_conserving(), "{delta:?}");
+        let key = format!("delta-{index}");
+        committed(&store, commit(Function::SettleInventory, &key, vec![Write::StockDelta(delta)], vec![])).await;
+    }
+    let after = stock_of(&store, "A-1").await;
+    assert_eq!(
+        (after.available, after.reserved, after.shipped, after.replenished, after.version),
+        (5 + 4 + 2, 0, 3, 4, 6)
+    );
+    assert!(after.is_conserved(), "{after:?}");
+
+    // WHEN the same key commits a delta again, THEN it is a duplicate and nothing moves
+    let again =
+        commit(Function::ReserveInventory, &key, vec![Write::StockDelta(StockDelta::reserve(sku("A-1"), 1))], vec![]);
+    assert_eq!(store.commit(again).await.expect("commit"), CommitOutcome::Duplicate(emitted.clone()));
+    assert_eq!(stock_of(&store, "A-1").await, after);
+}
+
+async fn a_stock_delta_that_would_go_negative_conflicts_and_writes_nothing(store: Arc<dyn Store>) {
+    seed(&store, &[("A-1", 2, 5), ("B-2", 10, 5)]).await;
+    let (a, b) = (stock_of(&store, "A-1").await, stock_of(&store, "B-2").await);
+
+    // WHEN a commit holds a fresh delta of B-2, new records, and a delta taking 3 of A-1's 2 available
+    let cause = new_order(&[("A-1", 3), ("B-2", 1)]);
+    let key = cause.id.to_string();
+    let writes = vec![
+        Write::StockDelta(StockDelta::reserve(sku("B-2"), 1)),
+        Write::Reservation(reservation_of(&cause)),
+        Write::Order(pending_order(&cause)),
+        Write::StockDelta(StockDelta::reserve(sku("A-1"), 3)),
+    ];
+    let outcome = store.commit(commit(Function::ReserveInventory, &key, writes, vec![reserved_by(&cause)])).await;
+
+    // THEN it conflicts, and none of it is stored: not the other writes, not the key, not the events
+    assert_eq!(outcome.expect("commit"), CommitOutcome::Conflict);
+    assert_eq!(stock_of(&store, "A-1").await, a, "A-1 must be untouched");
+    assert_eq!(stock_of(&store, "B-2").await, b, "B-2 must be untouched");
+    assert_eq!(store.reservation(cause.subject).await.expect("read"), None);
+    assert_eq!(store.order(cause.subject).await.expect("read"), None);
+    assert_eq!(store.processed(Function::ReserveInventory, &key).await.expect("read"), None);
+    assert_eq!(store.unpublished(Utc::now() + Duration::from_secs(60)).await.expect("read the outbox"), []);
+
+    // AND settling units that are not reserved conflicts too (reserved would go negative)
+    let ship =
+        commit(Function::SettleInventory, "ship", vec![Write::StockDelta(StockDelta::ship(sku("A-1"), 1))], vec![]);
+    assert_eq!(store.commit(ship).await.expect("commit"), CommitOutcome::Conflict);
+    assert_eq!(stock_of(&store, "A-1").await, a);
+
+    // WHEN the delta takes exactly what is available, THEN it commits: a counter may reach zero
+    let exact = vec![Write::StockDelta(StockDelta::reserve(sku("A-1"), 2))];
+    committed(&store, commit(Function::ReserveInventory, &key, exact, vec![])).await;
+    let after = stock_of(&store, "A-1").await;
+    assert_eq!((after.available, after.reserved, after.version), (0, 2, 2));
+}
+
+async fn a_stock_delta_of_an_unknown_sku_conflicts_and_creates_nothing(store: Arc<dyn Store>) {
+    seed(&store, &[("A-1", 10, 5)]).await;
+    let a = stock_of(&store, "A-1").await;
+
+    // WHEN a commit holds a delta of A-1 and one of a SKU not in the catalog (one that only adds)
+    let writes = vec![
+        Write::StockDelta(StockDelta::reserve(sku("A-1"), 1)),
+        Write::StockDelta(StockDelta::replenish(sku("Z-9"), 5)),
+    ];
+    let outcome = store.commit(commit(Function::ReplenishStock, "unknown", writes, vec![])).await;
+
+    // THEN it conflicts; A-1 is untouched and no Z-9 record appeared
+    assert_eq!(outcome.expect("commit"), CommitOutcome::Conflict);
+    assert_eq!(store.all_stock().await.expect("read stock"), vec![a]);
+    assert_eq!(store.processed(Function::ReplenishStock, "unknown").await.expect("read"), None);
 }
 
 // ---------------------------------------------------------------- DynamoDB only

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use shared::domain::{CancelReason, Sku};
 use shared::events::{ReplenishmentFailed, StockReplenished};
-use shared::ports::Write;
+use shared::ports::{StockDelta, Write};
 use shared::step::{Decision, reaction, run_idempotent};
 use shared::{Event, Function, Payload, Ports, Step, StepError};
 
@@ -43,12 +43,7 @@ impl Step for ReplenishStock {
                         "{sku} is short {units} units, more than the supplier delivers at once ({})",
                         level.max_replenish
                     )),
-                    Some(level) => {
-                        let mut level = level.clone();
-                        level.available += units;
-                        level.replenished += units;
-                        writes.push(Write::Stock(level));
-                    }
+                    Some(_) => writes.push(Write::StockDelta(StockDelta::replenish(sku.clone(), units))),
                 }
             }
             // All or nothing, like the reservation it serves: a partial delivery

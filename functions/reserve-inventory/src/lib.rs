@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use shared::domain::{Address, CancelReason, Item, OrderId, Sku, units_per_sku};
 use shared::events::{Attempt, InventoryInsufficient, InventoryRejected, InventoryReserved, SkuUnits};
-use shared::ports::{Reservation, ReservationState, StockLevel, Write};
+use shared::ports::{Reservation, ReservationState, StockDelta, StockLevel, Write};
 use shared::step::{Decision, reaction, run_idempotent};
 use shared::{Event, Function, Payload, Ports, Step, StepError};
 
@@ -72,15 +72,10 @@ fn decide(event: &Event, request: Request<'_>, wanted: &BTreeMap<Sku, u64>, leve
         })
         .collect();
     if shortfall.is_empty() {
-        let mut writes: Vec<Write> = wanted
-            .iter()
-            .map(|(sku, &units)| {
-                let mut level = levels[sku].clone();
-                level.available -= units;
-                level.reserved += units;
-                Write::Stock(level)
-            })
-            .collect();
+        // Relative writes: orders racing for one SKU do not conflict unless
+        // the stock runs out meanwhile (then this step decides again).
+        let mut writes: Vec<Write> =
+            wanted.iter().map(|(sku, &units)| Write::StockDelta(StockDelta::reserve(sku.clone(), units))).collect();
         writes.push(Write::Reservation(Reservation {
             order_id: request.order_id,
             items: request.items.to_vec(),

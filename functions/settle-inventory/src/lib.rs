@@ -4,7 +4,7 @@
 
 use shared::domain::{CancelReason, Item, Sku, units_per_sku};
 use shared::events::InventoryReleased;
-use shared::ports::{ReservationState, Write};
+use shared::ports::{ReservationState, StockDelta, Write};
 use shared::step::{Decision, reaction, run_idempotent};
 use shared::{Event, Function, Payload, Ports, Step, StepError};
 
@@ -27,8 +27,10 @@ impl Step for SettleInventory {
         let store = &*ports.store;
         run_idempotent(FUNCTION, event, store, || async {
             // Stock before reservation: if a twin delivery settles in between,
-            // this step sees the reservation settled (or its stock write
-            // conflicts), never a still-reserved order with released stock.
+            // this step sees the reservation settled, never a still-reserved
+            // order with released stock. The stock deltas carry no version;
+            // the reservation's versioned write is what keeps a twin that read
+            // it still reserved from settling it twice (its commit conflicts).
             let skus: Vec<Sku> = units_per_sku(items).into_keys().collect();
             let levels = store.stock(&skus).await?;
             let Some(mut reservation) = store.reservation(event.subject).await? else {
@@ -47,19 +49,20 @@ impl Step for SettleInventory {
                 )));
             }
             let mut writes = Vec::with_capacity(levels.len() + 1);
-            for mut level in levels {
+            for level in levels {
                 let held = units[&level.sku];
-                level.reserved = level.reserved.checked_sub(held).ok_or_else(|| {
-                    StepError::Permanent(format!(
+                if level.reserved < held {
+                    return Err(StepError::Permanent(format!(
                         "{} has {} reserved, fewer than the {held} held",
                         level.sku, level.reserved
-                    ))
-                })?;
-                match outcome {
-                    ReservationState::Shipped => level.shipped += held,
-                    _ => level.available += held,
+                    )));
                 }
-                writes.push(Write::Stock(level));
+                // Relative: settling does not conflict with other orders of the SKU.
+                let delta = match outcome {
+                    ReservationState::Shipped => StockDelta::ship(level.sku, held),
+                    _ => StockDelta::release(level.sku, held),
+                };
+                writes.push(Write::StockDelta(delta));
             }
             reservation.state = outcome;
             writes.push(Write::Reservation(reservation));
