@@ -585,46 +585,39 @@ fn statement(sid: &str, actions: &[&str], resource: Node) -> Node {
 /// The queues go with the stack (explicitly): drain the dead letters before deleting it.
 const QUEUE_POLICIES: [(&str, &str); 2] = [("DeletionPolicy", "Delete"), ("UpdateReplacePolicy", "Delete")];
 
-fn dead_letter_queue(spec: &FunctionSpec) -> Node {
+/// An SQS queue resource of the SQS event source, with these properties.
+fn sqs_queue(properties: Node) -> Node {
     map([
         ("Type", s("AWS::SQS::Queue")),
         ("Condition", s(USE_SQS)),
         (QUEUE_POLICIES[0].0, s(QUEUE_POLICIES[0].1)),
         (QUEUE_POLICIES[1].0, s(QUEUE_POLICIES[1].1)),
-        (
-            "Properties",
-            map([
-                ("QueueName", sub(format!("${{NamePrefix}}{}-dlq", spec.name))),
-                ("MessageRetentionPeriod", int(DEAD_LETTER_RETENTION_S)),
-                ("SqsManagedSseEnabled", Node::Bool(true)),
-            ]),
-        ),
+        ("Properties", properties),
     ])
 }
 
+fn dead_letter_queue(spec: &FunctionSpec) -> Node {
+    sqs_queue(map([
+        ("QueueName", sub(format!("${{NamePrefix}}{}-dlq", spec.name))),
+        ("MessageRetentionPeriod", int(DEAD_LETTER_RETENTION_S)),
+        ("SqsManagedSseEnabled", Node::Bool(true)),
+    ]))
+}
+
 fn queue(spec: &FunctionSpec) -> Node {
-    map([
-        ("Type", s("AWS::SQS::Queue")),
-        ("Condition", s(USE_SQS)),
-        (QUEUE_POLICIES[0].0, s(QUEUE_POLICIES[0].1)),
-        (QUEUE_POLICIES[1].0, s(QUEUE_POLICIES[1].1)),
+    sqs_queue(map([
+        ("QueueName", sub(format!("${{NamePrefix}}{}", spec.name))),
+        ("VisibilityTimeout", int(VISIBILITY_TIMEOUT_S)),
+        ("MessageRetentionPeriod", int(RETENTION_S)),
+        ("SqsManagedSseEnabled", Node::Bool(true)),
         (
-            "Properties",
+            "RedrivePolicy",
             map([
-                ("QueueName", sub(format!("${{NamePrefix}}{}", spec.name))),
-                ("VisibilityTimeout", int(VISIBILITY_TIMEOUT_S)),
-                ("MessageRetentionPeriod", int(RETENTION_S)),
-                ("SqsManagedSseEnabled", Node::Bool(true)),
-                (
-                    "RedrivePolicy",
-                    map([
-                        ("deadLetterTargetArn", get_att(&dead_letter_queue_id(spec), "Arn")),
-                        ("maxReceiveCount", int(MAX_RECEIVE_COUNT)),
-                    ]),
-                ),
+                ("deadLetterTargetArn", get_att(&dead_letter_queue_id(spec), "Arn")),
+                ("maxReceiveCount", int(MAX_RECEIVE_COUNT)),
             ]),
         ),
-    ])
+    ]))
 }
 
 fn sqs_mapping(spec: &FunctionSpec) -> Node {
