@@ -19,10 +19,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::Ports;
-use crate::dynamodb::{DEFAULT_TABLE_PREFIX, DynamoStore};
-use crate::ports::Store;
-use crate::sqlite::SqliteStore;
 use crate::step::ShipCountries;
+use crate::store::Store;
+use crate::store::dynamodb::{DEFAULT_TABLE_PREFIX, DynamoStore};
+use crate::store::sqlite::SqliteStore;
 
 /// Where the SQLite database lives unless `CHOREO_DB` says otherwise.
 pub const DEFAULT_DB: &str = ".choreo/choreo.db";
@@ -32,7 +32,7 @@ pub enum ConfigError {
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
-    Store(#[from] crate::ports::StoreError),
+    Store(#[from] crate::store::StoreError),
 }
 
 pub fn db_path() -> PathBuf {

@@ -10,17 +10,17 @@ use std::sync::Arc;
 use tempfile::TempDir;
 use uuid::Uuid;
 
-use crate::choreography::{CHOREOGRAPHY, Function};
-use crate::domain::{
+use crate::contract::choreography::{CHOREOGRAPHY, Function};
+use crate::contract::domain::{
     Address, AddressLine, Country, CustomerId, Item, OrderId, OrderStatus, Quantity, Sku, units_per_sku,
 };
-use crate::events::{Event, OrderCreated, Payload};
-use crate::ports::{
+use crate::contract::events::{Event, OrderCreated, Payload};
+use crate::step::{Ports, ShipCountries};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{
     Commit, CommitOutcome, HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, StockDelta, StockLevel,
     Store, Write,
 };
-use crate::sqlite::SqliteStore;
-use crate::step::{Ports, ShipCountries};
 
 pub fn sku(text: &str) -> Sku {
     Sku::parse(text).unwrap_or_else(|error| panic!("test SKU '{text}' {error}"))

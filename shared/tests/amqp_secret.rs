@@ -3,12 +3,13 @@
 //! (started by scripts/with-moto); RabbitMQ is the real broker at AMQP_URL.
 //! One test in its own binary, because it sets process environment variables.
 
-use shared::amqp::{AmqpLink, QueueSettings, Topology};
+use shared::bus::DeliverySettings;
+use shared::bus::amqp::{AmqpLink, Topology};
 
 #[tokio::test]
 async fn the_broker_url_is_read_from_the_secret_at_first_use() {
     let moto = std::env::var("MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-    let broker = std::env::var("AMQP_URL").unwrap_or_else(|_| shared::amqp::DEFAULT_AMQP_URL.into());
+    let broker = std::env::var("AMQP_URL").unwrap_or_else(|_| shared::bus::amqp::DEFAULT_AMQP_URL.into());
     // SAFETY: this binary's only test; nothing else reads the environment concurrently.
     unsafe {
         std::env::set_var("AWS_ENDPOINT_URL", &moto);
@@ -35,12 +36,12 @@ async fn the_broker_url_is_read_from_the_secret_at_first_use() {
     assert!(!link.is_connected().await);
 
     // WHEN it is first used THEN it connects with the URL from the secret.
-    link.declare(&Topology::derive(&QueueSettings::default())).await.expect("connects with the secret's URL");
+    link.declare(&Topology::derive(&DeliverySettings::default())).await.expect("connects with the secret's URL");
     assert!(link.is_connected().await);
     link.close().await;
 
     // AND a secret that does not exist is a connection error, not a panic.
     unsafe { std::env::set_var("AMQP_SECRET_ARN", format!("{arn}-missing")) };
     let missing = AmqpLink::from_env("secret-test").expect("configured");
-    assert!(missing.declare(&Topology::derive(&QueueSettings::default())).await.is_err());
+    assert!(missing.declare(&Topology::derive(&DeliverySettings::default())).await.is_err());
 }

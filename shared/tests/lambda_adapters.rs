@@ -3,7 +3,7 @@
 //! JSON fixtures shaped like what AWS sends (`tests/fixtures/`), a direct
 //! CloudEvent as the bridge sends it, and payloads of no known shape.
 //!
-//! Each test gets a `StepHost` over a throwaway SQLite store and a real
+//! Each test gets a `LambdaHost` over a throwaway SQLite store and a real
 //! `AmqpLink` to RabbitMQ at `AMQP_URL`, in a vhost of its own with the whole
 //! topology declared, so every publish is confirmed and routed, and what a
 //! function emitted is read back from the consumer queues.
@@ -17,7 +17,7 @@
 //!
 //! `shared` cannot depend on the function crates (they depend on it), so the
 //! five steps are compiled here from their crates' sources: the very `Step`
-//! each function's `main` hands to `shared::lambda::run`.
+//! each function's `main` hands to `shared::host::lambda::run`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -34,10 +34,11 @@ use lapin::options::BasicGetOptions;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use shared::amqp::{AmqpLink, CONTENT_TYPE, DEFAULT_AMQP_URL, QueueSettings, SAGA_ENDED_QUEUE, Topology};
-use shared::domain::{CancelReason, OrderId, OrderStatus};
-use shared::lambda::{Invocation, PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE, StepHost};
-use shared::ports::{ReservationState, Store};
+use shared::bus::DeliverySettings;
+use shared::bus::amqp::{AmqpLink, CONTENT_TYPE, DEFAULT_AMQP_URL, SAGA_ENDED_QUEUE, Topology};
+use shared::contract::domain::{CancelReason, OrderId, OrderStatus};
+use shared::host::lambda::{Invocation, LambdaHost, PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE};
+use shared::store::{ReservationState, Store};
 use shared::testkit::{TestStore, event, item, order_created};
 use shared::{Event, EventType, Function, Payload, Step, StepError};
 
@@ -195,7 +196,7 @@ fn rabbitmqctl(args: &[&str]) {
 
 /// A step hosted as on Lambda, with its store and its broker.
 struct Host {
-    host: StepHost,
+    host: LambdaHost,
     given: TestStore,
     link: Arc<AmqpLink>,
     /// Dropped last: deleting the vhost closes what is still connected.
@@ -206,11 +207,11 @@ impl Host {
     async fn new(step: Arc<dyn Step>) -> Self {
         let vhost = Vhost::create();
         let link = AmqpLink::new(&vhost.url, "lambda-adapters-test");
-        link.declare(&Topology::derive(&QueueSettings::default()))
+        link.declare(&Topology::derive(&DeliverySettings::default()))
             .await
             .unwrap_or_else(|error| panic!("declare the topology in vhost {}: {error}", vhost.name));
         let given = TestStore::with_stock(CATALOG).await;
-        let host = StepHost { step, ports: given.ports(), publisher: Some(Arc::clone(&link) as Arc<_>) };
+        let host = LambdaHost { step, ports: given.ports(), publisher: Some(Arc::clone(&link) as Arc<_>) };
         Self { host, given, link, _vhost: vhost }
     }
 
@@ -290,7 +291,7 @@ impl Consumer {
             Self::ReplenishStock => Arc::new(replenish_stock::ReplenishStock),
             Self::ShipOrder => Arc::new(ship_order::ShipOrder),
             Self::SettleInventory => Arc::new(settle_inventory::SettleInventory),
-            Self::OrderStatus => Arc::new(order_status::OrderStatusStep),
+            Self::OrderStatus => Arc::new(order_status::UpdateOrderStatus),
         }
     }
 

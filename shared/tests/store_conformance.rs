@@ -16,15 +16,15 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::Utc;
-use shared::domain::{CancelReason, OrderId, OrderStatus, Sku, units_per_sku};
-use shared::dynamodb::{DynamoStore, PROCESSED, STOCK, TABLES};
-use shared::events::{InventoryInsufficient, InventoryReserved, SkuUnits};
-use shared::ports::{
+use shared::contract::domain::{CancelReason, OrderId, OrderStatus, Sku, units_per_sku};
+use shared::contract::events::{InventoryInsufficient, InventoryReserved, SkuUnits};
+use shared::step::{Decision, StepError, reaction, run_idempotent};
+use shared::store::dynamodb::{DynamoStore, PROCESSED, STOCK, TABLES};
+use shared::store::sqlite::SqliteStore;
+use shared::store::{
     Commit, CommitOutcome, HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, Shipment, StockDelta,
     StockLevel, Store, StoreError, Write,
 };
-use shared::sqlite::SqliteStore;
-use shared::step::{Decision, StepError, reaction, run_idempotent};
 use shared::testkit::{event, item, order_created, pending_order, sku};
 use shared::{Event, EventType, Function, Payload};
 use tempfile::TempDir;

@@ -13,13 +13,14 @@ use std::sync::{Arc, Once};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use choreo::embedded::{DEFAULT_CATALOG, Embedded, EmbeddedConfig, parse_catalog};
-use choreo::inprocess::{BusSettings, InProcessBus};
+use choreo::up::{DEFAULT_CATALOG, Embedded, UpConfig, parse_catalog};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use shared::domain::{OrderId, Sku};
-use shared::ports::{OutboxEntry, SeedStock, StockLevel, Store};
+use shared::bus::DeliverySettings;
+use shared::bus::inprocess::InProcessBus;
+use shared::contract::domain::{OrderId, Sku};
 use shared::step::ShipCountries;
+use shared::store::{OutboxEntry, SeedStock, StockLevel, Store};
 use shared::{Event, Function};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -56,14 +57,20 @@ pub async fn spawn_app(catalog: &[SeedStock]) -> TestApp {
     init_logging();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("choreo.db");
-    let config = EmbeddedConfig {
+    let config = UpConfig {
         db: db.clone(),
         catalog: catalog.to_vec(),
         ship_countries: ShipCountries::default(),
-        bus: BusSettings::default(),
+        delivery: test_delivery(),
+        observer: None,
     };
     let system = Embedded::start(config).await.expect("the embedded system starts");
     TestApp { store: system.store, bus: system.bus, router: system.router, db, catalog: catalog.to_vec(), _dir: dir }
+}
+
+/// The delivery settings of the tests: retries that wait milliseconds, not seconds.
+pub fn test_delivery() -> DeliverySettings {
+    DeliverySettings { retry_base: std::time::Duration::from_millis(50), ..DeliverySettings::default() }
 }
 
 fn init_logging() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use choreo_e2e::{TestApp, history_types, order_body, post_order_request, send, spawn_app, stock};
 use serde_json::{Value, json};
 use shared::Payload;
-use shared::ports::{SeedStock, Store};
+use shared::store::{SeedStock, Store};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 

@@ -17,18 +17,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use choreo::inprocess::BusSettings;
 use choreo_e2e::{TestApp, order_body, shipped_to, spawn_app, stock};
 use chrono::{DateTime, Utc};
 use shared::bus::{OutboxRef, Publisher};
-use shared::choreography::consumers_of;
-use shared::domain::{CancelReason, OrderId, OrderStatus, Sku};
-use shared::events::EventType;
-use shared::ports::{
+use shared::contract::choreography::consumers_of;
+use shared::contract::domain::{CancelReason, OrderId, OrderStatus, Sku};
+use shared::contract::events::EventType;
+use shared::step::ShipCountries;
+use shared::store::{
     Commit, CommitOutcome, HistoryEntry, OrderRecord, OutboxEntry, Reservation, ReservationState, SeedStock, Shipment,
     StockLevel, Store, StoreError, Write,
 };
-use shared::step::ShipCountries;
 use shared::{Event, Function, Payload, Ports};
 use uuid::Uuid;
 
@@ -179,7 +178,7 @@ async fn deliver(ports: &Ports, delivery: &Delivery) -> Result<Vec<Event>, Strin
     loop {
         match step.handle(&delivery.event, ports).await {
             Ok(emitted) => return Ok(emitted),
-            Err(error) if error.is_retryable() && attempt < BusSettings::default().max_attempts => attempt += 1,
+            Err(error) if error.is_retryable() && attempt <= choreo_e2e::test_delivery().max_retries => attempt += 1,
             Err(error) => {
                 let (function, event) = (delivery.function, &delivery.event);
                 return Err(format!("{function} <- {} {}: {error}", event.event_type(), event.id));

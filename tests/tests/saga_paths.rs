@@ -6,7 +6,7 @@
 use axum::http::{StatusCode, header};
 use choreo_e2e::{TestApp, history_types, order_body, order_id, shipped_to, spawn_app, stock};
 use serde_json::{Value, json};
-use shared::ports::ReservationState;
+use shared::store::ReservationState;
 
 /// `GET /inventory/{sku}`, which must answer 200.
 async fn inventory(app: &TestApp, sku: &str) -> Value {

@@ -11,10 +11,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use shared::bus::{OutboxRef, Publisher, publish_committed};
-use shared::domain::{NewOrder, OrderId, OrderStatus};
-use shared::events::OrderCreated;
-use shared::http::{Problem, is_valid_idempotency_key, read_json};
-use shared::ports::{Commit, CommitOutcome, HistoryEntry, OrderRecord, Store, Write};
+use shared::contract::domain::{NewOrder, OrderId, OrderStatus};
+use shared::contract::events::OrderCreated;
+use shared::host::http::{Problem, is_valid_idempotency_key, read_json};
+use shared::store::{Commit, CommitOutcome, HistoryEntry, OrderRecord, Store, Write};
 use shared::{Event, Function, Payload, StepError};
 
 pub const FUNCTION: Function = Function::CreateOrder;

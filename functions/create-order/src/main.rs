@@ -9,10 +9,10 @@ async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
     let store = shared::config::store_from_env().await?;
     // One AMQP connection, opened at the first order and reused while warm.
-    let publisher: Arc<dyn Publisher> = match shared::amqp::AmqpLink::from_env(create_order::FUNCTION.name()) {
+    let publisher: Arc<dyn Publisher> = match shared::bus::amqp::AmqpLink::from_env(create_order::FUNCTION.name()) {
         Some(link) => link,
         None => Arc::new(NoBroker),
     };
     let router = create_order::router(create_order::CreateOrderState { store, publisher });
-    lambda_http::run(shared::http::with_fallbacks(router)).await
+    lambda_http::run(shared::host::http::with_fallbacks(router)).await
 }

@@ -9,9 +9,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use shared::Function;
-use shared::domain::{Address, CancelReason, CustomerId, Item, OrderId, OrderStatus, Sku};
-use shared::http::Problem;
-use shared::ports::{OrderRecord, StockLevel, Store};
+use shared::contract::domain::{Address, CancelReason, CustomerId, Item, OrderId, OrderStatus, Sku};
+use shared::host::http::Problem;
+use shared::store::{OrderRecord, StockLevel, Store};
 
 pub const FUNCTION: Function = Function::OrderQuery;
 
@@ -87,7 +87,7 @@ impl From<StockLevel> for InventoryView {
     }
 }
 
-fn store_problem(error: shared::ports::StoreError) -> Problem {
+fn store_problem(error: shared::store::StoreError) -> Problem {
     tracing::error!(%error, "store read failed");
     Problem::unavailable("the store is unavailable; try again shortly")
 }

@@ -2,15 +2,15 @@
 //! saga reports progress, records the history, and cancels the order (emitting
 //! `order.cancelled`) when any step fails.
 
-use shared::domain::{CancelReason, OrderStatus};
-use shared::events::OrderCancelled;
-use shared::ports::Write;
+use shared::contract::domain::{CancelReason, OrderStatus};
+use shared::contract::events::OrderCancelled;
 use shared::step::{Decision, reaction, run_idempotent};
+use shared::store::Write;
 use shared::{Event, Function, Payload, Ports, Step, StepError};
 
 pub const FUNCTION: Function = Function::OrderStatus;
 
-pub struct OrderStatusStep;
+pub struct UpdateOrderStatus;
 
 /// What an event means for the order.
 enum Change<'a> {
@@ -20,7 +20,7 @@ enum Change<'a> {
 }
 
 #[async_trait::async_trait]
-impl Step for OrderStatusStep {
+impl Step for UpdateOrderStatus {
     fn function(&self) -> Function {
         FUNCTION
     }

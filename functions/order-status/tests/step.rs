@@ -2,13 +2,13 @@
 //! saga reports progress or failure, THEN the events it emits and the
 //! status, cancel reason and history it leaves.
 
-use order_status::OrderStatusStep;
-use shared::domain::{CancelReason, OrderId, OrderStatus};
-use shared::events::{
+use order_status::UpdateOrderStatus;
+use shared::contract::domain::{CancelReason, OrderId, OrderStatus};
+use shared::contract::events::{
     InventoryInsufficient, InventoryRejected, InventoryReleased, InventoryReserved, OrderCancelled, OrderShipped,
     ReplenishmentFailed, SkuUnits,
 };
-use shared::ports::{OrderRecord, Store};
+use shared::store::{OrderRecord, Store};
 use shared::testkit::{TestStore, address, event, item, order_created, payloads, sku};
 use shared::{Event, Payload, Step, StepError};
 
@@ -69,7 +69,7 @@ async fn assert_failure_cancels(failure: fn(OrderId) -> Event, reason: CancelRea
     let (given, created) = given_pending_order().await;
     let cause = failure(created.subject);
 
-    let emitted = OrderStatusStep.handle(&cause, &given.ports()).await.unwrap();
+    let emitted = UpdateOrderStatus.handle(&cause, &given.ports()).await.unwrap();
 
     let [Payload::OrderCancelled(cancelled)] = &payloads(&emitted)[..] else {
         panic!("expected one order.cancelled, got {emitted:?}");
@@ -89,7 +89,7 @@ async fn a_reservation_moves_the_order_to_reserved() {
     let cause = reserved(created.subject);
 
     // WHEN its inventory is reserved
-    let emitted = OrderStatusStep.handle(&cause, &given.ports()).await.unwrap();
+    let emitted = UpdateOrderStatus.handle(&cause, &given.ports()).await.unwrap();
 
     // THEN nothing is emitted, the order is RESERVED and the event is in its history
     assert_eq!(emitted, []);
@@ -106,7 +106,7 @@ async fn a_shortfall_moves_the_order_to_awaiting_stock() {
     let (given, created) = given_pending_order().await;
 
     // WHEN its inventory is insufficient
-    let emitted = OrderStatusStep.handle(&insufficient(created.subject), &given.ports()).await.unwrap();
+    let emitted = UpdateOrderStatus.handle(&insufficient(created.subject), &given.ports()).await.unwrap();
 
     // THEN nothing is emitted and the order is AWAITING_STOCK
     assert_eq!(emitted, []);
@@ -117,10 +117,10 @@ async fn a_shortfall_moves_the_order_to_awaiting_stock() {
 async fn an_order_awaiting_stock_is_reserved_once_stock_arrives() {
     // GIVEN an order awaiting stock
     let (given, created) = given_pending_order().await;
-    OrderStatusStep.handle(&insufficient(created.subject), &given.ports()).await.unwrap();
+    UpdateOrderStatus.handle(&insufficient(created.subject), &given.ports()).await.unwrap();
 
     // WHEN the retried reservation succeeds
-    OrderStatusStep.handle(&reserved(created.subject), &given.ports()).await.unwrap();
+    UpdateOrderStatus.handle(&reserved(created.subject), &given.ports()).await.unwrap();
 
     // THEN the order is RESERVED
     let order = order(&given, created.subject).await;
@@ -132,10 +132,10 @@ async fn an_order_awaiting_stock_is_reserved_once_stock_arrives() {
 async fn a_shipped_order_is_shipped_with_its_tracking_number() {
     // GIVEN a reserved order
     let (given, created) = given_pending_order().await;
-    OrderStatusStep.handle(&reserved(created.subject), &given.ports()).await.unwrap();
+    UpdateOrderStatus.handle(&reserved(created.subject), &given.ports()).await.unwrap();
 
     // WHEN it ships
-    let emitted = OrderStatusStep.handle(&shipped(created.subject), &given.ports()).await.unwrap();
+    let emitted = UpdateOrderStatus.handle(&shipped(created.subject), &given.ports()).await.unwrap();
 
     // THEN nothing is emitted, the order is SHIPPED and shows its tracking number
     assert_eq!(emitted, []);
@@ -176,11 +176,11 @@ async fn late_progress_never_moves_a_shipped_order_backwards() {
     // GIVEN an order that has shipped (its order.shipped overtook the rest)
     let (given, created) = given_pending_order().await;
     let (late_reserved, late_insufficient) = (reserved(created.subject), insufficient(created.subject));
-    OrderStatusStep.handle(&shipped(created.subject), &given.ports()).await.unwrap();
+    UpdateOrderStatus.handle(&shipped(created.subject), &given.ports()).await.unwrap();
 
     // WHEN the earlier inventory.insufficient and inventory.reserved arrive late
     for late in [late_insufficient, late_reserved] {
-        let emitted = OrderStatusStep.handle(&late, &given.ports()).await.unwrap();
+        let emitted = UpdateOrderStatus.handle(&late, &given.ports()).await.unwrap();
 
         // THEN nothing is emitted and the order stays SHIPPED, tracking number kept
         assert_eq!(emitted, [], "on {}", late.event_type());
@@ -194,10 +194,10 @@ async fn a_late_shortfall_never_moves_a_reserved_order_back_to_awaiting_stock() 
     // GIVEN a reserved order
     let (given, created) = given_pending_order().await;
     let late = insufficient(created.subject);
-    OrderStatusStep.handle(&reserved(created.subject), &given.ports()).await.unwrap();
+    UpdateOrderStatus.handle(&reserved(created.subject), &given.ports()).await.unwrap();
 
     // WHEN an earlier inventory.insufficient arrives late
-    OrderStatusStep.handle(&late, &given.ports()).await.unwrap();
+    UpdateOrderStatus.handle(&late, &given.ports()).await.unwrap();
 
     // THEN the order stays RESERVED
     assert_eq!(order(&given, created.subject).await.status, OrderStatus::Reserved);
@@ -207,14 +207,14 @@ async fn a_late_shortfall_never_moves_a_reserved_order_back_to_awaiting_stock() 
 async fn a_cancelled_order_is_cancelled_once() {
     // GIVEN an order cancelled for an unknown SKU
     let (given, created) = given_pending_order().await;
-    OrderStatusStep
+    UpdateOrderStatus
         .handle(&rejected(created.subject, CancelReason::UnknownSku, "unknown SKU: A"), &given.ports())
         .await
         .unwrap();
 
     // WHEN another failure, and a late order.shipped, arrive
     for late in [replenishment_failed(created.subject), released(created.subject), shipped(created.subject)] {
-        let emitted = OrderStatusStep.handle(&late, &given.ports()).await.unwrap();
+        let emitted = UpdateOrderStatus.handle(&late, &given.ports()).await.unwrap();
 
         // THEN nothing more is emitted and the first reason stands
         assert_eq!(emitted, [], "on {}", late.event_type());
@@ -235,7 +235,7 @@ async fn history_records_each_event_once_sorted_by_time() {
 
     // WHEN they are delivered out of order, each twice
     for delivery in [&second, &first, &second, &first] {
-        OrderStatusStep.handle(delivery, &given.ports()).await.unwrap();
+        UpdateOrderStatus.handle(delivery, &given.ports()).await.unwrap();
     }
 
     // THEN each is recorded once, in the order they happened
@@ -251,10 +251,10 @@ async fn a_duplicate_failure_returns_the_same_cancellation_and_records_it_once()
     // GIVEN an order already cancelled by this replenishment.failed
     let (given, created) = given_pending_order().await;
     let cause = replenishment_failed(created.subject);
-    let first = OrderStatusStep.handle(&cause, &given.ports()).await.unwrap();
+    let first = UpdateOrderStatus.handle(&cause, &given.ports()).await.unwrap();
 
     // WHEN the same replenishment.failed (same id) is delivered again
-    let second = OrderStatusStep.handle(&cause, &given.ports()).await.unwrap();
+    let second = UpdateOrderStatus.handle(&cause, &given.ports()).await.unwrap();
 
     // THEN the very same order.cancelled (same id) comes back
     assert!(matches!(payloads(&first)[..], [Payload::OrderCancelled(_)]));
@@ -272,7 +272,7 @@ async fn an_unknown_order_is_retried_later() {
     let given = TestStore::with_stock(&[]).await;
 
     // WHEN an event about it arrives
-    let result = OrderStatusStep.handle(&reserved(OrderId::new()), &given.ports()).await;
+    let result = UpdateOrderStatus.handle(&reserved(OrderId::new()), &given.ports()).await;
 
     // THEN the step asks for a retry
     assert!(matches!(result, Err(StepError::Retryable(_))), "{result:?}");
@@ -284,7 +284,7 @@ async fn an_event_it_does_not_consume_is_a_permanent_error() {
     let (given, created) = given_pending_order().await;
 
     // WHEN its order.created is delivered to order-status
-    let result = OrderStatusStep.handle(&created, &given.ports()).await;
+    let result = UpdateOrderStatus.handle(&created, &given.ports()).await;
 
     // THEN it is dead-lettered, not retried, and the order is untouched
     assert!(matches!(result, Err(StepError::Permanent(_))), "{result:?}");

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use shared::domain::{CancelReason, Sku};
-use shared::events::{ReplenishmentFailed, StockReplenished};
-use shared::ports::{StockDelta, Write};
+use shared::contract::domain::{CancelReason, Sku};
+use shared::contract::events::{ReplenishmentFailed, StockReplenished};
 use shared::step::{Decision, reaction, run_idempotent};
+use shared::store::{StockDelta, Write};
 use shared::{Event, Function, Payload, Ports, Step, StepError};
 
 pub const FUNCTION: Function = Function::ReplenishStock;

@@ -3,8 +3,10 @@
 //! and the stock it leaves.
 
 use replenish_stock::ReplenishStock;
-use shared::domain::{CancelReason, OrderId};
-use shared::events::{InventoryInsufficient, InventoryReserved, ReplenishmentFailed, SkuUnits, StockReplenished};
+use shared::contract::domain::{CancelReason, OrderId};
+use shared::contract::events::{
+    InventoryInsufficient, InventoryReserved, ReplenishmentFailed, SkuUnits, StockReplenished,
+};
 use shared::testkit::{TestStore, address, event, item, payloads, sku};
 use shared::{Event, Payload, Step, StepError};
 

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use shared::domain::{Address, CancelReason, Item, OrderId, Sku, units_per_sku};
-use shared::events::{Attempt, InventoryInsufficient, InventoryRejected, InventoryReserved, SkuUnits};
-use shared::ports::{Reservation, ReservationState, StockDelta, StockLevel, Write};
+use shared::contract::domain::{Address, CancelReason, Item, OrderId, Sku, units_per_sku};
+use shared::contract::events::{Attempt, InventoryInsufficient, InventoryRejected, InventoryReserved, SkuUnits};
 use shared::step::{Decision, reaction, run_idempotent};
+use shared::store::{Reservation, ReservationState, StockDelta, StockLevel, Write};
 use shared::{Event, Function, Payload, Ports, Step, StepError};
 
 pub const FUNCTION: Function = Function::ReserveInventory;

@@ -2,11 +2,11 @@
 //! THEN the events it emits and the stock and reservation it leaves.
 
 use reserve_inventory::{MAX_RESERVATION_RETRIES, ReserveInventory};
-use shared::domain::{CancelReason, Item, OrderId};
-use shared::events::{
+use shared::contract::domain::{CancelReason, Item, OrderId};
+use shared::contract::events::{
     Attempt, InventoryInsufficient, InventoryRejected, InventoryReserved, OrderShipped, SkuUnits, StockReplenished,
 };
-use shared::ports::{ReservationState, Store};
+use shared::store::{ReservationState, Store};
 use shared::testkit::{TestStore, address, event, item, order_created, payloads, sku};
 use shared::{Event, Payload, Step, StepError};
 

@@ -2,10 +2,10 @@
 //! warehouse (reserved → shipped); when shipping fails they go back on the
 //! shelf (reserved → available), the saga's compensation.
 
-use shared::domain::{CancelReason, Item, Sku, units_per_sku};
-use shared::events::InventoryReleased;
-use shared::ports::{ReservationState, StockDelta, Write};
+use shared::contract::domain::{CancelReason, Item, Sku, units_per_sku};
+use shared::contract::events::InventoryReleased;
 use shared::step::{Decision, reaction, run_idempotent};
+use shared::store::{ReservationState, StockDelta, Write};
 use shared::{Event, Function, Payload, Ports, Step, StepError};
 
 pub const FUNCTION: Function = Function::SettleInventory;

@@ -3,9 +3,9 @@
 //! the reserved units went.
 
 use settle_inventory::SettleInventory;
-use shared::domain::{CancelReason, Item, OrderId};
-use shared::events::{InventoryReleased, InventoryReserved, OrderShipped, ShipmentFailed};
-use shared::ports::{ReservationState, Store};
+use shared::contract::domain::{CancelReason, Item, OrderId};
+use shared::contract::events::{InventoryReleased, InventoryReserved, OrderShipped, ShipmentFailed};
+use shared::store::{ReservationState, Store};
 use shared::testkit::{TestStore, address, event, item, payloads};
 use shared::{Event, Payload, Step, StepError};
 

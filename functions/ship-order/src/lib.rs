@@ -1,9 +1,9 @@
 //! `ship-order`: hands a reserved order to the carrier, or reports that its
 //! country is not served (`SHIP_COUNTRIES`), which starts the compensation.
 
-use shared::events::{OrderShipped, ShipmentFailed};
-use shared::ports::{Shipment, Write};
+use shared::contract::events::{OrderShipped, ShipmentFailed};
 use shared::step::{Decision, reaction, run_idempotent};
+use shared::store::{Shipment, Write};
 use shared::{Event, Function, Payload, Ports, Step, StepError};
 
 pub const FUNCTION: Function = Function::ShipOrder;

@@ -1,10 +1,10 @@
 //! `ship-order`, one behaviour per test: GIVEN the countries served, WHEN
 //! `inventory.reserved`, THEN the events it emits and the shipment it stores.
 
-use shared::domain::OrderId;
-use shared::events::{InventoryReserved, OrderShipped, ShipmentFailed};
-use shared::ports::Store;
+use shared::contract::domain::OrderId;
+use shared::contract::events::{InventoryReserved, OrderShipped, ShipmentFailed};
 use shared::step::ShipCountries;
+use shared::store::Store;
 use shared::testkit::{TestStore, address, event, item, payloads};
 use shared::{Event, Payload, Step, StepError};
 use ship_order::ShipOrder;

@@ -1,0 +1,211 @@
+//! The command line: every subcommand, its flags and the environment
+//! variables behind them (flags win).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use shared::bus::DeliverySettings;
+
+#[derive(Parser)]
+#[command(name = "choreo", version, about = "An order saga done by choreography, on Lambda and RabbitMQ")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the whole system on this machine: every step, the HTTP API, SQLite.
+    Up(UpArgs),
+    /// Print the choreography as a Mermaid flowchart.
+    Graph,
+    /// Re-publish events whose first publish failed (the outbox) until stopped:
+    /// run it beside the bridge when the functions' store is DynamoDB.
+    Relay {
+        #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
+        amqp: String,
+    },
+    /// Print the AWS SAM template (template.yaml) derived from the choreography.
+    Template,
+    /// Print the RabbitMQ topology as management-plugin definitions (infra/rabbitmq/definitions.json).
+    Topology {
+        /// Virtual host the definitions are for.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        #[command(flatten)]
+        queues: QueueArgs,
+    },
+    /// Drive N orders through a system it starts itself; prints one JSON object.
+    Bench(BenchArgs),
+    /// Consume the functions' queues and invoke each function: Lambda Invoke API or its SQS queue.
+    Bridge(BridgeArgs),
+    /// Inspect or replay the dead-letter queues.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Create or show orders through the HTTP API.
+    Order {
+        #[command(subcommand)]
+        command: OrderCommand,
+    },
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Port of the HTTP API.
+    #[arg(long, env = "CHOREO_PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "CHOREO_HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// SQLite database file (created and seeded when new).
+    #[arg(long, env = "CHOREO_DB", default_value = ".choreo/choreo.db")]
+    pub db: PathBuf,
+    /// Catalog to seed a new database with [default: infra/inventory.seed.json, built in]
+    #[arg(long, env = "CHOREO_INVENTORY")]
+    pub inventory: Option<PathBuf>,
+    /// Countries ship-order delivers to, comma-separated ISO codes [default: all but AQ]
+    #[arg(long, env = "SHIP_COUNTRIES", default_value = "")]
+    pub ship_countries: String,
+    /// Use RabbitMQ at this URL instead of the in-process bus.
+    #[arg(long, env = "AMQP_URL")]
+    pub amqp: Option<String>,
+    #[command(flatten)]
+    pub queues: QueueArgs,
+}
+
+/// How each function's queue is consumed and retried, on either bus.
+#[derive(Args, Clone)]
+pub struct QueueArgs {
+    /// Events each function handles at once.
+    #[arg(long, env = "CHOREO_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+    /// Unacknowledged messages RabbitMQ sends each consumer ahead [default: 64; RabbitMQ only]
+    #[arg(long, env = "CHOREO_PREFETCH")]
+    pub prefetch: Option<u16>,
+    /// Retries of a retryable failure before an event is dead-lettered.
+    #[arg(long, env = "CHOREO_MAX_RETRIES", default_value_t = 5)]
+    pub max_retries: u32,
+    /// Delay before the first retry, in milliseconds; doubles on each retry.
+    #[arg(long, env = "CHOREO_RETRY_DELAY_MS", default_value_t = 1000)]
+    pub retry_delay_ms: u64,
+}
+
+impl QueueArgs {
+    pub fn settings(&self) -> DeliverySettings {
+        DeliverySettings {
+            prefetch: self.prefetch.unwrap_or(DeliverySettings::default().prefetch).max(1),
+            concurrency: self.concurrency.max(1),
+            max_retries: self.max_retries,
+            retry_base: Duration::from_millis(self.retry_delay_ms.max(1)),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Orders to drive through the saga.
+    #[arg(long, default_value_t = 1000)]
+    pub orders: usize,
+    /// Orders in flight at once (closed loop: each client waits for its saga to end).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Start this many orders per second instead of as fast as possible.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Run over RabbitMQ at this URL (functions hosted in-process) instead of the in-process bus.
+    #[arg(long)]
+    pub amqp: Option<String>,
+    /// Bare lapin through the broker (same messages, no handlers, no store): the physical limit.
+    #[arg(long, requires = "amqp")]
+    pub raw: bool,
+    /// The saga paths the orders take.
+    #[arg(long, value_enum, default_value_t = choreo::bench::Mix::Ship)]
+    pub mix: choreo::bench::Mix,
+    /// Messages each function's queue handles at once.
+    #[arg(long, default_value_t = 32)]
+    pub queue_concurrency: usize,
+    /// Unacknowledged messages RabbitMQ sends each consumer ahead.
+    #[arg(long, default_value_t = 64)]
+    pub prefetch: u16,
+}
+
+#[derive(Args)]
+pub struct BridgeArgs {
+    /// How each function is invoked.
+    #[arg(long, value_enum, env = "CHOREO_INVOKE", default_value = "lambda")]
+    pub invoke: choreo::bridge::InvokeMode,
+    /// RabbitMQ to consume from.
+    #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
+    pub amqp: String,
+    /// AWS API endpoint instead of AWS (http://127.0.0.1:9000 for `cargo lambda watch`; moto for SQS).
+    #[arg(long, env = "CHOREO_AWS_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Prepended to each function name for the Invoke API (a deployed stack's prefix).
+    #[arg(long, env = "CHOREO_FUNCTION_PREFIX", default_value = "")]
+    pub function_prefix: String,
+    /// SQS queue of a function, for --invoke sqs; repeat per function [or env CHOREO_SQS_URL_<FUNCTION>, e.g. CHOREO_SQS_URL_SHIP_ORDER]
+    #[arg(long = "sqs-queue-url", value_name = "FUNCTION=URL")]
+    pub sqs_queue_urls: Vec<String>,
+    /// Bridge only these functions, comma-separated [default: every function that consumes events]
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub functions: Vec<String>,
+    #[command(flatten)]
+    pub queues: QueueArgs,
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// Print dead letters (they stay in their queues).
+    List {
+        #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
+        amqp: String,
+        /// Most messages shown per function.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send dead letters back to their function's queue.
+    Replay {
+        #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
+        amqp: String,
+        /// Only this function's dead letters.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only the message with this id (the event id).
+        #[arg(long)]
+        message_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OrderCommand {
+    /// POST an order and print its id (and, with --wait, its final state).
+    Create(CreateArgs),
+    /// GET an order, with its saga history.
+    Show {
+        order_id: String,
+        #[arg(long, env = "CHOREO_URL", default_value = "http://127.0.0.1:3000")]
+        url: String,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// A line of the order as SKU:QUANTITY; repeat for more lines.
+    #[arg(long = "item", required = true, value_name = "SKU:QUANTITY")]
+    pub items: Vec<String>,
+    #[arg(long, default_value = "customer-1")]
+    pub customer: String,
+    /// Destination country (ISO 3166-1 alpha-2); AQ is not served by default.
+    #[arg(long, default_value = "FR")]
+    pub country: String,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait until the saga ends and print the order.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, env = "CHOREO_URL", default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+}

@@ -1,0 +1,264 @@
+//! `choreo bench`: drives N orders through a system it starts itself and
+//! prints one JSON object with throughput and end-to-end latency.
+//!
+//! Orders go in through real HTTP (`POST /orders` on a local port); a saga is
+//! timed from the POST until `order-status` records its terminal status,
+//! observed in-process (no polling, which would add load and blur latency).
+//! `--raw` pushes the same message pattern through the broker with bare
+//! lapin and no handlers or store: the physical limit to compare against.
+
+mod raw;
+mod report;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shared::bus::{DeliverySettings, StepObserver};
+use shared::contract::domain::OrderId;
+use shared::step::ShipCountries;
+use shared::store::SeedStock;
+use shared::{Event, Function, Payload};
+use tokio::sync::Notify;
+
+use self::report::report;
+use crate::client::Client;
+use crate::up::{AmqpSystem, Embedded, UpConfig, serve};
+
+/// Which system the bench drives.
+#[derive(Clone, Debug)]
+pub enum BenchSystem {
+    Embedded,
+    Amqp(String),
+    /// Bare lapin through the broker at this URL: no handlers, no store.
+    Raw(String),
+}
+
+/// Which saga paths the orders take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// Every order ships straight away.
+    Ship,
+    /// All five paths of DESIGN §3, in fixed proportions.
+    Mixed,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub system: BenchSystem,
+    pub orders: usize,
+    pub concurrency: usize,
+    /// Orders started per second (open loop); `None`: as fast as `concurrency` allows.
+    pub rate: Option<f64>,
+    pub mix: Mix,
+    /// How each function's queue is consumed (both buses) and prefetched (RabbitMQ).
+    pub delivery: DeliverySettings,
+    pub db_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Start(#[from] crate::up::StartError),
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The paths, each with the order line and country that drives it.
+const PATHS: &[(&str, &str, u32, &str)] = &[
+    ("shipped", "BENCH-STOCKED", 1, "FR"),
+    ("replenished_shipped", "BENCH-SCARCE", 3, "FR"),
+    ("out_of_stock", "BENCH-DISCONTINUED", 5, "FR"),
+    ("shipment_failed", "BENCH-STOCKED", 1, "AQ"),
+    ("unknown_sku", "BENCH-MISSING", 1, "FR"),
+];
+
+fn path_of(index: usize, mix: Mix) -> usize {
+    match mix {
+        Mix::Ship => 0,
+        // 60% ship, 10% each other path.
+        Mix::Mixed => [0, 0, 0, 0, 0, 0, 1, 2, 3, 4][index % 10],
+    }
+}
+
+fn catalog(orders: usize) -> Vec<SeedStock> {
+    let units = u64::try_from(orders).unwrap_or(u64::MAX / 4) * 4;
+    let entry = |sku: &str, available, max_replenish| SeedStock {
+        // Fixed, valid SKUs.
+        sku: shared::contract::domain::Sku::parse(sku).expect("bench SKUs are valid"),
+        available,
+        max_replenish,
+    };
+    vec![entry("BENCH-STOCKED", units, 0), entry("BENCH-SCARCE", 0, 1000), entry("BENCH-DISCONTINUED", 0, 0)]
+}
+
+fn order_body(index: usize, path: usize) -> Value {
+    let (_, sku, quantity, country) = PATHS[path];
+    json!({
+        "customer_id": format!("bench-{}", index % 100),
+        "items": [{"sku": sku, "quantity": quantity}],
+        "shipping_address": {"name": "Bench", "line1": "1 Load St", "city": "Lyon", "postal_code": "69001", "country": country}
+    })
+}
+
+/// Terminal instants recorded by the step observer, and the step count.
+#[derive(Default)]
+struct Finish {
+    done: Mutex<HashMap<OrderId, (Instant, &'static str)>>,
+    changed: Notify,
+    steps: AtomicUsize,
+}
+
+impl Finish {
+    fn observer(self: &Arc<Self>) -> StepObserver {
+        let finish = Arc::clone(self);
+        StepObserver(Arc::new(move |function: Function, event: &Event, emitted: &[Event]| {
+            finish.steps.fetch_add(1, Ordering::Relaxed);
+            if function != Function::OrderStatus {
+                return;
+            }
+            let outcome = match (&event.payload, emitted.first().map(|event| &event.payload)) {
+                (Payload::OrderShipped(_), _) => "SHIPPED",
+                (_, Some(Payload::OrderCancelled(_))) => "CANCELLED",
+                _ => return,
+            };
+            let mut done = finish.done.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            done.entry(event.subject).or_insert((Instant::now(), outcome));
+            drop(done);
+            finish.changed.notify_waiters();
+        }))
+    }
+
+    async fn wait(&self, order_id: OrderId, timeout: Duration) -> Option<(Instant, &'static str)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(done) = self.done.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&order_id) {
+                return Some(*done);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Runs the benchmark and answers its report.
+pub async fn run(config: BenchConfig) -> Result<Value, BenchError> {
+    match config.system.clone() {
+        BenchSystem::Raw(url) => raw::run(&config, &url).await,
+        target => saga(&config, target).await,
+    }
+}
+
+async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchError> {
+    let finish = Arc::new(Finish::default());
+    let db = config.db_dir.join(format!("bench-{}.db", OrderId::new()));
+    let up_config = UpConfig {
+        db: db.clone(),
+        catalog: catalog(config.orders),
+        ship_countries: ShipCountries::default(),
+        delivery: config.delivery.clone(),
+        observer: Some(finish.observer()),
+    };
+    let (router, mode, amqp) = match &target {
+        BenchSystem::Amqp(url) => {
+            let system = AmqpSystem::start(up_config, url).await?;
+            (system.router.clone(), "amqp", Some(system))
+        }
+        _ => {
+            let system = Embedded::start(up_config).await?;
+            (system.router.clone(), "embedded", None)
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, router, async {
+        let _ = server_stopped.await;
+    }));
+
+    let client = Client::new(&base);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..config.concurrency.max(1) {
+        let (client, next, finish, config) = (client.clone(), Arc::clone(&next), Arc::clone(&finish), config.clone());
+        workers.spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= config.orders {
+                    return Ok::<_, BenchError>(samples);
+                }
+                if let Some(rate) = config.rate {
+                    let due = started + Duration::from_secs_f64(index as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let path = path_of(index, config.mix);
+                let posted = Instant::now();
+                let order_id = client.create_order(&order_body(index, path), None).await?;
+                let order_id = OrderId::parse(&order_id).map_err(BenchError::Other)?;
+                let (at, status) = finish
+                    .wait(order_id, Duration::from_secs(120))
+                    .await
+                    .ok_or_else(|| BenchError::Other(format!("order {order_id} did not finish within 120 s")))?;
+                samples.push((path, status, at.duration_since(posted)));
+            }
+        });
+    }
+    let mut samples = Vec::with_capacity(config.orders);
+    while let Some(worker) = workers.join_next().await {
+        samples.extend(worker.map_err(|error| BenchError::Other(error.to_string()))??);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    // Steps off the critical path (settle-inventory) may still be running:
+    // let them finish so the count is whole and no message outlives the run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut steps = finish.steps.load(Ordering::Relaxed);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = finish.steps.load(Ordering::Relaxed);
+        if now == steps {
+            break;
+        }
+        steps = now;
+    }
+
+    let _ = stop_server.send(());
+    let _ = server.await;
+    if let Some(system) = amqp {
+        system.shutdown().await;
+    }
+    let _ = std::fs::remove_file(&db);
+
+    let mut completed = serde_json::Map::new();
+    for (path, status, _) in &samples {
+        let key = format!("{}:{}", PATHS[*path].0, status.to_ascii_lowercase());
+        let count = completed.get(&key).and_then(Value::as_u64).unwrap_or(0);
+        completed.insert(key, json!(count + 1));
+    }
+    let latencies = samples.iter().map(|(_, _, latency)| latency.as_secs_f64() * 1000.0).collect();
+    let mix = format!("{:?}", config.mix).to_ascii_lowercase();
+    Ok(report(mode, &mix, config, completed, latencies, wall, steps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mixed_bench_covers_every_path() {
+        let paths: std::collections::BTreeSet<usize> = (0..10).map(|index| path_of(index, Mix::Mixed)).collect();
+        assert_eq!(paths.len(), PATHS.len());
+    }
+}

@@ -1,0 +1,64 @@
+//! `--invoke sqs`: each event goes to its function's SQS queue; the function,
+//! invoked by its SQS event source, publishes what it emits by itself.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::MessageAttributeValue;
+use shared::bus::amqp::StepInvoker;
+use shared::{Event, Function, StepError};
+
+/// SQS message attributes set on every forwarded event (the body is the
+/// CloudEvent itself; these let queue tooling see what a message is).
+pub const SQS_TYPE_ATTRIBUTE: &str = "type";
+pub const SQS_ID_ATTRIBUTE: &str = "id";
+pub const SQS_SUBJECT_ATTRIBUTE: &str = "subject";
+
+/// Sends each event to its function's SQS queue.
+pub struct SqsForwarder {
+    client: aws_sdk_sqs::Client,
+    queue_urls: BTreeMap<Function, String>,
+}
+
+impl SqsForwarder {
+    pub fn new(client: aws_sdk_sqs::Client, queue_urls: BTreeMap<Function, String>) -> Self {
+        Self { client, queue_urls }
+    }
+}
+
+fn text_attribute(value: String) -> Result<MessageAttributeValue, StepError> {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .map_err(|error| StepError::Permanent(error.to_string()))
+}
+
+#[async_trait]
+impl StepInvoker for SqsForwarder {
+    async fn handle(&self, function: Function, event: &Event) -> Result<Vec<Event>, StepError> {
+        let url = self
+            .queue_urls
+            .get(&function)
+            .ok_or_else(|| StepError::Permanent(format!("no SQS queue URL for {function}")))?;
+        let body = String::from_utf8(event.to_json()).map_err(|error| StepError::Permanent(error.to_string()))?;
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .message_attributes(SQS_TYPE_ATTRIBUTE, text_attribute(event.event_type().as_str().to_owned())?)
+            .message_attributes(SQS_ID_ATTRIBUTE, text_attribute(event.id.to_string())?)
+            .message_attributes(SQS_SUBJECT_ATTRIBUTE, text_attribute(event.subject.to_string())?);
+        if url.ends_with(".fifo") {
+            // One order's events in order; a redelivered event deduplicated.
+            request =
+                request.message_group_id(event.subject.to_string()).message_deduplication_id(event.id.to_string());
+        }
+        request.send().await.map_err(|error| {
+            StepError::Retryable(format!("sending to {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(&error)))
+        })?;
+        tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, "forwarded to SQS");
+        Ok(vec![]) // the function publishes what it emits
+    }
+}

@@ -1,0 +1,255 @@
+//! `choreo`: run the saga on this machine, talk to it, draw it.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+mod args;
+use std::time::Duration;
+
+use choreo::client::Client;
+use choreo::up::{AmqpSystem, DEFAULT_CATALOG, Embedded, UpConfig, parse_catalog, serve};
+use clap::Parser;
+use serde_json::json;
+use shared::Function;
+use shared::bus::amqp::{AmqpLink, Topology, redact};
+use shared::step::ShipCountries;
+
+use self::args::{BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, UpArgs};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A bench logs only problems unless asked: a line per saga step would be
+    // the bench's bottleneck.
+    if matches!(cli.command, Command::Bench(_)) && std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: set before any other thread exists (the runtime's workers do
+        // not read the environment).
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
+    shared::telemetry::init();
+    let result = match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Graph => {
+            print!("{}", shared::contract::choreography::mermaid());
+            Ok(())
+        }
+        Command::Relay { amqp } => relay(amqp).await,
+        Command::Template => {
+            print!("{}", choreo::template::sam_template());
+            Ok(())
+        }
+        Command::Topology { vhost, queues } => {
+            let definitions = Topology::derive(&queues.settings()).definitions_json(&vhost);
+            println!("{}", serde_json::to_string_pretty(&definitions).unwrap_or_default());
+            Ok(())
+        }
+        Command::Bridge(args) => bridge(args).await,
+        Command::Dlq { command } => dlq(command).await,
+        Command::Bench(args) => bench(args).await,
+        Command::Order { command } => order(command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("choreo: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn up(args: UpArgs) -> Result<(), AnyError> {
+    let catalog = match &args.inventory {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+            parse_catalog(&path.display().to_string(), &text)?
+        }
+        None => parse_catalog("infra/inventory.seed.json (built in)", DEFAULT_CATALOG)?,
+    };
+    if args.amqp.is_none() && args.queues.prefetch.is_some() {
+        return Err("--prefetch (CHOREO_PREFETCH) applies to RabbitMQ only: add --amqp URL or drop it".into());
+    }
+    let config = UpConfig {
+        db: args.db.clone(),
+        catalog,
+        ship_countries: ShipCountries::parse(&args.ship_countries)?,
+        delivery: args.queues.settings(),
+        observer: None,
+    };
+    let address = SocketAddr::new(args.host, args.port);
+    if let Some(url) = &args.amqp {
+        let system = AmqpSystem::start(config, url).await?;
+        let listener = bind(address).await?;
+        println!(
+            "choreo is up: http://{} (database {}; RabbitMQ {}; Ctrl-C stops)",
+            listener.local_addr()?,
+            args.db.display(),
+            redact(url)
+        );
+        serve(listener, system.router.clone(), shutdown_signal()).await?;
+        tracing::info!("stopping: finishing the messages in hand");
+        system.shutdown().await;
+        return Ok(());
+    }
+    let system = Embedded::start(config).await?;
+    let listener = bind(address).await?;
+    println!("choreo is up: http://{} (database {}; Ctrl-C stops)", listener.local_addr()?, args.db.display());
+    serve(listener, system.router, shutdown_signal()).await?;
+    tracing::info!(in_flight = system.bus.in_flight(), "stopping: finishing the sagas in flight");
+    if tokio::time::timeout(Duration::from_secs(10), system.bus.idle()).await.is_err() {
+        tracing::warn!("sagas still in flight after 10 s; they resume from the outbox at the next start");
+    }
+    Ok(())
+}
+
+async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, AnyError> {
+    Ok(tokio::net::TcpListener::bind(address).await.map_err(|error| format!("cannot listen on {address}: {error}"))?)
+}
+
+async fn bench(args: BenchArgs) -> Result<(), AnyError> {
+    use choreo::bench::{BenchConfig, BenchSystem};
+    let system = match (&args.amqp, args.raw) {
+        (Some(url), true) => BenchSystem::Raw(url.clone()),
+        (Some(url), false) => BenchSystem::Amqp(url.clone()),
+        (None, _) => BenchSystem::Embedded,
+    };
+    let config = BenchConfig {
+        system,
+        orders: args.orders,
+        concurrency: args.concurrency.max(1),
+        rate: args.rate,
+        mix: args.mix,
+        delivery: shared::bus::DeliverySettings {
+            prefetch: args.prefetch.max(1),
+            concurrency: args.queue_concurrency.max(1),
+            ..shared::bus::DeliverySettings::default()
+        },
+        db_dir: std::env::temp_dir(),
+    };
+    let report = choreo::bench::run(config).await?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
+    use choreo::bridge::{self, BridgeConfig, InvokeMode, InvokeTarget};
+    let functions = bridge::parse_functions(&args.functions)?;
+    let target = match args.invoke {
+        InvokeMode::Lambda => {
+            if !args.sqs_queue_urls.is_empty() {
+                return Err("--sqs-queue-url applies to --invoke sqs only".into());
+            }
+            InvokeTarget::Lambda { endpoint: args.endpoint, function_prefix: args.function_prefix }
+        }
+        InvokeMode::Sqs => {
+            let queue_urls =
+                bridge::resolve_queue_urls(&functions, &args.sqs_queue_urls, |name| std::env::var(name).ok())?;
+            InvokeTarget::Sqs { endpoint: args.endpoint, queue_urls }
+        }
+    };
+    let config = BridgeConfig { amqp_url: args.amqp, functions, target, settings: args.queues.settings() };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing the messages in hand (signal again to stop at once)");
+        let _ = stop.send(true);
+        shutdown_signal().await;
+        std::process::exit(130);
+    });
+    bridge::run(config, stopped).await?;
+    Ok(())
+}
+
+async fn relay(amqp: String) -> Result<(), AnyError> {
+    // The store the functions use: CHOREO_STORE=dynamodb (+ CHOREO_TABLE_PREFIX) or CHOREO_DB.
+    let store = shared::config::store_from_env().await?;
+    let link = AmqpLink::new(&amqp, "choreo-relay");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay =
+        tokio::spawn(shared::bus::relay_forever(store, std::sync::Arc::clone(&link) as std::sync::Arc<_>, stopped));
+    println!("relaying the outbox to {} (Ctrl-C stops)", redact(&amqp));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = relay.await;
+    link.close().await;
+    Ok(())
+}
+
+async fn dlq(command: DlqCommand) -> Result<(), AnyError> {
+    match command {
+        DlqCommand::List { amqp, limit } => {
+            let link = AmqpLink::new(&amqp, "choreo-dlq");
+            let letters = shared::bus::amqp::list_dead_letters(&link, limit).await?;
+            link.close().await;
+            for letter in &letters {
+                println!("{}", serde_json::to_string(letter)?);
+            }
+            eprintln!("{} dead letter(s)", letters.len());
+        }
+        DlqCommand::Replay { amqp, function, message_id } => {
+            let function = match function {
+                Some(name) => Some(Function::from_name(&name).ok_or_else(|| format!("no function named '{name}'"))?),
+                None => None,
+            };
+            let link = AmqpLink::new(&amqp, "choreo-dlq");
+            let replayed = shared::bus::amqp::replay_dead_letters(&link, function, message_id.as_deref()).await?;
+            link.close().await;
+            println!("replayed {replayed} dead letter(s)");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { () = interrupt => {}, () = terminate => {} }
+}
+
+async fn order(command: OrderCommand) -> Result<(), AnyError> {
+    match command {
+        OrderCommand::Create(args) => {
+            let mut items = Vec::new();
+            for item in &args.items {
+                let (sku, quantity) =
+                    item.split_once(':').ok_or_else(|| format!("--item '{item}' must be SKU:QUANTITY"))?;
+                let quantity: i64 =
+                    quantity.parse().map_err(|_| format!("--item '{item}': '{quantity}' is not a number"))?;
+                items.push(json!({"sku": sku, "quantity": quantity}));
+            }
+            let body = json!({
+                "customer_id": args.customer,
+                "items": items,
+                "shipping_address": {"name": "Ada Lovelace", "line1": "12 Analytical Row", "city": "London", "postal_code": "N1 7AA", "country": args.country}
+            });
+            let client = Client::new(&args.url);
+            let order_id = client.create_order(&body, args.idempotency_key.as_deref()).await?;
+            if args.wait {
+                let order = client.wait_terminal(&order_id, Duration::from_secs(30)).await?;
+                println!("{}", serde_json::to_string_pretty(&order)?);
+            } else {
+                println!("{order_id}");
+            }
+        }
+        OrderCommand::Show { order_id, url } => {
+            let order = Client::new(&url).order(&order_id).await?;
+            println!("{}", serde_json::to_string_pretty(&order)?);
+        }
+    }
+    Ok(())
+}

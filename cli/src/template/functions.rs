@@ -1,0 +1,120 @@
+//! Each function's resource: runtime, environment, and least-privilege IAM
+//! derived from the tables its service owns and the queues it uses.
+
+use super::yaml::*;
+use super::*;
+
+pub(super) fn function(spec: &FunctionSpec) -> Node {
+    let mut properties = vec![
+        ("FunctionName", sub(format!("${{NamePrefix}}{}", spec.name))),
+        ("Description", s(describe(spec))),
+        ("CodeUri", s(".")),
+    ];
+    if !spec.emits.is_empty() {
+        // The function publishes what it emits over AMQP; the URL (with its
+        // credentials) stays in Secrets Manager and is read at first use.
+        properties.push(("Environment", map([("Variables", map([("AMQP_SECRET_ARN", reference("AmqpSecretArn"))]))])));
+    }
+    properties.push(("Policies", policies(spec)));
+    if !spec.routes.is_empty() {
+        let events = spec.routes.iter().map(|route| {
+            (
+                route_event_id(route),
+                map([
+                    ("Type", s("HttpApi")),
+                    (
+                        "Properties",
+                        map([
+                            ("ApiId", reference(HTTP_API)),
+                            ("Method", s(route.method)),
+                            ("Path", s(route.path)),
+                            ("PayloadFormatVersion", s("2.0")),
+                        ]),
+                    ),
+                ]),
+            )
+        });
+        properties.push(("Events", Node::Map(events.collect())));
+    }
+    map([
+        ("Type", s("AWS::Serverless::Function")),
+        (
+            "Metadata",
+            map([
+                ("BuildMethod", s("rust-cargolambda")),
+                // The workspace root is the CodeUri: cargo lambda builds this binary of it.
+                ("BuildProperties", map([("Binary", s(spec.name))])),
+            ]),
+        ),
+        ("Properties", map(properties)),
+    ])
+}
+
+/// `reserve-inventory (inventory): consumes order.created, stock.replenished; emits …`
+pub(super) fn describe(spec: &FunctionSpec) -> String {
+    let join = |items: Vec<String>| items.join(", ");
+    let mut parts = Vec::new();
+    if !spec.routes.is_empty() {
+        parts
+            .push(format!("serves {}", join(spec.routes.iter().map(|r| format!("{} {}", r.method, r.path)).collect())));
+    }
+    if !spec.consumes.is_empty() {
+        parts.push(format!("consumes {}", join(spec.consumes.iter().map(|e| e.to_string()).collect())));
+    }
+    if !spec.emits.is_empty() {
+        parts.push(format!("emits {}", join(spec.emits.iter().map(|e| e.to_string()).collect())));
+    }
+    let service = format!("{:?}", spec.service).to_lowercase();
+    format!("choreo {} ({service} service) - {}", spec.name, parts.join("; "))
+}
+
+/// Least privilege: DynamoDB on the tables of [`table_access`], the AMQP
+/// secret for functions that publish, and, under its condition, what the
+/// event source needs (what SAM's `SQS` / `MQ` events would have granted,
+/// restricted to the function's own queue). They are inline in the role SAM
+/// makes, so they exist before the function and its mappings.
+pub(super) fn policies(spec: &FunctionSpec) -> Node {
+    let table_arns = |access: Access| -> Vec<Node> {
+        table_access(spec)
+            .into_iter()
+            .filter(|(_, granted)| *granted == access)
+            .map(|(table, _)| get_att(&table_id(table), "Arn"))
+            .collect()
+    };
+    let mut statements = Vec::new();
+    let writes = table_arns(Access::ReadWrite);
+    if !writes.is_empty() {
+        statements.push(statement("WriteOwnServiceTables", WRITE_ACTIONS, list(writes)));
+    }
+    let reads = table_arns(Access::Read);
+    if !reads.is_empty() {
+        statements.push(statement("ReadQueriedTables", READ_ACTIONS, list(reads)));
+    }
+    if !spec.emits.is_empty() {
+        statements.push(statement("ReadAmqpUrl", &["secretsmanager:GetSecretValue"], reference("AmqpSecretArn")));
+    }
+    let mut policies = vec![map([("Statement", list(statements))])];
+    if !spec.consumes.is_empty() {
+        let sqs = statement(
+            "ConsumeOwnQueue",
+            &["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"],
+            get_att(&queue_id(spec), "Arn"),
+        );
+        policies.push(when(USE_SQS, map([("Statement", list([sqs]))])));
+        let mq = [
+            statement("DescribeBroker", &["mq:DescribeBroker"], reference("MqBrokerArn")),
+            statement("ReadBrokerCredentials", &["secretsmanager:GetSecretValue"], reference("MqCredentialsSecretArn")),
+        ];
+        policies.push(when(USE_AMAZON_MQ, map([("Statement", list(mq))])));
+    }
+    list(policies)
+}
+
+pub(super) fn statement(sid: &str, actions: &[&str], resource: Node) -> Node {
+    map([
+        ("Sid", s(sid)),
+        ("Effect", s("Allow")),
+        ("Action", list(actions.iter().map(|action| s(*action)))),
+        ("Resource", resource),
+    ])
+}

@@ -1,0 +1,35 @@
+//! `choreo up` on the in-process bus: nothing to install, nothing kept but
+//! the SQLite file (the outbox resumes sagas a previous run left mid-way).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use shared::Ports;
+use shared::bus::inprocess::InProcessBus;
+use shared::bus::relay_outbox;
+use shared::store::Store;
+
+use super::{StartError, UpConfig, app_router, open_seeded_store};
+
+/// A running embedded system.
+pub struct Embedded {
+    pub store: Arc<dyn Store>,
+    pub bus: InProcessBus,
+    pub router: Router,
+}
+
+impl Embedded {
+    pub async fn start(config: UpConfig) -> Result<Self, StartError> {
+        let store = open_seeded_store(&config).await?;
+        let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
+        let bus = InProcessBus::start(crate::steps::all(), ports, config.delivery, config.observer);
+        // Sagas a previous run left mid-way carry on from their last committed step.
+        let resumed = relay_outbox(&*store, &bus, Duration::ZERO).await?;
+        if resumed > 0 {
+            tracing::info!(events = resumed, "re-published events a previous run left in the outbox");
+        }
+        let router = app_router(Arc::clone(&store), Arc::new(bus.clone()));
+        Ok(Self { store, bus, router })
+    }
+}

@@ -1,0 +1,81 @@
+//! `choreo up`: every function linked into one process around a bus, the
+//! HTTP API on a local port, SQLite underneath. The bus is in-process
+//! (`embedded`) or RabbitMQ (`over_amqp`); both share what is here.
+
+mod embedded;
+mod over_amqp;
+
+pub use self::embedded::Embedded;
+pub use self::over_amqp::{AmqpSystem, LinkedSteps};
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use shared::bus::{DeliverySettings, Publisher, RelayError, StepObserver};
+use shared::step::ShipCountries;
+use shared::store::sqlite::SqliteStore;
+use shared::store::{SeedStock, Store, StoreError};
+use tokio::net::TcpListener;
+
+/// The catalog `choreo up` seeds a new database with when no `--inventory` is given.
+pub const DEFAULT_CATALOG: &str = include_str!("../../../infra/inventory.seed.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("inventory file {path}: {error}")]
+    Catalog { path: String, error: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Broker(String),
+    #[error("re-publishing the outbox failed: {0}")]
+    Relay(#[from] RelayError),
+}
+
+/// Reads a catalog (`[{"sku","available","max_replenish"}]`), naming the file in errors.
+pub fn parse_catalog(path: &str, text: &str) -> Result<Vec<SeedStock>, StartError> {
+    serde_json::from_str(text).map_err(|error| StartError::Catalog { path: path.to_owned(), error: error.to_string() })
+}
+
+/// What `choreo up` runs with, whichever bus carries the events.
+#[derive(Clone, Debug)]
+pub struct UpConfig {
+    /// The SQLite file every step shares (created and seeded when new).
+    pub db: PathBuf,
+    /// The catalog a new database is seeded with.
+    pub catalog: Vec<SeedStock>,
+    /// Where `ship-order` delivers.
+    pub ship_countries: ShipCountries,
+    /// How each function's queue is consumed and retried.
+    pub delivery: DeliverySettings,
+    /// Told of every handled step (`choreo bench` times sagas with it).
+    pub observer: Option<StepObserver>,
+}
+
+/// Opens the store `choreo up` runs on and seeds it when it is new.
+async fn open_seeded_store(config: &UpConfig) -> Result<Arc<dyn Store>, StartError> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.db)?);
+    let seeded = store.seed_if_empty(&config.catalog).await?;
+    if seeded > 0 {
+        tracing::info!(skus = seeded, db = %config.db.display(), "seeded a new inventory");
+    }
+    Ok(store)
+}
+
+/// The whole HTTP API: the routes of both HTTP functions, the same routers
+/// their Lambda `main`s serve, plus problem+json fallbacks.
+pub fn app_router(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>) -> Router {
+    let orders = create_order::router(create_order::CreateOrderState { store: Arc::clone(&store), publisher });
+    shared::host::http::with_fallbacks(orders.merge(order_query::router(store)))
+}
+
+/// Serves `router` until `shutdown` resolves, then finishes open requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

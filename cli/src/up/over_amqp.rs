@@ -1,0 +1,93 @@
+//! `choreo up --amqp`: the embedded runner with RabbitMQ instead of the
+//! in-process bus. Every function still runs in this process, but events
+//! travel through the broker's durable queues, so a restart of either side
+//! loses nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, redact, run_consumers};
+use shared::bus::{OutboxRef, StepObserver, log_step, publish_committed, relay_forever};
+use shared::store::Store;
+use shared::{Event, Function, Ports, Step, StepError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{StartError, UpConfig, app_router, open_seeded_store};
+
+/// The steps linked into this binary, invoked by the consumer runner; each
+/// publishes what it emitted itself and settles its outbox entry.
+pub struct LinkedSteps {
+    steps: HashMap<Function, Arc<dyn Step>>,
+    ports: Ports,
+    link: Arc<AmqpLink>,
+    observer: Option<StepObserver>,
+}
+
+impl LinkedSteps {
+    pub fn new(steps: Vec<Arc<dyn Step>>, ports: Ports, link: Arc<AmqpLink>, observer: Option<StepObserver>) -> Self {
+        Self { steps: steps.into_iter().map(|step| (step.function(), step)).collect(), ports, link, observer }
+    }
+}
+
+#[async_trait]
+impl StepInvoker for LinkedSteps {
+    async fn handle(&self, function: Function, event: &Event) -> Result<Vec<Event>, StepError> {
+        let step = self.steps.get(&function).ok_or_else(|| shared::step::not_consumed(function, event))?;
+        let emitted = step.handle(event, &self.ports).await?;
+        log_step(function, event, &emitted);
+        let origin = OutboxRef { function, key: event.id.to_string() };
+        publish_committed(&*self.ports.store, &*self.link, &origin, &emitted).await?;
+        if let Some(StepObserver(observe)) = &self.observer {
+            observe(function, event, &emitted);
+        }
+        Ok(vec![]) // published above, with its outbox entry settled
+    }
+}
+
+/// A running `choreo up --amqp`.
+pub struct AmqpSystem {
+    pub store: Arc<dyn Store>,
+    pub link: Arc<AmqpLink>,
+    pub router: Router,
+    shutdown: watch::Sender<bool>,
+    consumers: JoinHandle<Result<(), lapin::Error>>,
+    relay: JoinHandle<()>,
+}
+
+impl AmqpSystem {
+    pub async fn start(config: UpConfig, url: &str) -> Result<Self, StartError> {
+        let store = open_seeded_store(&config).await?;
+        let settings = config.delivery;
+        let link = AmqpLink::new(url, "choreo-up");
+        // Fail fast with a clear message when the broker is not there at start.
+        link.declare(&Topology::derive(&settings)).await.map_err(|error| {
+            let hint = if error.to_string().contains("PRECONDITION_FAILED") {
+                " (its queues were declared with other retry settings: use the same --max-retries and \
+                     --retry-delay-ms, or delete the choreo queues)"
+            } else {
+                ""
+            };
+            StartError::Broker(format!("cannot set up RabbitMQ at {}: {error}{hint}", redact(url)))
+        })?;
+        let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
+        let handler = Arc::new(LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&link), config.observer));
+        let (shutdown, stop) = watch::channel(false);
+        let functions = Function::consumers().collect();
+        let consumers = tokio::spawn(run_consumers(Arc::clone(&link), functions, handler, settings, stop.clone()));
+        let relay = tokio::spawn(relay_forever(Arc::clone(&store), Arc::clone(&link) as Arc<_>, stop));
+        let router = app_router(Arc::clone(&store), link.clone());
+        Ok(Self { store, link, router, shutdown, consumers, relay })
+    }
+
+    /// Stops consuming, finishes the messages in hand, closes the connection.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Ok(Err(error)) = self.consumers.await {
+            tracing::warn!(%error, "consumers stopped with an error");
+        }
+        let _ = self.relay.await;
+    }
+}

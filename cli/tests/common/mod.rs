@@ -1,0 +1,448 @@
+//! Helpers of the RabbitMQ tests `amqp_paths`, `amqp_resilience` and
+//! `topology` (the bridge's own tests use `bridge_common`).
+//!
+//! Every test gets its own virtual host on the broker named by `AMQP_URL`
+//! (default `amqp://guest:guest@127.0.0.1:5672/%2f`; only its host part is
+//! used), created with `rabbitmqctl` and deleted when its guard drops, even
+//! when the test fails; and its own temporary SQLite file. The system runs
+//! either in process (`AmqpSystem`, the HTTP API on 127.0.0.1:0) or as the
+//! real `choreo up --amqp` binary when a test needs a process to signal.
+//!
+//! Waiting is always polling with a bound; nothing asserts on time.
+//! Set `TEST_LOG=1` to see the saga steps logged.
+
+#![allow(dead_code)] // each test binary uses its own part of these helpers
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use choreo::client::Client;
+use choreo::up::{AmqpSystem, DEFAULT_CATALOG, UpConfig, parse_catalog, serve};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+use shared::Function;
+use shared::bus::DeliverySettings;
+use shared::bus::amqp::{AmqpLink, SAGA_ENDED_QUEUE, dead_letter_queue, retry_queue};
+use shared::contract::domain::Sku;
+use shared::step::ShipCountries;
+use shared::store::{SeedStock, StockLevel, Store};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a saga may take before a test gives up on it (generous: the
+/// machine may be busy; nothing asserts on time).
+pub const SAGA_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn init_logging() {
+    static LOGGING: Once = Once::new();
+    LOGGING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            shared::telemetry::init();
+        }
+    });
+}
+
+// ------------------------------------------------------------- the broker
+
+/// `scheme://user:password@host:port` of `AMQP_URL`, without the vhost.
+pub fn broker_base() -> String {
+    let url = std::env::var("AMQP_URL").ok().filter(|url| !url.is_empty());
+    let url = url.unwrap_or_else(|| shared::bus::amqp::DEFAULT_AMQP_URL.to_owned());
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => url[..after_scheme + slash].to_owned(),
+        None => url,
+    }
+}
+
+/// Runs `rabbitmqctl` on the local node; answers its stdout or what went wrong.
+pub fn try_rabbitmqctl(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("rabbitmqctl").args(args).stdin(Stdio::null()).output().map_err(|error| {
+        format!("cannot run rabbitmqctl (is RabbitMQ installed? see scripts/ensure-rabbitmq): {error}")
+    })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "rabbitmqctl {} failed ({}): {}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+#[track_caller]
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    try_rabbitmqctl(args).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A fresh virtual host, deleted when dropped (also when the test panics).
+pub struct Vhost {
+    pub name: String,
+    /// `AMQP_URL` pointing at this vhost.
+    pub url: String,
+}
+
+impl Vhost {
+    pub fn new(label: &str) -> Self {
+        let name = format!("choreo-test-{label}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        rabbitmqctl(&["add_vhost", &name]);
+        let vhost = Self { url: format!("{}/{name}", broker_base()), name };
+        rabbitmqctl(&["set_permissions", "-p", &vhost.name, "guest", ".*", ".*", ".*"]);
+        vhost
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        if let Err(error) = try_rabbitmqctl(&["delete_vhost", &self.name]) {
+            eprintln!("could not delete the test vhost {}: {error}", self.name);
+        }
+    }
+}
+
+/// Messages ready in `queue` (`queue.declare` passive). Unacknowledged
+/// messages are not counted: ask once the consumers are stopped or idle.
+pub async fn message_count(link: &AmqpLink, queue: &str) -> u32 {
+    let channel = link.channel().await.unwrap_or_else(|error| panic!("a channel to count {queue}: {error}"));
+    let options = QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .unwrap_or_else(|error| panic!("queue {queue} is declared: {error}"));
+    let _ = channel.close(200, "counted".into()).await;
+    declared.message_count()
+}
+
+/// Every queue a function owns: work, retries, dead letters.
+pub fn function_queues(settings: &DeliverySettings) -> Vec<String> {
+    let mut queues = Vec::new();
+    for function in Function::consumers() {
+        queues.push(function.queue());
+        queues.extend((1..=settings.max_retries).map(|retry| retry_queue(function, retry)));
+        queues.push(dead_letter_queue(function));
+    }
+    queues
+}
+
+/// Asserts that no work, retry or dead-letter queue holds a message.
+pub async fn assert_function_queues_empty(link: &AmqpLink, settings: &DeliverySettings) {
+    let mut left = Vec::new();
+    for queue in function_queues(settings) {
+        let count = message_count(link, &queue).await;
+        if count > 0 {
+            left.push(format!("{queue}: {count}"));
+        }
+    }
+    assert!(left.is_empty(), "messages were left behind: {left:?}");
+}
+
+/// A message read off a queue: its AMQP `type` and `correlation_id` (the order).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Envelope {
+    pub event_type: String,
+    pub order_id: String,
+}
+
+/// Takes every message off `queue` (acknowledging it).
+pub async fn drain(link: &AmqpLink, queue: &str) -> Vec<Envelope> {
+    let channel = link.channel().await.unwrap_or_else(|error| panic!("a channel to drain {queue}: {error}"));
+    let mut taken = Vec::new();
+    let options = BasicGetOptions { no_ack: true };
+    while let Some(message) =
+        channel.basic_get(queue.into(), options).await.unwrap_or_else(|error| panic!("basic.get {queue}: {error}"))
+    {
+        let properties = &message.delivery.properties;
+        taken.push(Envelope {
+            event_type: properties.kind().as_ref().map(ToString::to_string).unwrap_or_default(),
+            order_id: properties.correlation_id().as_ref().map(ToString::to_string).unwrap_or_default(),
+        });
+    }
+    let _ = channel.close(200, "drained".into()).await;
+    taken
+}
+
+/// The events that reached `choreo.saga-ended`, taken off the queue, sorted.
+pub async fn drain_saga_ended(link: &AmqpLink) -> Vec<Envelope> {
+    let mut ended = drain(link, SAGA_ENDED_QUEUE).await;
+    ended.sort();
+    ended
+}
+
+// ------------------------------------------------------------- the system
+
+/// Retries that finish quickly: 50 ms, doubling.
+pub fn test_settings() -> DeliverySettings {
+    DeliverySettings { retry_base: Duration::from_millis(50), ..DeliverySettings::default() }
+}
+
+/// The catalog `choreo up` seeds by default (`infra/inventory.seed.json`).
+pub fn default_catalog() -> Vec<SeedStock> {
+    parse_catalog("infra/inventory.seed.json", DEFAULT_CATALOG).expect("the default catalog parses")
+}
+
+pub fn stock(sku: &str, available: u64, max_replenish: u64) -> SeedStock {
+    SeedStock { sku: Sku::parse(sku).expect("test SKUs are valid"), available, max_replenish }
+}
+
+/// A temporary directory holding the test's database (and catalog file).
+pub struct Scratch {
+    pub dir: TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("a temporary directory") }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("choreo.db")
+    }
+
+    /// Writes `catalog` as an `--inventory` file and answers its path.
+    pub fn inventory_file(&self, catalog: &[SeedStock]) -> PathBuf {
+        let path = self.dir.path().join("inventory.json");
+        std::fs::write(&path, serde_json::to_vec(catalog).expect("a catalog serializes")).expect("write the catalog");
+        path
+    }
+}
+
+/// `choreo up --amqp` in this process: the system and its HTTP API on a free port.
+pub struct InProcess {
+    pub store: Arc<dyn Store>,
+    pub client: Client,
+    system: AmqpSystem,
+    stop_http: oneshot::Sender<()>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl InProcess {
+    pub async fn start(vhost: &Vhost, db: &Path, catalog: &[SeedStock], settings: DeliverySettings) -> Self {
+        init_logging();
+        let config = UpConfig {
+            db: db.to_owned(),
+            catalog: catalog.to_vec(),
+            ship_countries: ShipCountries::default(),
+            delivery: settings,
+            observer: None,
+        };
+        let system = AmqpSystem::start(config, &vhost.url).await.expect("choreo up --amqp starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free local port");
+        let address = listener.local_addr().expect("the bound address");
+        let (stop_http, stopped) = oneshot::channel::<()>();
+        let http = tokio::spawn(serve(listener, system.router.clone(), async {
+            let _ = stopped.await;
+        }));
+        let client = Client::new(&format!("http://{address}"));
+        Self { store: Arc::clone(&system.store), client, system, stop_http, http }
+    }
+
+    /// Stops the HTTP API, then the consumers (which finish the messages in hand).
+    pub async fn shutdown(self) {
+        let _ = self.stop_http.send(());
+        let _ = self.http.await;
+        self.system.shutdown().await;
+    }
+}
+
+// ------------------------------------------------------------- the binary
+
+/// The `choreo` binary running `choreo up --amqp`, killed if still running when dropped.
+pub struct ChoreoProcess {
+    child: Child,
+    /// Where its HTTP API answers.
+    pub url: String,
+}
+
+impl ChoreoProcess {
+    /// Starts `choreo up --amqp URL --db DB --inventory FILE --port 0` with
+    /// quick retries, and waits until it prints the address it serves.
+    pub fn spawn(vhost: &Vhost, db: &Path, inventory: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_choreo"))
+            .args(["up", "--amqp", &vhost.url, "--port", "0", "--retry-delay-ms", "50"])
+            .arg("--db")
+            .arg(db)
+            .arg("--inventory")
+            .arg(inventory)
+            .env("RUST_LOG", if std::env::var_os("TEST_LOG").is_some() { "info" } else { "warn" })
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the choreo binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (ready, banner) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("choreo is up: ") {
+                    let url = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = ready.send(url);
+                }
+            }
+        });
+        let url = match banner.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(error) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "choreo up did not print its address ({error}); it exited with {status:?} (its stderr is above)"
+                );
+            }
+        };
+        Self { child, url }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    /// Sends SIGTERM, as a process manager stopping the service would.
+    pub fn terminate(&self) {
+        let status =
+            Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("the kill command runs");
+        assert!(status.success(), "kill -TERM {} failed: {status}", self.pid());
+    }
+
+    /// Waits for the process to exit, at most `bound`; answers its exit status.
+    pub async fn wait_exit(&mut self, bound: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child can be waited for") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "choreo (pid {}) did not exit within {bound:?}",
+                self.pid()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ChoreoProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ------------------------------------------------------------- orders
+
+/// A valid `POST /orders` body for `(sku, quantity)` lines, shipped to `country`.
+pub fn order_body(items: &[(&str, u32)], country: &str) -> Value {
+    let items: Vec<Value> = items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect();
+    json!({
+        "customer_id": "cust-amqp",
+        "items": items,
+        "shipping_address": {
+            "name": "Ada Lovelace",
+            "line1": "12 St James's Square",
+            "city": "London",
+            "postal_code": "SW1Y 4JH",
+            "country": country
+        }
+    })
+}
+
+/// The event types of an order's `history`, oldest first.
+pub fn history_types(order: &Value) -> Vec<String> {
+    order["history"]
+        .as_array()
+        .unwrap_or_else(|| panic!("an order has a history: {order}"))
+        .iter()
+        .map(|entry| entry["type"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+pub fn is_terminal(order: &Value) -> bool {
+    matches!(order["status"].as_str(), Some("SHIPPED" | "CANCELLED"))
+}
+
+/// Polls `probe` until it answers `Ok`, for at most `bound`; on timeout
+/// panics with the last `Err`, which says what was still missing.
+pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        assert!(tokio::time::Instant::now() < deadline, "{what} did not happen within {bound:?}; last: {last}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Waits until every order in `ids` is `SHIPPED` or `CANCELLED`; answers them in order.
+pub async fn wait_all_terminal(client: &Client, ids: &[String], bound: Duration) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut done: Vec<Option<Value>> = vec![None; ids.len()];
+    loop {
+        let mut waiting = Vec::new();
+        for (id, slot) in ids.iter().zip(done.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            match client.order(id).await {
+                Ok(order) if is_terminal(&order) => *slot = Some(order),
+                Ok(order) => waiting.push(format!("{id} {} {:?}", order["status"], history_types(&order))),
+                Err(error) => waiting.push(format!("{id}: {error}")),
+            }
+        }
+        if waiting.is_empty() {
+            return done.into_iter().flatten().collect();
+        }
+        let count = waiting.len();
+        waiting.truncate(5);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} of {} orders are not terminal after {bound:?}, e.g. {waiting:#?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stock of one SKU as `(available, reserved, shipped, replenished)`.
+pub type Levels = (u64, u64, u64, u64);
+
+/// `GET /inventory/{sku}`.
+pub async fn inventory(client: &Client, sku: &str) -> Levels {
+    let level = client.inventory(sku).await.unwrap_or_else(|error| panic!("GET /inventory/{sku}: {error}"));
+    let field = |name: &str| level[name].as_u64().unwrap_or_else(|| panic!("{name} in {level}"));
+    (field("available"), field("reserved"), field("shipped"), field("replenished"))
+}
+
+/// DESIGN §3 for every SKU: `available + reserved + shipped = seeded + replenished`,
+/// with `seeded` as the catalog says. Answers the levels.
+pub async fn assert_conserved(store: &dyn Store, catalog: &[SeedStock]) -> Vec<StockLevel> {
+    let levels = store.all_stock().await.expect("the store answers");
+    assert_eq!(levels.len(), catalog.len(), "every catalog SKU is stored, and nothing else: {levels:?}");
+    for level in &levels {
+        assert!(level.is_conserved(), "stock is not conserved: {level:?}");
+        let seeded = catalog.iter().find(|entry| entry.sku == level.sku).map(|entry| entry.available);
+        assert_eq!(Some(level.seeded), seeded, "{} is seeded as the catalog says", level.sku);
+    }
+    levels
+}

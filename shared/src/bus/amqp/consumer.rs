@@ -1,0 +1,227 @@
+//! The consumer runner shared by `choreo up --amqp` and `choreo bridge`:
+//! consumes each function's queue, invokes its step, publishes what it
+//! emitted, and settles each delivery (ack, retry queue or dead letter) only
+//! after the broker confirmed what it published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::link::AmqpLink;
+use super::topology::{Topology, dead_letter_queue, retry_queue};
+use super::{ATTEMPT_HEADER, ERROR_HEADER, FUNCTION_HEADER};
+use crate::bus::DeliverySettings;
+use crate::bus::PublishError;
+use crate::contract::choreography::Function;
+use crate::contract::events::Event;
+use crate::step::StepError;
+
+/// How the runner invokes the step of a function for each event of its queue. Returns the
+/// events the runner must publish on the function's behalf (those a bridged
+/// Lambda returned); a host that publishes by itself returns none.
+#[async_trait]
+pub trait StepInvoker: Send + Sync + 'static {
+    async fn handle(&self, function: Function, event: &Event) -> Result<Vec<Event>, StepError>;
+}
+
+/// Consumes the queues of `functions` until `shutdown` turns true; reconnects
+/// with backoff when the broker goes away. On shutdown it stops consuming,
+/// finishes the messages in hand, acks them, and closes the connection.
+pub async fn run_consumers(
+    link: Arc<AmqpLink>,
+    functions: Vec<Function>,
+    invoker: Arc<dyn StepInvoker>,
+    settings: DeliverySettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), lapin::Error> {
+    let topology = Topology::derive(&settings);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let session = match link.declare(&topology).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                consume_session(&link, &functions, &invoker, &settings, &mut shutdown).await
+            }
+            Err(error) => Err(error),
+        };
+        match session {
+            Ok(()) => break, // clean shutdown
+            Err(error) => {
+                tracing::warn!(%error, ?backoff, "broker connection lost; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                // The runner may be stopped while the broker is away.
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    link.close().await;
+    Ok(())
+}
+
+/// One connection's worth of consuming. `Ok` on shutdown, `Err` on broker loss.
+async fn consume_session(
+    link: &Arc<AmqpLink>,
+    functions: &[Function],
+    invoker: &Arc<dyn StepInvoker>,
+    settings: &DeliverySettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), lapin::Error> {
+    let mut consumers = JoinSet::new();
+    let mut channels = Vec::new();
+    for &function in functions {
+        let channel = link.channel().await?;
+        channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
+        let tag = format!("{}-{}", function.name(), std::process::id());
+        let consumer = channel
+            .basic_consume(
+                function.queue().as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channels.push((channel.clone(), tag));
+        let (link, invoker, settings) = (Arc::clone(link), Arc::clone(invoker), settings.clone());
+        consumers.spawn(consume_queue(link, function, consumer, invoker, settings));
+    }
+    tracing::info!(queues = functions.len(), "consuming");
+    let stopping = async {
+        // The guard `wait_for` returns must not live across an await.
+        let _ = shutdown.wait_for(|stop| *stop).await.map(drop);
+    };
+    let outcome = tokio::select! {
+        () = stopping => {
+            // Stop deliveries; each queue task then drains what it holds.
+            for (channel, tag) in &channels {
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            }
+            Ok(())
+        }
+        Some(result) = consumers.join_next() => match result {
+            Ok(Err(error)) => Err(error),
+            _ => Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed))),
+        },
+    };
+    // Wait for in-hand messages (on shutdown) or for the other queue tasks to
+    // notice the broken connection.
+    while consumers.join_next().await.is_some() {}
+    for (channel, _) in channels {
+        let _ = channel.close(200, "bye".into()).await;
+    }
+    outcome
+}
+
+/// Handles one queue's deliveries with bounded concurrency. Returns when the
+/// consumer stream ends (cancelled on shutdown: `Ok`) or fails (`Err`).
+async fn consume_queue(
+    link: Arc<AmqpLink>,
+    function: Function,
+    mut consumer: lapin::Consumer,
+    invoker: Arc<dyn StepInvoker>,
+    settings: DeliverySettings,
+) -> Result<(), lapin::Error> {
+    let workers = Arc::new(Semaphore::new(settings.concurrency));
+    let mut in_hand = JoinSet::new();
+    let outcome = loop {
+        let delivery = match consumer.next().await {
+            None => break Ok(()),
+            Some(Err(error)) => break Err(error),
+            Some(Ok(delivery)) => delivery,
+        };
+        // Never closed: acquiring only waits for a free worker.
+        let Ok(permit) = Arc::clone(&workers).acquire_owned().await else { break Ok(()) };
+        let (link, invoker, settings) = (Arc::clone(&link), Arc::clone(&invoker), settings.clone());
+        in_hand.spawn(async move {
+            process(&link, function, &*invoker, &settings, delivery).await;
+            drop(permit);
+        });
+        // Reap finished tasks so the set stays small.
+        while in_hand.try_join_next().is_some() {}
+    };
+    while in_hand.join_next().await.is_some() {}
+    outcome
+}
+
+pub(super) fn header_text(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    delivery.properties.headers().as_ref()?.inner().get(name)?.as_long_string().map(|text| text.to_string())
+}
+
+pub(super) fn header_int(delivery: &lapin::message::Delivery, name: &str) -> Option<i64> {
+    let value = delivery.properties.headers().as_ref()?.inner().get(name)?.clone();
+    match value {
+        AMQPValue::LongLongInt(number) => Some(number),
+        AMQPValue::LongInt(number) => Some(i64::from(number)),
+        AMQPValue::ShortInt(number) => Some(i64::from(number)),
+        _ => None,
+    }
+}
+
+/// Handles one delivery and settles it: ack after success, or after a retry /
+/// dead-letter copy is confirmed. If even that copy cannot be published the
+/// message is left unacked: the broker redelivers it on another connection.
+async fn process(
+    link: &AmqpLink,
+    function: Function,
+    invoker: &dyn StepInvoker,
+    settings: &DeliverySettings,
+    delivery: lapin::message::Delivery,
+) {
+    let attempt = header_int(&delivery, ATTEMPT_HEADER).and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
+    let outcome = match Event::from_json(&delivery.data) {
+        Err(error) => Err(StepError::Permanent(format!("undecodable message: {error}"))),
+        Ok(event) => match invoker.handle(function, &event).await {
+            Ok(emitted) if emitted.is_empty() => Ok(()),
+            Ok(emitted) => link.publish_events(&emitted).await.map_err(|error| match error {
+                PublishError::Unroutable { .. } => StepError::Permanent(error.to_string()),
+                PublishError::Unavailable(_) => StepError::Retryable(error.to_string()),
+            }),
+            Err(error) => Err(error),
+        },
+    };
+    let settled = match outcome {
+        Ok(()) => Ok(()),
+        Err(error) if error.is_retryable() && attempt <= settings.max_retries => {
+            tracing::warn!(step = %function, attempt, %error, "retrying after {:?}", settings.retry_delay(attempt));
+            let properties = with_headers(&delivery, attempt + 1, &error.to_string(), function);
+            link.send_to_queue(&retry_queue(function, attempt), delivery.data.clone(), properties).await
+        }
+        Err(error) => {
+            tracing::error!(step = %function, attempt, %error, "dead-lettered");
+            let properties = with_headers(&delivery, attempt, &error.to_string(), function);
+            link.send_to_queue(&dead_letter_queue(function), delivery.data.clone(), properties).await
+        }
+    };
+    match settled {
+        Ok(()) => {
+            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, step = %function, "ack failed; the broker will redeliver (idempotent)");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, step = %function, "could not settle a message; returning it to the queue");
+            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+        }
+    }
+}
+
+/// The delivery's properties plus the retry bookkeeping headers.
+fn with_headers(delivery: &lapin::message::Delivery, attempt: u32, error: &str, function: Function) -> BasicProperties {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(error.into()));
+    headers.insert(FUNCTION_HEADER.into(), AMQPValue::LongString(function.name().into()));
+    delivery.properties.clone().with_headers(headers).with_delivery_mode(2)
+}

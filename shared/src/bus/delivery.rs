@@ -1,0 +1,57 @@
+//! How every bus delivers events to the steps: one settings type for the
+//! in-process bus and RabbitMQ alike, the observer the bench times sagas
+//! with, and the log line each handled step writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::contract::choreography::Function;
+use crate::contract::events::Event;
+
+/// How each function's queue is consumed and retried, on either bus.
+#[derive(Clone, Debug)]
+pub struct DeliverySettings {
+    /// Unacknowledged messages RabbitMQ sends each consumer ahead (`basic.qos`);
+    /// the in-process bus has no broker to prefetch from.
+    pub prefetch: u16,
+    /// Messages each function handles at once.
+    pub concurrency: usize,
+    /// Retries of a `Retryable` failure before the event is dead-lettered.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles with each retry.
+    pub retry_base: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self { prefetch: 64, concurrency: 32, max_retries: 5, retry_base: Duration::from_secs(1) }
+    }
+}
+
+impl DeliverySettings {
+    /// The wait before retry number `retry` (1-based): `retry_base · 2^(retry-1)`.
+    pub fn retry_delay(&self, retry: u32) -> Duration {
+        self.retry_base * 2u32.saturating_pow(retry.saturating_sub(1))
+    }
+}
+
+/// Called after every successful saga step with the event handled and the
+/// events emitted (`choreo bench` uses it to time sagas without polling).
+#[derive(Clone)]
+pub struct StepObserver(pub Arc<ObserveFn>);
+
+/// The observer's callback: (function, event handled, events emitted).
+pub type ObserveFn = dyn Fn(Function, &Event, &[Event]) + Send + Sync;
+
+impl std::fmt::Debug for StepObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepObserver")
+    }
+}
+
+/// One readable log line per saga step: which order, which step, what it emitted.
+pub fn log_step(function: Function, event: &Event, emitted: &[Event]) {
+    let names: Vec<&str> = emitted.iter().map(|emitted| emitted.event_type().as_str()).collect();
+    let outcome = if names.is_empty() { "-".to_owned() } else { names.join(", ") };
+    tracing::info!(target: "choreo::saga", order_id = %event.subject, "{function}: {} -> {outcome}", event.event_type());
+}

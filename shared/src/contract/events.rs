@@ -1,0 +1,351 @@
+//! The event contracts: every event type with its payload, declared once
+//! (`declare_events!`), and the CloudEvents 1.0 envelope of DESIGN §4.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::contract::choreography::Function;
+use crate::contract::domain::{Address, CancelReason, CustomerId, Item, OrderId, Sku};
+
+/// Declares the event list once: the `EventType` enum with its wire names,
+/// `EventType::ALL`, and the `Payload` enum that pairs each type with its data.
+macro_rules! declare_events {
+    ($($variant:ident($data:ident) = $name:literal,)*) => {
+        /// Routing key and CloudEvents `type` of an event.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum EventType { $($variant,)* }
+
+        impl EventType {
+            pub const ALL: &'static [EventType] = &[$(EventType::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(EventType::$variant => $name,)* }
+            }
+
+            pub fn parse(name: &str) -> Option<Self> {
+                match name { $($name => Some(EventType::$variant),)* _ => None }
+            }
+        }
+
+        /// An event's `data`, typed by its event type.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Payload { $($variant($data),)* }
+
+        impl Payload {
+            pub fn event_type(&self) -> EventType {
+                match self { $(Payload::$variant(_) => EventType::$variant,)* }
+            }
+
+            fn to_data(&self) -> serde_json::Value {
+                // Payloads are plain structs of strings and numbers: serializing cannot fail.
+                match self { $(Payload::$variant(data) => serde_json::to_value(data).expect("payload serializes"),)* }
+            }
+
+            fn from_data(event_type: EventType, data: serde_json::Value) -> Result<Self, serde_json::Error> {
+                match event_type { $(EventType::$variant => serde_json::from_value(data).map(Payload::$variant),)* }
+            }
+        }
+    };
+}
+
+declare_events! {
+    OrderCreated(OrderCreated) = "order.created",
+    InventoryReserved(InventoryReserved) = "inventory.reserved",
+    InventoryInsufficient(InventoryInsufficient) = "inventory.insufficient",
+    InventoryRejected(InventoryRejected) = "inventory.rejected",
+    StockReplenished(StockReplenished) = "stock.replenished",
+    ReplenishmentFailed(ReplenishmentFailed) = "replenishment.failed",
+    OrderShipped(OrderShipped) = "order.shipped",
+    ShipmentFailed(ShipmentFailed) = "shipment.failed",
+    InventoryReleased(InventoryReleased) = "inventory.released",
+    OrderCancelled(OrderCancelled) = "order.cancelled",
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Units of one SKU (a sum over order lines, so not bounded like `Quantity`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuUnits {
+    pub sku: Sku,
+    pub units: u64,
+}
+
+/// Reservation attempt counter carried through insufficient → replenished → retry,
+/// so no step needs to remember it (1 = the first try on `order.created`).
+pub type Attempt = u32;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    pub customer_id: CustomerId,
+    pub items: Vec<Item>,
+    pub shipping_address: Address,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReserved {
+    pub items: Vec<Item>,
+    pub shipping_address: Address,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryInsufficient {
+    pub items: Vec<Item>,
+    pub shipping_address: Address,
+    pub shortfall: Vec<SkuUnits>,
+    pub attempt: Attempt,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryRejected {
+    pub reason: CancelReason,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReplenished {
+    pub items: Vec<Item>,
+    pub shipping_address: Address,
+    pub replenished: Vec<SkuUnits>,
+    pub attempt: Attempt,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplenishmentFailed {
+    pub reason: CancelReason,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderShipped {
+    pub items: Vec<Item>,
+    pub tracking_number: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentFailed {
+    pub items: Vec<Item>,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryReleased {
+    pub items: Vec<Item>,
+    pub reason: CancelReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub reason: CancelReason,
+    pub detail: String,
+}
+
+/// A CloudEvent (DESIGN §4) with its data typed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// UUID v7: unique, and sorts by creation time.
+    pub id: Uuid,
+    /// `/functions/<name>` of the emitter.
+    pub source: String,
+    /// The order the event is about.
+    pub subject: OrderId,
+    pub time: DateTime<Utc>,
+    /// Id of the event this one reacts to; `None` for `order.created`.
+    pub causation_id: Option<Uuid>,
+    /// W3C trace context, inherited along the saga so one trace spans it.
+    pub traceparent: String,
+    pub payload: Payload,
+}
+
+impl Event {
+    /// A new event emitted by `emitter` in reaction to `cause` (or starting a saga).
+    pub fn new(emitter: Function, subject: OrderId, cause: Option<&Event>, payload: Payload) -> Self {
+        let id = Uuid::now_v7();
+        let trace_id = match cause.and_then(|cause| cause.traceparent.get(3..35)) {
+            Some(trace_id) => trace_id.to_owned(),
+            None => Uuid::new_v4().simple().to_string(),
+        };
+        // The span id is this event's own id, so a trace names its events.
+        let span_id = &id.simple().to_string()[16..];
+        Self {
+            id,
+            source: emitter.source(),
+            subject,
+            time: Utc::now(),
+            causation_id: cause.map(|cause| cause.id),
+            traceparent: format!("00-{trace_id}-{span_id}-01"),
+            payload,
+        }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.payload.event_type()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // The wire struct holds only strings and JSON values: serializing cannot fail.
+        serde_json::to_vec(&WireEvent::from(self)).expect("event serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, EventDecodeError> {
+        let wire: WireEvent = serde_json::from_slice(bytes).map_err(EventDecodeError::Envelope)?;
+        Self::try_from(wire)
+    }
+}
+
+/// Why a message could not be read as one of our events. Never worth a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum EventDecodeError {
+    #[error("not a CloudEvent in JSON structured mode: {0}")]
+    Envelope(serde_json::Error),
+    #[error("unsupported CloudEvents specversion '{0}', expected '1.0'")]
+    SpecVersion(String),
+    #[error("unknown event type '{0}'")]
+    UnknownType(String),
+    #[error("subject '{0}' is not an order id")]
+    Subject(String),
+    #[error("data of '{event_type}' does not match its contract: {source}")]
+    Data { event_type: EventType, source: serde_json::Error },
+}
+
+/// The CloudEvents JSON shape, field for field.
+#[derive(Serialize, Deserialize)]
+struct WireEvent {
+    specversion: String,
+    id: Uuid,
+    source: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    subject: String,
+    time: DateTime<Utc>,
+    #[serde(default = "json_content_type")]
+    datacontenttype: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    causationid: Option<Uuid>,
+    #[serde(default)]
+    traceparent: String,
+    data: serde_json::Value,
+}
+
+fn json_content_type() -> String {
+    "application/json".into()
+}
+
+impl From<&Event> for WireEvent {
+    fn from(event: &Event) -> Self {
+        Self {
+            specversion: "1.0".into(),
+            id: event.id,
+            source: event.source.clone(),
+            event_type: event.event_type().as_str().into(),
+            subject: event.subject.to_string(),
+            time: event.time,
+            datacontenttype: json_content_type(),
+            causationid: event.causation_id,
+            traceparent: event.traceparent.clone(),
+            data: event.payload.to_data(),
+        }
+    }
+}
+
+impl TryFrom<WireEvent> for Event {
+    type Error = EventDecodeError;
+
+    fn try_from(wire: WireEvent) -> Result<Self, Self::Error> {
+        if wire.specversion != "1.0" {
+            return Err(EventDecodeError::SpecVersion(wire.specversion));
+        }
+        let event_type = EventType::parse(&wire.event_type).ok_or(EventDecodeError::UnknownType(wire.event_type))?;
+        let subject = OrderId::parse(&wire.subject).map_err(|_| EventDecodeError::Subject(wire.subject))?;
+        let payload = Payload::from_data(event_type, wire.data)
+            .map_err(|source| EventDecodeError::Data { event_type, source })?;
+        Ok(Self {
+            id: wire.id,
+            source: wire.source,
+            subject,
+            time: wire.time,
+            causation_id: wire.causationid,
+            traceparent: wire.traceparent,
+            payload,
+        })
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireEvent::from(self).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Event::try_from(WireEvent::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::domain::{Country, Quantity};
+
+    fn cancelled() -> Event {
+        Event::new(
+            Function::OrderStatus,
+            OrderId::new(),
+            None,
+            Payload::OrderCancelled(OrderCancelled { reason: CancelReason::OutOfStock, detail: "none left".into() }),
+        )
+    }
+
+    #[test]
+    fn the_envelope_round_trips_and_has_the_cloudevents_fields() {
+        let event = cancelled();
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["type"], "order.cancelled");
+        assert_eq!(json["source"], "/functions/order-status");
+        assert_eq!(json["subject"], event.subject.to_string());
+        assert_eq!(json["data"]["reason"], "out_of_stock");
+        assert_eq!(Event::from_json(&event.to_json()).unwrap(), event);
+    }
+
+    #[test]
+    fn a_caused_event_continues_the_trace() {
+        let cause = cancelled();
+        let effect = Event::new(Function::OrderStatus, cause.subject, Some(&cause), cause.payload.clone());
+        assert_eq!(effect.causation_id, Some(cause.id));
+        assert_eq!(effect.traceparent[..35], cause.traceparent[..35]);
+        assert_ne!(effect.traceparent, cause.traceparent);
+        assert_eq!(effect.traceparent.len(), 55);
+    }
+
+    #[test]
+    fn bad_messages_are_named_precisely() {
+        let mut json: serde_json::Value = serde_json::from_slice(&cancelled().to_json()).unwrap();
+        json["type"] = "order.teleported".into();
+        let error = Event::from_json(json.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(error, EventDecodeError::UnknownType(ref name) if name == "order.teleported"));
+        json["type"] = "order.shipped".into();
+        let error = Event::from_json(json.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(error, EventDecodeError::Data { event_type: EventType::OrderShipped, .. }));
+        assert!(matches!(Event::from_json(b"nope"), Err(EventDecodeError::Envelope(_))));
+    }
+
+    #[test]
+    fn payload_fields_are_validated_on_the_way_in() {
+        let item = Item { sku: Sku::parse("A-1").unwrap(), quantity: Quantity::parse(1).unwrap() };
+        let event = Event::new(
+            Function::ShipOrder,
+            OrderId::new(),
+            None,
+            Payload::ShipmentFailed(ShipmentFailed { items: vec![item], detail: "no".into() }),
+        );
+        let text = String::from_utf8(event.to_json()).unwrap().replace("\"A-1\"", "\"a 1\"");
+        assert!(matches!(Event::from_json(text.as_bytes()), Err(EventDecodeError::Data { .. })));
+        assert!(Country::parse("AQ").is_ok());
+    }
+}

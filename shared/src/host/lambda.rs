@@ -1,0 +1,168 @@
+//! Lambda hosting of a saga step (DESIGN §5): one handler that accepts each
+//! way a step can be invoked.
+//!
+//! - a CloudEvent, invoked directly by the bridge: the emitted events are
+//!   returned and the bridge publishes them;
+//! - an `SqsEvent`: each record handled alone, failures answered with
+//!   `SqsBatchResponse` so one bad record never fails the batch;
+//! - a `RabbitMqEvent` (Amazon MQ): base64 bodies from one or more queues.
+//!
+//! For the last two the function publishes its emitted events itself.
+
+use std::sync::Arc;
+
+use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use serde_json::Value;
+
+use crate::bus::{OutboxRef, Publisher, publish_committed};
+use crate::contract::events::Event;
+use crate::{Ports, Step, StepError};
+
+/// Error types the bridge reads from a failed Invoke to choose retry or dead letter.
+pub const RETRYABLE_ERROR_TYPE: &str = "choreo.Retryable";
+pub const PERMANENT_ERROR_TYPE: &str = "choreo.Permanent";
+
+impl From<StepError> for Diagnostic {
+    fn from(error: StepError) -> Self {
+        let error_type = if error.is_retryable() { RETRYABLE_ERROR_TYPE } else { PERMANENT_ERROR_TYPE };
+        Diagnostic { error_type: error_type.to_owned(), error_message: error.to_string() }
+    }
+}
+
+/// The shapes a step can be invoked with.
+#[derive(Debug)]
+pub enum Invocation {
+    Direct(Box<Event>),
+    Sqs(SqsEvent),
+    RabbitMq(RabbitMqEvent),
+}
+
+impl Invocation {
+    /// Tells the shapes apart by their distinguishing keys.
+    pub fn classify(payload: Value) -> Result<Self, StepError> {
+        let permanent =
+            |shape: &str, error: serde_json::Error| StepError::Permanent(format!("not a valid {shape}: {error}"));
+        if payload.get("Records").is_some() {
+            serde_json::from_value(payload).map(Self::Sqs).map_err(|error| permanent("SqsEvent", error))
+        } else if payload.get("rmqMessagesByQueue").is_some() {
+            serde_json::from_value(payload).map(Self::RabbitMq).map_err(|error| permanent("RabbitMqEvent", error))
+        } else if payload.get("specversion").is_some() {
+            serde_json::from_value(payload)
+                .map(|event| Self::Direct(Box::new(event)))
+                .map_err(|error| permanent("CloudEvent", error))
+        } else {
+            Err(StepError::Permanent("the payload is neither a CloudEvent, an SqsEvent nor a RabbitMqEvent".to_owned()))
+        }
+    }
+}
+
+/// A step with everything it needs while the Lambda container is warm.
+pub struct LambdaHost {
+    pub step: Arc<dyn Step>,
+    pub ports: Ports,
+    /// Used for SQS and Amazon MQ invocations; `None` when `AMQP_URL` is unset.
+    pub publisher: Option<Arc<dyn Publisher>>,
+}
+
+impl LambdaHost {
+    /// Handles one invocation and answers what Lambda should return.
+    pub async fn invoke(&self, payload: Value) -> Result<Value, StepError> {
+        match Invocation::classify(payload)? {
+            Invocation::Direct(event) => {
+                let emitted = self.step.handle(&event, &self.ports).await?;
+                // The bridge publishes these and acks only after its confirms;
+                // a lost answer means a redelivery, which returns them again.
+                self.ports.store.mark_published(self.step.function(), &event.id.to_string()).await?;
+                Ok(serde_json::to_value(emitted).map_err(|error| StepError::Permanent(error.to_string()))?)
+            }
+            Invocation::Sqs(batch) => {
+                let response = self.handle_sqs(batch).await;
+                Ok(serde_json::to_value(response).map_err(|error| StepError::Permanent(error.to_string()))?)
+            }
+            Invocation::RabbitMq(batch) => self.handle_rabbitmq(batch).await,
+        }
+    }
+
+    /// Handles the event and publishes what it emits.
+    async fn handle_and_publish(&self, event: &Event) -> Result<usize, StepError> {
+        let publisher = self.publisher.as_deref().ok_or_else(|| {
+            StepError::Retryable("AMQP_URL is not set: this function cannot publish the events it emits".to_owned())
+        })?;
+        let emitted = self.step.handle(event, &self.ports).await?;
+        let origin = OutboxRef { function: self.step.function(), key: event.id.to_string() };
+        publish_committed(&*self.ports.store, publisher, &origin, &emitted).await.map_err(StepError::from)?;
+        Ok(emitted.len())
+    }
+
+    /// Every record on its own; the failed ones go back to SQS (then its DLQ).
+    pub async fn handle_sqs(&self, batch: SqsEvent) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        for record in batch.records {
+            let id = record.message_id.clone().unwrap_or_default();
+            let outcome = match Event::from_json(record.body.as_deref().unwrap_or_default().as_bytes()) {
+                Ok(event) => self.handle_and_publish(&event).await,
+                Err(error) => Err(StepError::Permanent(error.to_string())),
+            };
+            if let Err(error) = outcome {
+                tracing::error!(message_id = %id, %error, "SQS record failed; SQS will redeliver it or dead-letter it");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                response.batch_item_failures.push(failure);
+            }
+        }
+        response
+    }
+
+    /// Amazon MQ mappings have no partial batch response: a retryable failure
+    /// fails the invocation (the batch comes back; handled messages are
+    /// deduplicated), while a permanent one is logged and skipped so a
+    /// poison message cannot block the queue.
+    pub async fn handle_rabbitmq(&self, batch: RabbitMqEvent) -> Result<Value, StepError> {
+        use base64::Engine as _;
+        let (mut handled, mut rejected) = (0usize, Vec::new());
+        let mut retry = None;
+        for (queue, messages) in batch.messages_by_queue {
+            for message in messages {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(message.data.as_deref().unwrap_or_default())
+                    .map_err(|error| StepError::Permanent(format!("body is not base64: {error}")))
+                    .and_then(|bytes| {
+                        Event::from_json(&bytes).map_err(|error| StepError::Permanent(error.to_string()))
+                    });
+                let outcome = match decoded {
+                    Ok(event) => self.handle_and_publish(&event).await,
+                    Err(error) => Err(error),
+                };
+                match outcome {
+                    Ok(_) => handled += 1,
+                    Err(error) if error.is_retryable() => retry = Some(error),
+                    Err(error) => {
+                        let message_id = message.basic_properties.message_id.clone().unwrap_or_default();
+                        tracing::error!(%queue, %message_id, %error, "dropping a message that can never be handled");
+                        rejected.push(
+                            serde_json::json!({"queue": queue, "message_id": message_id, "error": error.to_string()}),
+                        );
+                    }
+                }
+            }
+        }
+        match retry {
+            Some(error) => Err(error),
+            None => Ok(serde_json::json!({"handled": handled, "rejected": rejected})),
+        }
+    }
+}
+
+/// `main` of a consuming function: build the ports once per container, then
+/// serve invocations until Lambda stops the container.
+pub async fn run(step: Arc<dyn Step>, publisher: Option<Arc<dyn Publisher>>) -> Result<(), lambda_runtime::Error> {
+    let ports = crate::config::ports_from_env().await?;
+    let host = Arc::new(LambdaHost { step, ports, publisher });
+    lambda_runtime::run(service_fn(move |invocation: LambdaEvent<Value>| {
+        let host = Arc::clone(&host);
+        async move { host.invoke(invocation.payload).await }
+    }))
+    .await
+}

@@ -1,0 +1,4 @@
+//! Hostings of a step: Lambda (direct CloudEvent, SQS, Amazon MQ) and HTTP.
+
+pub mod http;
+pub mod lambda;

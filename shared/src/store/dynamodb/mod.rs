@@ -1,0 +1,345 @@
+//! DynamoDB adapter of the `Store` port: the deployed store. The tables are
+//! declared in `tables`, records translate to items in `codec`, and a commit
+//! is one transaction (`transaction`, whose doc says how each rule of the
+//! port is kept).
+
+mod codec;
+mod errors;
+mod tables;
+mod transaction;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use chrono::{DateTime, Utc};
+
+use self::codec::*;
+use self::errors::{corrupt, invalid_request, sdk_error};
+use self::transaction::{Cancellation, classify};
+use crate::contract::choreography::Function;
+use crate::contract::domain::{OrderId, Sku};
+use crate::contract::events::Event;
+use crate::store::{
+    Commit, CommitOutcome, OrderRecord, OutboxEntry, Reservation, SeedStock, Shipment, StockLevel, Store, StoreError,
+};
+
+use self::tables::PENDING;
+pub use self::tables::{
+    DEFAULT_TABLE_PREFIX, IndexSpec, KeyAttribute, KeyAttributeType, ORDERS, OUTBOX_INDEX, PROCESSED, RESERVATIONS,
+    SHIPMENTS, STOCK, TABLES, TableSpec,
+};
+pub use self::transaction::MAX_TRANSACTION_ITEMS;
+
+/// The `Store` on DynamoDB. Cheap to clone (the client is a handle); build it
+/// once per process (Lambda init) and share it.
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    /// Prefix of every table name, so several stacks (or tests) share an account.
+    prefix: String,
+    /// Full table names, computed once.
+    stock: String,
+    reservations: String,
+    orders: String,
+    shipments: String,
+    processed: String,
+}
+
+impl DynamoStore {
+    /// A store over the tables `<prefix>stock`, … Makes no request.
+    pub fn new(client: Client, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        Self {
+            stock: STOCK.name(&prefix),
+            reservations: RESERVATIONS.name(&prefix),
+            orders: ORDERS.name(&prefix),
+            shipments: SHIPMENTS.name(&prefix),
+            processed: PROCESSED.name(&prefix),
+            client,
+            prefix,
+        }
+    }
+
+    /// The full name of `table` for this store's prefix.
+    pub fn table_name(&self, table: &TableSpec) -> String {
+        table.name(&self.prefix)
+    }
+
+    async fn get(&self, table: &str, key: KeyAttribute, value: String) -> Result<Option<Item>, StoreError> {
+        self.client
+            .get_item()
+            .table_name(table)
+            .key(key.name, AttributeValue::S(value))
+            .consistent_read(true)
+            .send()
+            .await
+            .map(|output| output.item)
+            .map_err(|error| sdk_error(&format!("GetItem {table}"), error))
+    }
+
+    /// Every item of `table` (paginated Scan), strongly consistent.
+    async fn scan_all(&self, table: &str) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|error| sdk_error(&format!("Scan {table}"), error))?;
+            items.extend(output.items.unwrap_or_default());
+            start = output.last_evaluated_key.filter(|key| !key.is_empty());
+            if start.is_none() {
+                return Ok(items);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn processed(&self, function: Function, key: &str) -> Result<Option<Vec<Event>>, StoreError> {
+        let item = self.get(&self.processed, PROCESSED.partition_key, processed_key(function, key)).await?;
+        item.map(|item| emitted(&self.processed, &item)).transpose()
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        if commit.writes.len() >= MAX_TRANSACTION_ITEMS {
+            return Err(StoreError::Corrupt(format!(
+                "{} under key {}: {} writes cannot commit atomically (DynamoDB transactions hold {} items, \
+                 one of them the processed record)",
+                commit.function,
+                commit.key,
+                commit.writes.len(),
+                MAX_TRANSACTION_ITEMS
+            )));
+        }
+        if commit.writes_a_record_twice() {
+            return Ok(CommitOutcome::Conflict);
+        }
+        let mut items = Vec::with_capacity(commit.writes.len() + 1);
+        items.push(self.processed_put(&commit)?); // first: cancellation reason 0 is the duplicate check
+        for write in &commit.writes {
+            items.push(self.write_item(write)?);
+        }
+        let error = match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => return Ok(CommitOutcome::Committed),
+            Err(error) => error,
+        };
+        let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) = error.as_service_error() else {
+            return Err(sdk_error("TransactWriteItems", error));
+        };
+        let reasons = cancelled.cancellation_reasons();
+        let codes: Vec<Option<&str>> = reasons.iter().map(|reason| reason.code()).collect();
+        match classify(&codes) {
+            Cancellation::Duplicate => {
+                let first_run = match reasons.first().and_then(|reason| reason.item()) {
+                    Some(item) => Some(emitted(&self.processed, item)?),
+                    None => self.processed(commit.function, &commit.key).await?,
+                };
+                // The record vanished between the cancellation and the read (it is
+                // never deleted): let the step run again.
+                Ok(first_run.map_or(CommitOutcome::Conflict, CommitOutcome::Duplicate))
+            }
+            Cancellation::Conflict => Ok(CommitOutcome::Conflict),
+            Cancellation::Unavailable(codes) => {
+                Err(StoreError::Unavailable(format!("DynamoDB TransactWriteItems cancelled: {codes}")))
+            }
+            Cancellation::Rejected(codes) => {
+                Err(StoreError::Corrupt(format!("DynamoDB TransactWriteItems rejected the commit: {codes}")))
+            }
+        }
+    }
+
+    async fn unpublished(&self, committed_before: DateTime<Utc>) -> Result<Vec<OutboxEntry>, StoreError> {
+        let table = &self.processed;
+        let mut entries = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(table)
+                .index_name(OUTBOX_INDEX.name)
+                .key_condition_expression("#outbox = :pending AND #committed_at < :before")
+                .expression_attribute_names("#outbox", OUTBOX_INDEX.partition_key.name)
+                .expression_attribute_names("#committed_at", OUTBOX_INDEX.sort_key.name)
+                .expression_attribute_values(":pending", AttributeValue::S(PENDING.to_owned()))
+                .expression_attribute_values(
+                    ":before",
+                    number(committed_before.timestamp_millis().max(0).unsigned_abs()),
+                )
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|error| sdk_error(&format!("Query {table} index {}", OUTBOX_INDEX.name), error))?;
+            for item in output.items.unwrap_or_default() {
+                let fields = Fields::of(table, &item);
+                let name = fields.text(FUNCTION)?;
+                let function =
+                    Function::from_name(name).ok_or_else(|| corrupt(table, format!("unknown function '{name}'")))?;
+                entries.push(OutboxEntry {
+                    function,
+                    key: fields.text(KEY)?.to_owned(),
+                    events: emitted(table, &item)?,
+                });
+            }
+            start = output.last_evaluated_key.filter(|key| !key.is_empty());
+            if start.is_none() {
+                return Ok(entries);
+            }
+        }
+    }
+
+    async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.processed)
+            .key(PROCESSED.partition_key.name, AttributeValue::S(processed_key(function, key)))
+            // Leaving the sparse index is what takes the entry out of the outbox.
+            .update_expression("SET #published = :true REMOVE #outbox")
+            // Without it an unknown key would create a half record.
+            .condition_expression("attribute_exists(#pk)")
+            .expression_attribute_names("#published", PUBLISHED)
+            .expression_attribute_names("#outbox", OUTBOX_INDEX.partition_key.name)
+            .expression_attribute_names("#pk", PROCESSED.partition_key.name)
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if error.code() == Some("ConditionalCheckFailedException") => Ok(()), // unknown key: nothing to mark
+            Err(error) => Err(sdk_error(&format!("UpdateItem {}", self.processed), error)),
+        }
+    }
+
+    async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
+        let table = &self.stock;
+        let mut unique: Vec<&str> = skus.iter().map(Sku::as_str).collect();
+        unique.sort_unstable();
+        unique.dedup(); // BatchGetItem refuses a key twice
+        let mut found: HashMap<String, StockLevel> = HashMap::with_capacity(unique.len());
+        // BatchGetItem reads at most 100 keys per request.
+        for chunk in unique.chunks(100) {
+            let keys: Vec<Item> = chunk
+                .iter()
+                .map(|sku| Item::from([(STOCK.partition_key.name.to_owned(), AttributeValue::S((*sku).to_owned()))]))
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(invalid_request)?,
+            );
+            let mut throttled = 0;
+            while let Some(keys) = request.take() {
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(table, keys)
+                    .send()
+                    .await
+                    .map_err(|error| sdk_error(&format!("BatchGetItem {table}"), error))?;
+                for item in output.responses.and_then(|mut responses| responses.remove(table)).unwrap_or_default() {
+                    let level = stock_level(table, &item)?;
+                    found.insert(level.sku.as_str().to_owned(), level);
+                }
+                // Keys DynamoDB did not get to (throttling): ask again after a pause.
+                request = output
+                    .unprocessed_keys
+                    .and_then(|mut rest| rest.remove(table))
+                    .filter(|rest| !rest.keys.is_empty());
+                if request.is_some() {
+                    throttled += 1;
+                    if throttled > 8 {
+                        return Err(StoreError::Unavailable(format!("BatchGetItem {table}: keys left unprocessed")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 << throttled)).await;
+                }
+            }
+        }
+        // In the order asked, like the SQLite adapter.
+        Ok(skus.iter().filter_map(|sku| found.get(sku.as_str()).cloned()).collect())
+    }
+
+    async fn all_stock(&self) -> Result<Vec<StockLevel>, StoreError> {
+        let mut levels: Vec<StockLevel> = self
+            .scan_all(&self.stock)
+            .await?
+            .iter()
+            .map(|item| stock_level(&self.stock, item))
+            .collect::<Result<_, _>>()?;
+        levels.sort_by(|a, b| a.sku.as_str().cmp(b.sku.as_str()));
+        Ok(levels)
+    }
+
+    async fn reservation(&self, order_id: OrderId) -> Result<Option<Reservation>, StoreError> {
+        let item = self.get(&self.reservations, RESERVATIONS.partition_key, order_id.to_string()).await?;
+        item.map(|item| reservation(&self.reservations, &item)).transpose()
+    }
+
+    /// Seeds when the stock table is empty. Each SKU is written only if absent,
+    /// so two processes seeding at once never overwrite each other (each then
+    /// reports the SKUs it wrote); unlike SQLite the seeding is not one
+    /// transaction, which for a catalog is harmless.
+    async fn seed_if_empty(&self, catalog: &[SeedStock]) -> Result<usize, StoreError> {
+        let table = &self.stock;
+        let any = self
+            .client
+            .scan()
+            .table_name(table)
+            .limit(1)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|error| sdk_error(&format!("Scan {table}"), error))?;
+        if any.items.is_some_and(|items| !items.is_empty()) {
+            return Ok(0);
+        }
+        let mut skus = HashSet::new();
+        if let Some(twice) = catalog.iter().find(|entry| !skus.insert(entry.sku.as_str())) {
+            return Err(StoreError::Corrupt(format!("SKU {} appears twice in the catalog", twice.sku)));
+        }
+        let mut written = 0;
+        for entry in catalog {
+            let mut item = stock_item(&entry.initial_level());
+            item.insert(VERSION.to_owned(), number(1));
+            let result = self
+                .client
+                .put_item()
+                .table_name(table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", STOCK.partition_key.name)
+                .send()
+                .await;
+            match result {
+                Ok(_) => written += 1,
+                Err(error) if error.code() == Some("ConditionalCheckFailedException") => {} // seeded meanwhile
+                Err(error) => return Err(sdk_error(&format!("PutItem {table}"), error)),
+            }
+        }
+        Ok(written)
+    }
+
+    async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+        let item = self.get(&self.orders, ORDERS.partition_key, order_id.to_string()).await?;
+        item.map(|item| order(&self.orders, &item)).transpose()
+    }
+
+    async fn shipment(&self, order_id: OrderId) -> Result<Option<Shipment>, StoreError> {
+        let item = self.get(&self.shipments, SHIPMENTS.partition_key, order_id.to_string()).await?;
+        item.map(|item| shipment(&self.shipments, &item)).transpose()
+    }
+}

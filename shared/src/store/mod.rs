@@ -1,0 +1,140 @@
+//! The storage port (ARCHITECTURE.md, "Stores"): the `Store` every
+//! adapter (SQLite, DynamoDB) implements, and the rules of a commit, stated
+//! here once so that adapters only translate them.
+//!
+//! Steps use optimistic concurrency: they read records with a `version`,
+//! decide in pure code, then `commit` their writes, the consumed event's key
+//! and the events they emit in one transaction. A commit fails with
+//! `Conflict` when any record moved since it was read (the step re-reads and
+//! decides again) and answers `Duplicate` with the first run's events when the
+//! key was already processed. That one shape maps onto a SQLite transaction
+//! and onto a DynamoDB `TransactWriteItems` with condition expressions.
+
+pub mod dynamodb;
+mod records;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::contract::choreography::Function;
+use crate::contract::domain::{OrderId, Sku};
+use crate::contract::events::Event;
+
+pub use records::{
+    HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, Shipment, StockDelta, StockLevel,
+};
+
+/// One record a step writes; its `version` is the version it read (0: must
+/// not exist yet), except for `StockDelta`, which is relative and unversioned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// A whole stock level: version 0 inserts it (seeding); a later version
+    /// rewrites it if still at that version. Steps emit `StockDelta` instead.
+    Stock(StockLevel),
+    StockDelta(StockDelta),
+    Reservation(Reservation),
+    Order(OrderRecord),
+    Shipment(Shipment),
+}
+
+/// The kinds of record a write can target (one table each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    Stock,
+    Reservation,
+    Order,
+    Shipment,
+}
+
+impl Write {
+    /// The record this write targets: its kind and key.
+    pub fn target(&self) -> (RecordKind, String) {
+        match self {
+            Self::Stock(level) => (RecordKind::Stock, level.sku.as_str().to_owned()),
+            Self::StockDelta(delta) => (RecordKind::Stock, delta.sku.as_str().to_owned()),
+            Self::Reservation(reservation) => (RecordKind::Reservation, reservation.order_id.to_string()),
+            Self::Order(order) => (RecordKind::Order, order.order_id.to_string()),
+            Self::Shipment(shipment) => (RecordKind::Shipment, shipment.order_id.to_string()),
+        }
+    }
+}
+
+/// A step's whole effect, applied atomically.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Commit {
+    pub function: Function,
+    /// The consumed event's id, or for `create-order` the idempotency key.
+    pub key: String,
+    pub writes: Vec<Write>,
+    /// Stored with the key: a duplicate gets these back, and they form the
+    /// outbox until `mark_published`.
+    pub emitted: Vec<Event>,
+}
+
+impl Commit {
+    /// Rule: a commit that writes one record twice answers `Conflict`
+    /// without touching the store. A versioned second write is stale once the
+    /// first applies, and DynamoDB refuses two operations on one item in a
+    /// transaction; SQLite answers the same so that both stores agree.
+    pub fn writes_a_record_twice(&self) -> bool {
+        let mut targets = std::collections::HashSet::with_capacity(self.writes.len());
+        !self.writes.iter().all(|write| targets.insert(write.target()))
+    }
+
+    /// Rule: a commit that emitted nothing is stored as published already
+    /// (it never enters the outbox).
+    pub fn is_published_when_committed(&self) -> bool {
+        self.emitted.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommitOutcome {
+    Committed,
+    /// The key was processed before; these are the events emitted then.
+    Duplicate(Vec<Event>),
+    /// A record changed since it was read; read again and decide again.
+    Conflict,
+}
+
+/// Events committed but not yet confirmed as published.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEntry {
+    pub function: Function,
+    pub key: String,
+    pub events: Vec<Event>,
+}
+
+/// Store failures, split by whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- processed events (idempotency) and outbox ---
+    async fn processed(&self, function: Function, key: &str) -> Result<Option<Vec<Event>>, StoreError>;
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
+    /// Outbox entries committed before `committed_before` and not yet marked published.
+    async fn unpublished(&self, committed_before: DateTime<Utc>) -> Result<Vec<OutboxEntry>, StoreError>;
+    async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError>;
+
+    // --- inventory ---
+    /// Stock of the SKUs that exist; unknown SKUs are simply absent.
+    async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError>;
+    async fn all_stock(&self) -> Result<Vec<StockLevel>, StoreError>;
+    async fn reservation(&self, order_id: OrderId) -> Result<Option<Reservation>, StoreError>;
+    /// Seeds the catalog when it is empty; answers how many SKUs it wrote.
+    async fn seed_if_empty(&self, catalog: &[SeedStock]) -> Result<usize, StoreError>;
+
+    // --- orders ---
+    async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError>;
+
+    // --- shipping ---
+    async fn shipment(&self, order_id: OrderId) -> Result<Option<Shipment>, StoreError>;
+}

@@ -1,0 +1,206 @@
+//! The records each service owns, as steps read and write them. Every
+//! versioned record carries the `version` it was read at (0: not stored yet);
+//! the rules for writing them are on the port, `super`.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::contract::domain::{Address, CancelReason, CustomerId, Item, OrderId, OrderStatus, Sku};
+use crate::contract::events::Event;
+
+/// Stock of one SKU (inventory service). `version` 0 means "not stored yet".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    pub sku: Sku,
+    /// Units present when the catalog was seeded; with `replenished` it is
+    /// the right-hand side of the conservation rule.
+    pub seeded: u64,
+    pub available: u64,
+    pub reserved: u64,
+    pub shipped: u64,
+    pub replenished: u64,
+    /// Largest shortfall the supplier will fill in one replenishment; 0 = discontinued.
+    pub max_replenish: u64,
+    pub version: u64,
+}
+
+impl StockLevel {
+    /// DESIGN §3: `available + reserved + shipped = seeded + replenished`.
+    pub fn is_conserved(&self) -> bool {
+        self.available + self.reserved + self.shipped == self.seeded + self.replenished
+    }
+}
+
+/// A catalog entry of `infra/inventory.seed.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedStock {
+    pub sku: Sku,
+    pub available: u64,
+    pub max_replenish: u64,
+}
+
+impl SeedStock {
+    /// The stock level a new catalog entry starts with (not stored yet).
+    pub fn initial_level(&self) -> StockLevel {
+        StockLevel {
+            sku: self.sku.clone(),
+            seeded: self.available,
+            available: self.available,
+            reserved: 0,
+            shipped: 0,
+            replenished: 0,
+            max_replenish: self.max_replenish,
+            version: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationState {
+    /// Units moved from available to reserved.
+    Reserved,
+    /// Units left the warehouse: reserved → shipped.
+    Shipped,
+    /// Compensated: reserved → available.
+    Released,
+}
+
+impl ReservationState {
+    /// The stored name of the state (the same as its JSON form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Shipped => "shipped",
+            Self::Released => "released",
+        }
+    }
+
+    /// The state a stored name stands for; `None` for a name no version wrote.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Reserved, Self::Shipped, Self::Released].into_iter().find(|state| state.as_str() == name)
+    }
+}
+
+/// Units held for one order (inventory service).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub order_id: OrderId,
+    pub items: Vec<Item>,
+    pub state: ReservationState,
+    pub version: u64,
+}
+
+/// One line of an order's saga history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: DateTime<Utc>,
+    pub source: String,
+    /// Lets a redelivered event be recognised and recorded once.
+    pub event_id: Uuid,
+}
+
+impl HistoryEntry {
+    pub fn of(event: &Event) -> Self {
+        Self {
+            event_type: event.event_type().as_str().to_owned(),
+            time: event.time,
+            source: event.source.clone(),
+            event_id: event.id,
+        }
+    }
+}
+
+/// The order record (orders service), as `GET /orders/{id}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub customer_id: CustomerId,
+    pub items: Vec<Item>,
+    pub shipping_address: Address,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<CancelReason>,
+    /// Sorted by event time, then id (v7 ids sort by creation), so the
+    /// history reads causally even when events were delivered out of order.
+    pub history: Vec<HistoryEntry>,
+    #[serde(skip)]
+    pub version: u64,
+}
+
+impl OrderRecord {
+    pub fn record(&mut self, event: &Event) {
+        if self.history.iter().all(|entry| entry.event_id != event.id) {
+            self.history.push(HistoryEntry::of(event));
+            self.history.sort_by_key(|entry| (entry.time, entry.event_id));
+        }
+    }
+}
+
+/// A parcel handed to the carrier (shipping service).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipment {
+    pub order_id: OrderId,
+    pub tracking_number: String,
+    pub version: u64,
+}
+
+/// A relative change of one SKU's stock counters. Unlike the versioned
+/// writes it is applied to whatever is stored when the commit runs (no
+/// version check), so sagas on one popular SKU do not conflict with each
+/// other; it only must not take a counter below zero. A delta that would, or
+/// one of an unknown SKU, fails the whole commit with `Conflict` (the step
+/// re-reads and decides again: a reservation may now be insufficient).
+///
+/// The constructors keep the conservation rule by construction: each one's
+/// `available + reserved + shipped` change equals its `replenished` change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StockDelta {
+    pub sku: Sku,
+    pub available: i64,
+    pub reserved: i64,
+    pub shipped: i64,
+    pub replenished: i64,
+}
+
+impl StockDelta {
+    /// `units` go from available to reserved (`reserve-inventory`).
+    pub fn reserve(sku: Sku, units: u64) -> Self {
+        let units = signed(units);
+        Self { sku, available: -units, reserved: units, shipped: 0, replenished: 0 }
+    }
+
+    /// `units` arrive from the supplier (`replenish-stock`).
+    pub fn replenish(sku: Sku, units: u64) -> Self {
+        let units = signed(units);
+        Self { sku, available: units, reserved: 0, shipped: 0, replenished: units }
+    }
+
+    /// Reserved `units` leave the warehouse: reserved → shipped (`settle-inventory`).
+    pub fn ship(sku: Sku, units: u64) -> Self {
+        let units = signed(units);
+        Self { sku, available: 0, reserved: -units, shipped: units, replenished: 0 }
+    }
+
+    /// Reserved `units` go back on the shelf: reserved → available (`settle-inventory`).
+    pub fn release(sku: Sku, units: u64) -> Self {
+        let units = signed(units);
+        Self { sku, available: units, reserved: -units, shipped: 0, replenished: 0 }
+    }
+
+    /// Whether applying it keeps `available + reserved + shipped = seeded + replenished`.
+    pub fn is_conserving(&self) -> bool {
+        self.available + self.reserved + self.shipped == self.replenished
+    }
+}
+
+fn signed(units: u64) -> i64 {
+    // Unit counts are sums of 1..=1000 quantities: far below i64::MAX.
+    i64::try_from(units).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,280 @@
+//! SQLite adapter of the `Store` port: one file shared by every local process
+//! (`choreo up`, `cargo lambda watch`, tests), in WAL mode so readers never
+//! wait for the writer. It runs on threads of its own (`threads`); a commit's
+//! SQL is in `writes`.
+
+mod threads;
+mod writes;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+
+use self::threads::{Threads, unavailable};
+use self::writes::{apply, commit_in, decode_events};
+use crate::contract::choreography::Function;
+use crate::contract::domain::{OrderId, Sku};
+use crate::contract::events::Event;
+use crate::store::{
+    Commit, CommitOutcome, OrderRecord, OutboxEntry, Reservation, ReservationState, SeedStock, Shipment, StockLevel,
+    Store, StoreError, Write,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stock (
+    sku TEXT PRIMARY KEY,
+    seeded INTEGER NOT NULL, available INTEGER NOT NULL, reserved INTEGER NOT NULL,
+    shipped INTEGER NOT NULL, replenished INTEGER NOT NULL, max_replenish INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    CHECK (available >= 0 AND reserved >= 0 AND shipped >= 0)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    order_id TEXT PRIMARY KEY, items TEXT NOT NULL, state TEXT NOT NULL, version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id TEXT PRIMARY KEY, body TEXT NOT NULL, version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shipments (
+    order_id TEXT PRIMARY KEY, tracking_number TEXT NOT NULL, version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processed (
+    function TEXT NOT NULL, key TEXT NOT NULL, emitted TEXT NOT NULL, published INTEGER NOT NULL,
+    committed_at INTEGER NOT NULL,
+    PRIMARY KEY (function, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS processed_unpublished ON processed (published) WHERE published = 0;
+";
+
+pub struct SqliteStore {
+    threads: Threads,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self { threads: Threads::open(path, SCHEMA)? })
+    }
+}
+
+fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(error.to_string())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Records are plain data: serializing cannot fail.
+    serde_json::to_string(value).expect("record serializes")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(corrupt)
+}
+
+fn as_i64(value: u64) -> i64 {
+    // Stock counters are sums of 1..=1000 quantities: far below i64::MAX.
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn read_stock(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, [i64; 7])> {
+    Ok((row.get(0)?, [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?]))
+}
+
+fn stock_level((sku, numbers): (String, [i64; 7])) -> Result<StockLevel, StoreError> {
+    let [seeded, available, reserved, shipped, replenished, max_replenish, version] =
+        numbers.map(|number| u64::try_from(number).unwrap_or(0));
+    Ok(StockLevel {
+        sku: Sku::parse(&sku).map_err(corrupt)?,
+        seeded,
+        available,
+        reserved,
+        shipped,
+        replenished,
+        max_replenish,
+        version,
+    })
+}
+
+const STOCK_COLUMNS: &str = "sku, seeded, available, reserved, shipped, replenished, max_replenish, version";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn processed(&self, function: Function, key: &str) -> Result<Option<Vec<Event>>, StoreError> {
+        let key = key.to_owned();
+        self.threads
+            .read(move |connection| {
+                let emitted: Option<String> = connection
+                    .prepare_cached("SELECT emitted FROM processed WHERE function = ?1 AND key = ?2")
+                    .and_then(|mut statement| {
+                        statement.query_row(params![function.name(), key], |row| row.get(0)).optional()
+                    })
+                    .map_err(unavailable)?;
+                emitted.as_deref().map(decode_events).transpose()
+            })
+            .await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        self.threads
+            .write(|outcome| *outcome == CommitOutcome::Committed, move |connection| commit_in(connection, &commit))
+            .await
+    }
+
+    async fn unpublished(&self, committed_before: DateTime<Utc>) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.threads
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached(
+                        "SELECT function, key, emitted FROM processed WHERE published = 0 AND committed_at < ?1
+                     ORDER BY committed_at",
+                    )
+                    .map_err(unavailable)?;
+                let rows = statement
+                    .query_map([committed_before.timestamp_millis()], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+                    })
+                    .map_err(unavailable)?;
+                let mut entries = Vec::new();
+                for row in rows {
+                    let (function, key, emitted) = row.map_err(unavailable)?;
+                    let function = Function::from_name(&function)
+                        .ok_or_else(|| corrupt(format!("unknown function '{function}'")))?;
+                    entries.push(OutboxEntry { function, key, events: decode_events(&emitted)? });
+                }
+                Ok(entries)
+            })
+            .await
+    }
+
+    async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.threads
+            .write(
+                |()| true,
+                move |connection| {
+                    connection
+                        .prepare_cached(
+                            "UPDATE processed SET published = 1 WHERE function = ?1 AND key = ?2 AND published = 0",
+                        )
+                        .and_then(|mut statement| statement.execute(params![function.name(), key]))
+                        .map(drop)
+                        .map_err(unavailable)
+                },
+            )
+            .await
+    }
+
+    async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
+        let skus: Vec<String> = skus.iter().map(|sku| sku.as_str().to_owned()).collect();
+        self.threads
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached(&format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = ?1"))
+                    .map_err(unavailable)?;
+                let mut levels = Vec::with_capacity(skus.len());
+                for sku in skus {
+                    if let Some(row) = statement.query_row([sku], read_stock).optional().map_err(unavailable)? {
+                        levels.push(stock_level(row)?);
+                    }
+                }
+                Ok(levels)
+            })
+            .await
+    }
+
+    async fn all_stock(&self) -> Result<Vec<StockLevel>, StoreError> {
+        self.threads
+            .read(|connection| {
+                let mut statement = connection
+                    .prepare_cached(&format!("SELECT {STOCK_COLUMNS} FROM stock ORDER BY sku"))
+                    .map_err(unavailable)?;
+                let rows: Vec<_> =
+                    statement.query_map([], read_stock).and_then(Iterator::collect).map_err(unavailable)?;
+                rows.into_iter().map(stock_level).collect()
+            })
+            .await
+    }
+
+    async fn reservation(&self, order_id: OrderId) -> Result<Option<Reservation>, StoreError> {
+        self.threads
+            .read(move |connection| {
+                let row: Option<(String, String, i64)> = connection
+                    .prepare_cached("SELECT items, state, version FROM reservations WHERE order_id = ?1")
+                    .and_then(|mut statement| {
+                        statement
+                            .query_row([order_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                            .optional()
+                    })
+                    .map_err(unavailable)?;
+                row.map(|(items, state, version)| {
+                    Ok(Reservation {
+                        order_id,
+                        items: from_json(&items)?,
+                        state: ReservationState::parse(&state)
+                            .ok_or_else(|| corrupt(format!("unknown reservation state '{state}'")))?,
+                        version: u64::try_from(version).map_err(corrupt)?,
+                    })
+                })
+                .transpose()
+            })
+            .await
+    }
+
+    async fn seed_if_empty(&self, catalog: &[SeedStock]) -> Result<usize, StoreError> {
+        let catalog = catalog.to_vec();
+        self.threads
+            .write(
+                |_| true,
+                move |tx| {
+                    let existing: i64 =
+                        tx.query_row("SELECT count(*) FROM stock", [], |row| row.get(0)).map_err(unavailable)?;
+                    if existing > 0 {
+                        return Ok(0);
+                    }
+                    for entry in &catalog {
+                        if !apply(tx, &Write::Stock(entry.initial_level())).map_err(unavailable)? {
+                            return Err(StoreError::Corrupt(format!("SKU {} appears twice in the catalog", entry.sku)));
+                        }
+                    }
+                    Ok(catalog.len())
+                },
+            )
+            .await
+    }
+
+    async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+        self.threads
+            .read(move |connection| {
+                let row: Option<(String, i64)> = connection
+                    .prepare_cached("SELECT body, version FROM orders WHERE order_id = ?1")
+                    .and_then(|mut statement| {
+                        statement.query_row([order_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?))).optional()
+                    })
+                    .map_err(unavailable)?;
+                row.map(|(body, version)| {
+                    let mut order: OrderRecord = from_json(&body)?;
+                    order.version = u64::try_from(version).map_err(corrupt)?;
+                    Ok(order)
+                })
+                .transpose()
+            })
+            .await
+    }
+
+    async fn shipment(&self, order_id: OrderId) -> Result<Option<Shipment>, StoreError> {
+        self.threads
+            .read(move |connection| {
+                let row: Option<(String, i64)> = connection
+                    .prepare_cached("SELECT tracking_number, version FROM shipments WHERE order_id = ?1")
+                    .and_then(|mut statement| {
+                        statement.query_row([order_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?))).optional()
+                    })
+                    .map_err(unavailable)?;
+                row.map(|(tracking_number, version)| {
+                    Ok(Shipment { order_id, tracking_number, version: u64::try_from(version).map_err(corrupt)? })
+                })
+                .transpose()
+            })
+            .await
+    }
+}

@@ -1,0 +1,171 @@
+//! The SQLite store's threads. rusqlite is blocking, so the store runs on
+//! threads of its own, never on the async runtime: one writer thread owning
+//! the write connection (SQLite has one writer at a time anyway) and a few
+//! reader threads, each with a prepared-statement cache. Callers hand them
+//! jobs over channels.
+//!
+//! The writer commits in groups: it takes every write job waiting, runs each
+//! under its own savepoint inside one transaction and commits once. Each job
+//! still succeeds or fails alone (a conflict rolls back to its savepoint), but
+//! a busy system pays for one WAL commit per group instead of one per step.
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::store::StoreError;
+
+/// Reader threads: WAL lets them read while the writer writes.
+const READERS: usize = 3;
+/// Most write jobs committed together.
+const MAX_GROUP: usize = 128;
+
+/// Answers a write job's caller once the group's commit is known.
+type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Runs inside the group's transaction (or learns it could not start) and
+/// says whether to keep its changes.
+type WriteJob = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Answer) + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The writer's and the readers' job queues.
+pub(super) struct Threads {
+    /// Jobs for the one writer thread, committed in groups.
+    writes: mpsc::Sender<WriteJob>,
+    /// One queue per reader thread, used in turn.
+    reads: Vec<mpsc::Sender<ReadJob>>,
+    /// Which reader gets the next read.
+    next_reader: AtomicUsize,
+}
+
+impl Threads {
+    /// Opens (creating if needed) the database file, runs `schema` on the
+    /// writer connection, and starts the threads.
+    pub(super) fn open(path: &Path, schema: &str) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|error| StoreError::Unavailable(format!("cannot create {}: {error}", dir.display())))?;
+        }
+        let writer = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        writer.execute_batch(schema).map_err(unavailable)?;
+        let (writes, jobs) = mpsc::channel();
+        spawn_thread("sqlite-writer", move || write_groups(&writer, &jobs))?;
+        let mut reads = Vec::with_capacity(READERS);
+        for index in 0..READERS {
+            let reader = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+            let (sender, jobs) = mpsc::channel::<ReadJob>();
+            spawn_thread(&format!("sqlite-reader-{index}"), move || {
+                while let Ok(job) = jobs.recv() {
+                    // A panicking job must not take the thread (and the store) with it.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&reader)));
+                }
+            })?;
+            reads.push(sender);
+        }
+        Ok(Self { writes, reads, next_reader: AtomicUsize::new(0) })
+    }
+
+    pub(super) async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let job: ReadJob = Box::new(move |connection| {
+            let _ = answer.send(work(connection));
+        });
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.reads.len();
+        self.reads[index].send(job).map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+
+    /// Runs `work` in the writer's next group; its changes are kept when
+    /// `keep` says so and the group commits.
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        keep: fn(&T) -> bool,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let job: WriteJob = Box::new(move |connection| {
+            let outcome = match connection {
+                Ok(connection) => work(connection),
+                Err(error) => Err(StoreError::Unavailable(error.to_string())),
+            };
+            let kept = outcome.as_ref().is_ok_and(keep);
+            let reply: Answer = Box::new(move |group| {
+                let _ = answer.send(group.and(outcome));
+            });
+            (kept, reply)
+        });
+        self.writes.send(job).map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+}
+
+fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map(drop)
+        .map_err(|error| StoreError::Unavailable(format!("cannot start a store thread: {error}")))
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the store's threads have stopped".to_owned())
+}
+
+/// The writer thread: one transaction per group of waiting jobs, a savepoint per job.
+fn write_groups(connection: &Connection, jobs: &mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        group.extend(jobs.try_iter().take(MAX_GROUP - 1));
+        // IMMEDIATE takes the write lock up front (waiting up to busy_timeout
+        // for other processes), so every job sees one consistent state.
+        if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE").map_err(unavailable) {
+            for job in group {
+                let (_, answer) = job(Err(&error));
+                answer(Err(StoreError::Unavailable(error.to_string())));
+            }
+            continue;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for job in group {
+            let _ = connection.execute_batch("SAVEPOINT job");
+            let (keep, answer) = match std::panic::catch_unwind(AssertUnwindSafe(|| job(Ok(connection)))) {
+                Ok(done) => done,
+                Err(_) => (false, Box::new(|_| ()) as Answer),
+            };
+            let end = if keep { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+            let _ = connection.execute_batch(end);
+            answers.push(answer);
+        }
+        let committed = connection.execute_batch("COMMIT").map_err(unavailable);
+        if committed.is_err() {
+            let _ = connection.execute_batch("ROLLBACK");
+        }
+        for answer in answers {
+            answer(committed.as_ref().map(drop).map_err(|error| StoreError::Unavailable(error.to_string())));
+        }
+    }
+}
+
+fn connect(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let connection = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(unavailable)?;
+    // WAL: readers and the writer do not block each other, and several
+    // processes can share the file. synchronous=NORMAL is durable across a
+    // process crash (a power loss may lose the last commits, never corrupt).
+    connection
+        .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+        .map_err(unavailable)?;
+    // Other processes may hold the write lock briefly: wait rather than fail.
+    connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+    connection.set_prepared_statement_cache_capacity(64);
+    Ok(connection)
+}
+
+pub(super) fn unavailable(error: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
