@@ -1,4 +1,4 @@
-//! Every path of the saga (DESIGN §3) through RabbitMQ, as `choreo up --amqp`
+//! Every path of the saga (ARCHITECTURE.md §4) through RabbitMQ, as `choreo up --amqp`
 //! runs it: each test in its own vhost and database, an order placed over
 //! HTTP, then the final status, the exact history, the stock counts, the
 //! conservation rule for every SKU, every function queue empty once the

@@ -63,7 +63,7 @@ fn mixed_catalog() -> Vec<SeedStock> {
     vec![stock("WIDGET-1", 1000, 500), stock("GADGET-2", 0, 1000), stock("RELIC-9", 0, 0), stock("BOLT-7", 1000, 1000)]
 }
 
-/// Which path of DESIGN §3 an order of the load takes.
+/// Which path of ARCHITECTURE.md §4 an order of the load takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
     /// 1–3 widgets: reserved and shipped.

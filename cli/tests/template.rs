@@ -421,7 +421,7 @@ fn no_statement_grants_everything() {
 fn each_function_reaches_only_its_services_tables() {
     let template = committed();
     assert_no_problems(check_table_permissions(&template, CHOREOGRAPHY));
-    // DESIGN §3: order-query only reads, the orders and the stock it shows.
+    // ARCHITECTURE.md §3: order-query only reads, the orders and the stock it shows.
     let query = resources(&template)[&function_id(Function::OrderQuery.spec())]["Properties"]["Policies"].clone();
     let tables: BTreeSet<String> = statements(&query)
         .into_iter()

@@ -1,4 +1,4 @@
-//! The store conformance suite (DESIGN §6): every adapter of the `Store` port
+//! The store conformance suite (ARCHITECTURE.md §8): every adapter of the `Store` port
 //! behaves the same. Each check is written once, as an async fn over
 //! `Arc<dyn Store>`, and `conformance!` runs it against every adapter:
 //! `sqlite::<check>` on a temporary file, `dynamodb::<check>` on moto's server
@@ -702,7 +702,7 @@ async fn a_stock_delta_of_an_unknown_sku_conflicts_and_creates_nothing(store: Ar
 mod dynamodb_only {
     use super::*;
 
-    /// Largest order (50 SKUs, DESIGN §7): 50 stock writes + the reservation
+    /// Largest order (50 SKUs, ARCHITECTURE.md §10): 50 stock writes + the reservation
     /// + the processed record fit in one transaction; 100 writes do not.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_largest_reservation_fits_in_one_transaction() {

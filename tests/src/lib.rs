@@ -226,7 +226,7 @@ impl TestApp {
         levels.pop().unwrap_or_else(|| panic!("{sku} is not in the catalog"))
     }
 
-    /// DESIGN §3: `available + reserved + shipped = seeded + replenished` for every SKU.
+    /// ARCHITECTURE.md §7.8: `available + reserved + shipped = seeded + replenished` for every SKU.
     pub async fn assert_stock_conserved(&self) {
         let levels = self.store.all_stock().await.expect("the store answers");
         assert_eq!(levels.len(), self.catalog.len(), "every catalog SKU is stored, and nothing else");
@@ -273,7 +273,7 @@ impl TestApp {
     }
 
     /// Every event the system has emitted so far, with the step and key it was
-    /// committed under, in commit order: the `processed` table (DESIGN §5)
+    /// committed under, in commit order: the `processed` table (ARCHITECTURE.md §7.1)
     /// keeps each step's emitted events with the key of what it consumed.
     pub fn recorded(&self) -> Vec<OutboxEntry> {
         let connection = self.connection();

@@ -1,4 +1,4 @@
-//! Every way a request can be wrong (DESIGN §7, openapi.yaml): the right 4xx,
+//! Every way a request can be wrong (ARCHITECTURE.md §10, openapi.yaml): the right 4xx,
 //! as `application/problem+json` with a `detail`, a 422 naming each bad field
 //! by JSON pointer, and afterwards nothing stored and nothing published.
 //! Each bound is tried on both sides: the valid side must be accepted (202),

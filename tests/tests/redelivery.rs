@@ -1,8 +1,8 @@
 //! "Every event delivered twice (and some out of order): same final state as
-//! delivered once" (DESIGN §5).
+//! delivered once" (ARCHITECTURE.md §7.1).
 //!
 //! System A runs one saga of every kind normally. Its `processed` table holds
-//! every event each step emitted (DESIGN §5: the emitted events are stored
+//! every event each step emitted (ARCHITECTURE.md §7.1: the emitted events are stored
 //! with the key of what the step consumed), which gives the whole record.
 //! System B starts from the same catalog with the same orders committed as
 //! `create-order` committed them in A (same ids, same `order.created`), and is

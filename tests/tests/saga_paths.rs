@@ -1,4 +1,4 @@
-//! Every path of the saga (DESIGN §3), driven through the HTTP API of
+//! Every path of the saga (ARCHITECTURE.md §4), driven through the HTTP API of
 //! `choreo up`: the final status, the exact history, the stock counts, and
 //! the conservation rule for every SKU afterwards. Plus the API details that
 //! go with placing an order: `Idempotency-Key`, `Location`, the query routes.

@@ -42,7 +42,7 @@ pub enum BenchSystem {
 pub enum Mix {
     /// Every order ships straight away.
     Ship,
-    /// All five paths of DESIGN §3, in fixed proportions.
+    /// All five paths of ARCHITECTURE.md §4, in fixed proportions.
     Mixed,
 }
 

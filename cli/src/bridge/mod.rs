@@ -1,5 +1,5 @@
 //! `choreo bridge`: consumes each function's RabbitMQ queue and invokes the
-//! function where it is hosted (DESIGN §1, §8).
+//! function where it is hosted (ARCHITECTURE.md §11.3, §11.4).
 //!
 //! - `--invoke lambda`: the Lambda Invoke API (`cargo lambda watch` locally,
 //!   AWS otherwise). The payload is the CloudEvent; the function answers the

@@ -1,4 +1,4 @@
-//! The AWS SAM template (`template.yaml`, DESIGN §2), generated from the
+//! The AWS SAM template (`template.yaml`, ARCHITECTURE.md §11.4, §11.5), generated from the
 //! choreography table so that it cannot drift from the code: every function,
 //! its HTTP routes, its queues, its event-source mappings and its IAM
 //! permissions are derived from `CHOREOGRAPHY`; the DynamoDB tables, their
@@ -44,7 +44,7 @@ use shared::store::dynamodb::{KeyAttribute, ORDERS, STOCK, TableSpec};
 
 /// The tables the query functions read: what `GET /orders/{order_id}` and
 /// `GET /inventory/{sku}` show. The adapter's [`TABLES`] says who writes
-/// each table; reading across services is the query side's alone (DESIGN §3).
+/// each table; reading across services is the query side's alone (ARCHITECTURE.md §3).
 pub const QUERIED_TABLES: &[TableSpec] = &[ORDERS, STOCK];
 
 /// Memory of every function (MB).
@@ -160,7 +160,7 @@ pub const READ_ACTIONS: &[&str] = &["dynamodb:GetItem", "dynamodb:BatchGetItem"]
 pub const WRITE_ACTIONS: &[&str] =
     &["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"];
 
-/// The tables a function may touch (DESIGN §3: a function writes only its own
+/// The tables a function may touch (ARCHITECTURE.md §3: a function writes only its own
 /// service's tables and its processed records; the query function only reads).
 pub fn table_access(spec: &FunctionSpec) -> Vec<(&'static TableSpec, Access)> {
     if is_query(spec) {

@@ -434,7 +434,7 @@ pub async fn inventory(client: &Client, sku: &str) -> Levels {
     (field("available"), field("reserved"), field("shipped"), field("replenished"))
 }
 
-/// DESIGN §3 for every SKU: `available + reserved + shipped = seeded + replenished`,
+/// ARCHITECTURE.md §7.8 for every SKU: `available + reserved + shipped = seeded + replenished`,
 /// with `seeded` as the catalog says. Answers the levels.
 pub async fn assert_conserved(store: &dyn Store, catalog: &[SeedStock]) -> Vec<StockLevel> {
     let levels = store.all_stock().await.expect("the store answers");

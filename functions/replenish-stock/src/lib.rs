@@ -1,5 +1,5 @@
 //! `replenish-stock`: orders an order's shortfall from the supplier, within
-//! each SKU's `max_replenish` (DESIGN §3). The supplier delivers at once,
+//! each SKU's `max_replenish` (ARCHITECTURE.md §4). The supplier delivers at once,
 //! so the step is deterministic and every path can be driven from outside.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! `reserve-inventory`: reserves an order's units, all or nothing, or reports
-//! the shortfall so `replenish-stock` can order it (DESIGN §3).
+//! the shortfall so `replenish-stock` can order it (ARCHITECTURE.md §4).
 
 use std::collections::BTreeMap;
 

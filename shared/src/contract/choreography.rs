@@ -1,4 +1,4 @@
-//! The choreography table of DESIGN §3, declared once. Bindings, queue names,
+//! The choreography table (ARCHITECTURE.md §3), declared once. Bindings, queue names,
 //! the RabbitMQ definitions, the SAM event sources and `choreo graph` are all
 //! derived from `CHOREOGRAPHY`.
 
@@ -24,7 +24,7 @@ pub enum Function {
     OrderQuery,
 }
 
-/// Which service owns the tables a function writes (DESIGN §3).
+/// Which service owns the tables a function writes (ARCHITECTURE.md §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
     Orders,

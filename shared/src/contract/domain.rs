@@ -1,4 +1,4 @@
-//! The order domain: validated newtypes (DESIGN §7) and the order lifecycle (DESIGN §3).
+//! The order domain: validated newtypes (ARCHITECTURE.md §10) and the order lifecycle (§3).
 //!
 //! Every newtype can only be built through `parse`, so a value of the type is
 //! proof that the rule holds; handlers never re-check.

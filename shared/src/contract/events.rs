@@ -1,5 +1,5 @@
 //! The event contracts: every event type with its payload, declared once
-//! (`declare_events!`), and the CloudEvents 1.0 envelope of DESIGN §4.
+//! (`declare_events!`), and the CloudEvents 1.0 envelope of ARCHITECTURE.md §5.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -144,7 +144,7 @@ pub struct OrderCancelled {
     pub detail: String,
 }
 
-/// A CloudEvent (DESIGN §4) with its data typed.
+/// A CloudEvent (ARCHITECTURE.md §5) with its data typed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     /// UUID v7: unique, and sorts by creation time.

@@ -1,5 +1,5 @@
 //! HTTP plumbing shared by the HTTP functions: RFC 9457 problem responses,
-//! JSON body reading with the DESIGN §7 limits, and the fallbacks that turn
+//! JSON body reading with the ARCHITECTURE.md §10 limits, and the fallbacks that turn
 //! unknown routes and methods into problems too.
 
 use axum::Router;
@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::contract::domain::FieldError;
 
-/// Largest request body accepted (DESIGN §7).
+/// Largest request body accepted (ARCHITECTURE.md §10).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// An `application/problem+json` body (RFC 9457).

@@ -1,4 +1,4 @@
-//! Lambda hosting of a saga step (DESIGN §5): one handler that accepts each
+//! Lambda hosting of a saga step (ARCHITECTURE.md §11.3): one handler that accepts each
 //! way a step can be invoked.
 //!
 //! - a CloudEvent, invoked directly by the bridge: the emitted events are

@@ -1,5 +1,5 @@
 //! What every saga step shares: its error type, the ports it is handed, and
-//! the idempotent read–decide–commit loop (DESIGN §5).
+//! the idempotent read–decide–commit loop (ARCHITECTURE.md §6, §7.1).
 
 mod ship_countries;
 

@@ -26,7 +26,7 @@ pub struct StockLevel {
 }
 
 impl StockLevel {
-    /// DESIGN §3: `available + reserved + shipped = seeded + replenished`.
+    /// ARCHITECTURE.md §7.8: `available + reserved + shipped = seeded + replenished`.
     pub fn is_conserved(&self) -> bool {
         self.available + self.reserved + self.shipped == self.seeded + self.replenished
     }

@@ -24,7 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a publish may wait for the broker's confirms.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// AMQP properties of an event message (DESIGN §4).
+/// AMQP properties of an event message (ARCHITECTURE.md §5).
 fn properties(event: &Event) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("traceparent".into(), AMQPValue::LongString(event.traceparent.as_str().into()));

@@ -87,7 +87,7 @@ pub struct TableSpec {
     /// The table's name after the prefix: `stock` → `choreo-stock`.
     pub suffix: &'static str,
     pub partition_key: KeyAttribute,
-    /// The service whose functions write it (DESIGN §3); `None`: every
+    /// The service whose functions write it (ARCHITECTURE.md §3); `None`: every
     /// function writes it (its own processed keys, scoped by function name).
     pub owner: Option<Service>,
     pub index: Option<IndexSpec>,

@@ -19,7 +19,7 @@
 //!
 //! `TransactWriteItems` takes at most 100 items, so a commit holds at most 99
 //! writes. The largest commit of the saga is a reservation: one stock write
-//! per SKU of the order (at most 50 items, DESIGN §7) + the reservation + the
+//! per SKU of the order (at most 50 items, ARCHITECTURE.md §10) + the reservation + the
 //! processed record = 52 items. A commit above the limit is refused as
 //! `Corrupt` instead of being split (which would lose atomicity). DynamoDB
 //! also refuses two operations on one item in a transaction; such a commit
