@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 
 use super::CONTENT_TYPE;
 use super::broker_url::BrokerUrl;
+use super::tls::{self, Trust};
 use super::topology::Topology;
 use crate::bus::{Handover, OutboxRef, PublishError, Publisher};
 use crate::contract::choreography::EXCHANGE;
@@ -45,20 +46,32 @@ fn unavailable(error: lapin::Error) -> PublishError {
 /// One AMQP connection for the whole process, reopened after it is lost, and
 /// one confirming channel for publishing.
 pub struct AmqpLink {
+    /// Where the broker URL comes from.
     url: BrokerUrl,
+    /// The connection name the broker shows.
     name: String,
+    /// Roots for `amqps://` (`AMQP_CA_FILE` is read when the link is made).
+    trust: Trust,
+    /// The open connection and its publishing channel, if any.
     session: Mutex<Option<Arc<Session>>>,
 }
 
 struct Session {
+    /// The one connection of the process.
     connection: Connection,
+    /// The confirming channel events are published on.
     publisher: Channel,
 }
 
 impl AmqpLink {
     /// Nothing is opened until first use, so a Lambda init makes no network call.
     pub fn new(url: &str, name: &str) -> Arc<Self> {
-        Arc::new(Self { url: BrokerUrl::Plain(url.to_owned()), name: name.to_owned(), session: Mutex::new(None) })
+        Arc::new(Self {
+            url: BrokerUrl::Plain(url.to_owned()),
+            name: name.to_owned(),
+            trust: Trust::from_env(),
+            session: Mutex::new(None),
+        })
     }
 
     /// The link named by the environment: `AMQP_URL`, or else the secret
@@ -70,7 +83,7 @@ impl AmqpLink {
             (None, Some(arn)) => BrokerUrl::Secret { arn, resolved: tokio::sync::OnceCell::new() },
             (None, None) => return None,
         };
-        Some(Arc::new(Self { url, name: name.to_owned(), session: Mutex::new(None) }))
+        Some(Arc::new(Self { url, name: name.to_owned(), trust: Trust::from_env(), session: Mutex::new(None) }))
     }
 
     async fn session(&self) -> Result<Arc<Session>, lapin::Error> {
@@ -82,13 +95,7 @@ impl AmqpLink {
             return Ok(Arc::clone(session));
         }
         let properties = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        // Bounded: a broker that drops packets must not hold every publisher
-        // (and so every POST) for the TCP connect timeout.
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(self.url.get().await?, properties))
-            .await
-            .map_err(|_| {
-                lapin::Error::from(lapin::ErrorKind::IOError(Arc::new(std::io::ErrorKind::TimedOut.into())))
-            })??;
+        let connection = tls::connect(self.url.get().await?, properties, &self.trust, CONNECT_TIMEOUT).await?;
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         let session = Arc::new(Session { connection, publisher });

@@ -20,12 +20,14 @@ mod broker_url;
 mod consumer;
 mod dead_letters;
 mod link;
+mod tls;
 mod topology;
 
 pub use self::broker_url::redact;
 pub use self::consumer::{StepInvoker, run_consumers};
 pub use self::dead_letters::{DeadMessage, ReplayError, list_dead_letters, replay_dead_letters};
 pub use self::link::AmqpLink;
+pub use self::tls::{CA_FILE_VAR, ConnectError, connect_error};
 pub use self::topology::{ArgValue, QueueSpec, Topology, dead_letter_queue, retry_queue};
 
 /// Queue that collects the events ending a saga (capped; nothing consumes it by default).
