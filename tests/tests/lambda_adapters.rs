@@ -15,9 +15,9 @@
 //! data and `bodySize`), `{{EVENT_ID_n}}`, `{{ORDER_ID_n}}`, `{{TYPE_n}}`,
 //! plus `{{FUNCTION}}` and `{{QUEUE}}`.
 //!
-//! `shared` cannot depend on the function crates (they depend on it), so the
-//! five steps are compiled here from their crates' sources: the very `Step`
-//! each function's `main` hands to `shared::host::lambda::run`.
+//! The five steps come from the function crates (dev-dependencies of this
+//! crate): the very `Step` each function's `main` hands to
+//! `shared::host::lambda::run`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -34,6 +34,12 @@ use lapin::options::BasicGetOptions;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use order_status::UpdateOrderStatus;
+use replenish_stock::ReplenishStock;
+use reserve_inventory::ReserveInventory;
+use settle_inventory::SettleInventory;
+use ship_order::ShipOrder;
+
 use shared::bus::DeliverySettings;
 use shared::bus::amqp::{AmqpLink, CONTENT_TYPE, DEFAULT_AMQP_URL, SAGA_ENDED_QUEUE, Topology};
 use shared::contract::domain::{CancelReason, OrderId, OrderStatus};
@@ -42,21 +48,6 @@ use shared::store::{ReservationState, Store};
 use shared::testkit::{TestStore, event, item, order_created};
 use shared::{Event, EventType, Function, Payload, Step, StepError};
 
-#[allow(dead_code)]
-#[path = "../../functions/order-status/src/lib.rs"]
-mod order_status;
-#[allow(dead_code)]
-#[path = "../../functions/replenish-stock/src/lib.rs"]
-mod replenish_stock;
-#[allow(dead_code)] // only the step is used here
-#[path = "../../functions/reserve-inventory/src/lib.rs"]
-mod reserve_inventory;
-#[allow(dead_code)]
-#[path = "../../functions/settle-inventory/src/lib.rs"]
-mod settle_inventory;
-#[allow(dead_code)]
-#[path = "../../functions/ship-order/src/lib.rs"]
-mod ship_order;
 
 /// The one SKU of every fixture order (2 units each) and its stock.
 const SKU: &str = "MUG-RED";
@@ -287,11 +278,11 @@ enum Consumer {
 impl Consumer {
     fn step(self) -> Arc<dyn Step> {
         match self {
-            Self::ReserveInventory => Arc::new(reserve_inventory::ReserveInventory),
-            Self::ReplenishStock => Arc::new(replenish_stock::ReplenishStock),
-            Self::ShipOrder => Arc::new(ship_order::ShipOrder),
-            Self::SettleInventory => Arc::new(settle_inventory::SettleInventory),
-            Self::OrderStatus => Arc::new(order_status::UpdateOrderStatus),
+            Self::ReserveInventory => Arc::new(ReserveInventory),
+            Self::ReplenishStock => Arc::new(ReplenishStock),
+            Self::ShipOrder => Arc::new(ShipOrder),
+            Self::SettleInventory => Arc::new(SettleInventory),
+            Self::OrderStatus => Arc::new(UpdateOrderStatus),
         }
     }
 
