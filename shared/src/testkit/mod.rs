@@ -4,9 +4,16 @@
 //!
 //! Test support only: it panics on anything unexpected, with a message that
 //! says what the test set up wrongly.
+//!
+//! Also shared by the tests of the other crates: a RabbitMQ vhost per test
+//! (`broker`) and the body of `POST /orders` ([`order_body`]).
+
+pub mod broker;
+pub mod tls;
 
 use std::sync::Arc;
 
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -50,6 +57,22 @@ pub fn order_created(items: Vec<Item>) -> OrderCreated {
         items,
         shipping_address: address("FR"),
     }
+}
+
+/// A valid `POST /orders` body: `quantity` of `sku`, shipped to `country`
+/// (the same customer and address as [`order_created`], but in `country`).
+pub fn order_body(sku: &str, quantity: u64, country: &str) -> Value {
+    json!({
+        "customer_id": "customer-1",
+        "items": [{"sku": sku, "quantity": quantity}],
+        "shipping_address": {
+            "name": "Ada Lovelace",
+            "line1": "12 Analytical Row",
+            "city": "Paris",
+            "postal_code": "75001",
+            "country": country
+        }
+    })
 }
 
 /// An event about `order_id`, emitted by whichever function the choreography
