@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use shared::bus::DeliverySettings;
+use shared::config::{ConfigError, StoreChoice, StoreSettings, parse_retention_setting};
 
 #[derive(Parser)]
 #[command(name = "choreo", version, about = "An order saga done by choreography, on Lambda and RabbitMQ")]
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -23,8 +25,18 @@ pub enum Command {
     /// Re-publish events whose first publish failed (the outbox) until stopped:
     /// run it beside the bridge when the functions' store is DynamoDB.
     Relay {
+        /// RabbitMQ to publish to.
         #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
         amqp: String,
+        /// The store whose outbox is relayed.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Add or update SKUs (`stock import FILE`) or list them, on the configured store.
+    Stock {
+        /// What to do with the stock.
+        #[command(subcommand)]
+        command: StockCommand,
     },
     /// Print the AWS SAM template (template.yaml) derived from the choreography.
     Template,
@@ -33,6 +45,7 @@ pub enum Command {
         /// Virtual host the definitions are for.
         #[arg(long, default_value = "/")]
         vhost: String,
+        /// The retry settings the queue arguments are derived from.
         #[command(flatten)]
         queues: QueueArgs,
     },
@@ -60,10 +73,10 @@ pub struct UpArgs {
     /// Address the HTTP API listens on.
     #[arg(long, env = "CHOREO_HOST", default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
-    /// SQLite database file (created and seeded when new).
-    #[arg(long, env = "CHOREO_DB", default_value = ".choreo/choreo.db")]
-    pub db: PathBuf,
-    /// Catalog to seed a new database with [default: infra/inventory.seed.json, built in]
+    /// The store the steps share (created when missing, seeded when its stock is empty).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Catalog to seed an empty store with [default: infra/inventory.seed.json, built in]
     #[arg(long, env = "CHOREO_INVENTORY")]
     pub inventory: Option<PathBuf>,
     /// Countries ship-order delivers to, comma-separated ISO codes [default: all but AQ]
@@ -72,8 +85,53 @@ pub struct UpArgs {
     /// Use RabbitMQ at this URL instead of the in-process bus.
     #[arg(long, env = "AMQP_URL")]
     pub amqp: Option<String>,
+    /// How queues are consumed and retried.
     #[command(flatten)]
     pub queues: QueueArgs,
+}
+
+/// Which store to use, as the functions read it (`CHOREO_STORE`, …).
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Store adapter: sqlite or dynamodb.
+    #[arg(long = "store", env = "CHOREO_STORE", default_value = "sqlite", value_name = "STORE")]
+    pub kind: String,
+    /// SQLite database file.
+    #[arg(long, env = "CHOREO_DB", default_value = shared::config::DEFAULT_DB)]
+    pub db: PathBuf,
+    /// Prefix of the DynamoDB table names.
+    #[arg(long, env = "CHOREO_TABLE_PREFIX", default_value = shared::store::dynamodb::DEFAULT_TABLE_PREFIX)]
+    pub table_prefix: String,
+    /// How long published processed-event records are kept, e.g. 7d, 36h.
+    #[arg(long, env = "CHOREO_PROCESSED_RETENTION", default_value = "7d")]
+    pub processed_retention: String,
+}
+
+impl StoreArgs {
+    pub fn settings(&self) -> Result<StoreSettings, ConfigError> {
+        Ok(StoreSettings {
+            choice: StoreChoice::parse(Some(&self.kind), Some(self.db.clone()), Some(&self.table_prefix))?,
+            retention: parse_retention_setting(Some(&self.processed_retention))?,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum StockCommand {
+    /// Add or update the SKUs of a JSON file ([{"sku","available","max_replenish"}]); idempotent.
+    Import {
+        /// The file: per SKU, the units available now and its max_replenish.
+        file: PathBuf,
+        /// The store to import into.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print every SKU's stock, one JSON object a line.
+    List {
+        /// The store to read.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// How each function's queue is consumed and retried, on either bus.
@@ -152,6 +210,7 @@ pub struct BridgeArgs {
     /// Bridge only these functions, comma-separated [default: every function that consumes events]
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub functions: Vec<String>,
+    /// How queues are consumed and retried.
     #[command(flatten)]
     pub queues: QueueArgs,
 }
@@ -160,6 +219,7 @@ pub struct BridgeArgs {
 pub enum DlqCommand {
     /// Print dead letters (they stay in their queues).
     List {
+        /// RabbitMQ holding the dead-letter queues.
         #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
         amqp: String,
         /// Most messages shown per function.
@@ -168,6 +228,7 @@ pub enum DlqCommand {
     },
     /// Send dead letters back to their function's queue.
     Replay {
+        /// RabbitMQ holding the dead-letter queues.
         #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
         amqp: String,
         /// Only this function's dead letters.
@@ -185,7 +246,9 @@ pub enum OrderCommand {
     Create(CreateArgs),
     /// GET an order, with its saga history.
     Show {
+        /// The order's id.
         order_id: String,
+        /// Base URL of the HTTP API.
         #[arg(long, env = "CHOREO_URL", default_value = "http://127.0.0.1:3000")]
         url: String,
     },
@@ -196,16 +259,19 @@ pub struct CreateArgs {
     /// A line of the order as SKU:QUANTITY; repeat for more lines.
     #[arg(long = "item", required = true, value_name = "SKU:QUANTITY")]
     pub items: Vec<String>,
+    /// Customer id of the order.
     #[arg(long, default_value = "customer-1")]
     pub customer: String,
     /// Destination country (ISO 3166-1 alpha-2); AQ is not served by default.
     #[arg(long, default_value = "FR")]
     pub country: String,
+    /// Makes a retry safe: the same key and order return the first order.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// Wait until the saga ends and print the order.
     #[arg(long)]
     pub wait: bool,
+    /// Base URL of the HTTP API.
     #[arg(long, env = "CHOREO_URL", default_value = "http://127.0.0.1:3000")]
     pub url: String,
 }

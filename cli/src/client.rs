@@ -16,7 +16,9 @@ pub enum ClientError {
 
 #[derive(Clone)]
 pub struct Client {
+    /// One connection pool for every request.
     http: reqwest::Client,
+    /// The API's base URL, without a trailing slash.
     base: String,
 }
 

@@ -48,14 +48,19 @@ pub enum Mix {
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
+    /// Which system to start and drive.
     pub system: BenchSystem,
+    /// Orders to drive through the saga.
     pub orders: usize,
+    /// Orders in flight at once (closed loop).
     pub concurrency: usize,
     /// Orders started per second (open loop); `None`: as fast as `concurrency` allows.
     pub rate: Option<f64>,
+    /// Which saga paths the orders take.
     pub mix: Mix,
     /// How each function's queue is consumed (both buses) and prefetched (RabbitMQ).
     pub delivery: DeliverySettings,
+    /// Where the bench's throwaway SQLite file goes.
     pub db_dir: PathBuf,
 }
 
@@ -113,8 +118,11 @@ fn order_body(index: usize, path: usize) -> Value {
 /// Terminal instants recorded by the step observer, and the step count.
 #[derive(Default)]
 struct Finish {
+    /// When and how each finished order ended.
     done: Mutex<HashMap<OrderId, (Instant, &'static str)>>,
+    /// Woken whenever an order finishes.
     changed: Notify,
+    /// Saga steps handled so far (the report's message count).
     steps: AtomicUsize,
 }
 
@@ -164,7 +172,7 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
     let finish = Arc::new(Finish::default());
     let db = config.db_dir.join(format!("bench-{}.db", OrderId::new()));
     let up_config = UpConfig {
-        db: db.clone(),
+        store: shared::config::StoreSettings::sqlite(db.clone()),
         catalog: catalog(config.orders),
         ship_countries: ShipCountries::default(),
         delivery: config.delivery.clone(),

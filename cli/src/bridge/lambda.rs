@@ -12,6 +12,7 @@ use shared::{Event, Function, StepError};
 
 /// Invokes a function synchronously with the CloudEvent as payload.
 pub struct LambdaInvoker {
+    /// Built once, with the SDK's retries off: the consumer runner retries.
     client: aws_sdk_lambda::Client,
     /// The Lambda function name of each function: prefix + name.
     names: BTreeMap<Function, String>,

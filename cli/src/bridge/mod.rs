@@ -59,10 +59,13 @@ pub enum InvokeTarget {
 /// Everything `run` needs; built from the command line by `choreo bridge`.
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
+    /// RabbitMQ whose queues are consumed.
     pub amqp_url: String,
     /// The consuming functions whose queues are bridged.
     pub functions: Vec<Function>,
+    /// How the functions are reached.
     pub target: InvokeTarget,
+    /// Prefetch, concurrency and retry policy of the consumer runner.
     pub settings: DeliverySettings,
 }
 

@@ -16,7 +16,9 @@ pub const SQS_SUBJECT_ATTRIBUTE: &str = "subject";
 
 /// Sends each event to its function's SQS queue.
 pub struct SqsForwarder {
+    /// The SQS client, built once.
     client: aws_sdk_sqs::Client,
+    /// The queue of each bridged function.
     queue_urls: BTreeMap<Function, String>,
 }
 

@@ -20,9 +20,13 @@ use super::{StartError, UpConfig, app_router, open_seeded_store};
 /// The steps linked into this binary, invoked by the consumer runner; each
 /// publishes what it emitted itself and settles its outbox entry.
 pub struct LinkedSteps {
+    /// The step of each consuming function.
     steps: HashMap<Function, Arc<dyn Step>>,
+    /// What every step is handed.
     ports: Ports,
+    /// Publishes what each step emits.
     link: Arc<AmqpLink>,
+    /// Told of each handled step (`choreo bench` times sagas with it).
     observer: Option<StepObserver>,
 }
 
@@ -49,11 +53,17 @@ impl StepInvoker for LinkedSteps {
 
 /// A running `choreo up --amqp`.
 pub struct AmqpSystem {
+    /// The store every step shares (tests inspect it).
     pub store: Arc<dyn Store>,
+    /// The process's AMQP connection (tests inspect the queues through it).
     pub link: Arc<AmqpLink>,
+    /// The HTTP API to serve.
     pub router: Router,
+    /// Turned true to stop the consumers and the relay.
     shutdown: watch::Sender<bool>,
+    /// The consumer runner's task, awaited on shutdown.
     consumers: JoinHandle<Result<(), lapin::Error>>,
+    /// The outbox relay's task, awaited on shutdown.
     relay: JoinHandle<()>,
 }
 

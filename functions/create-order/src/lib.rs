@@ -24,7 +24,9 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 #[derive(Clone)]
 pub struct CreateOrderState {
+    /// Where the order and its event commit together.
     pub store: Arc<dyn Store>,
+    /// Publishes `order.created` once it is committed.
     pub publisher: Arc<dyn Publisher>,
 }
 
@@ -38,9 +40,13 @@ pub fn router(state: CreateOrderState) -> Router {
 /// `order.created` event with the outbox key it is stored under.
 #[derive(Debug, PartialEq)]
 pub struct Accepted {
+    /// The order's id (the first order's, when a key is repeated).
     pub order_id: OrderId,
+    /// False when an earlier request with the same key created it.
     pub created: bool,
+    /// Its `order.created`, to publish (again, for a repeated key).
     pub event: Event,
+    /// The key the event is committed under, to mark it published.
     pub outbox_key: String,
 }
 

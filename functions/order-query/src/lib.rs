@@ -23,23 +23,34 @@ pub fn router(store: Arc<dyn Store>) -> Router {
 
 #[derive(Debug, Serialize)]
 pub struct HistoryView {
+    /// The event's type.
     #[serde(rename = "type")]
     pub event_type: String,
+    /// RFC 3339 in UTC, with microseconds.
     pub time: String,
+    /// The function that emitted it.
     pub source: String,
 }
 
 #[derive(Debug, Serialize)]
 pub struct OrderView {
+    /// The order's id.
     pub order_id: OrderId,
+    /// Where the saga stands.
     pub status: OrderStatus,
+    /// Who ordered.
     pub customer_id: CustomerId,
+    /// The order lines.
     pub items: Vec<Item>,
+    /// Where it goes.
     pub shipping_address: Address,
+    /// Present once shipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracking_number: Option<String>,
+    /// Present once cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<CancelReason>,
+    /// Every event of the saga the order saw, in causal order.
     pub history: Vec<HistoryView>,
 }
 
@@ -68,10 +79,15 @@ impl From<OrderRecord> for OrderView {
 
 #[derive(Debug, Serialize)]
 pub struct InventoryView {
+    /// The SKU.
     pub sku: Sku,
+    /// Units free to reserve.
     pub available: u64,
+    /// Units held for orders.
     pub reserved: u64,
+    /// Units shipped.
     pub shipped: u64,
+    /// Units the supplier delivered.
     pub replenished: u64,
 }
 

@@ -46,9 +46,13 @@ impl Step for ReserveInventory {
 }
 
 struct Request<'a> {
+    /// The order to reserve for.
     order_id: OrderId,
+    /// Its lines, as the event carried them.
     items: &'a [Item],
+    /// Passed on in the event this step emits.
     address: &'a Address,
+    /// This try's number; caps the reservation retries.
     attempt: Attempt,
 }
 

@@ -22,36 +22,51 @@ use crate::{Event, Function, Ports, Step, StepError};
 /// An event that could not be handled.
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
+    /// The function that could not handle it.
     pub function: Function,
+    /// The event, as delivered.
     pub event: Event,
+    /// The last error.
     pub error: String,
 }
 
 struct Delivery {
+    /// The event to handle.
     event: Event,
+    /// 1 for the first delivery; decides between retry and dead letter.
     attempt: u32,
+    /// The outbox batch it belongs to, marked published after its last delivery.
     origin: Option<Arc<PendingBatch>>,
 }
 
 /// An outbox entry whose deliveries are still being handled.
 struct PendingBatch {
+    /// The outbox entry to mark published.
     origin: OutboxRef,
+    /// Deliveries of the batch not yet handled.
     remaining: AtomicUsize,
 }
 
 struct Shared {
+    /// The queue of each consuming function.
     queues: HashMap<Function, mpsc::UnboundedSender<Delivery>>,
+    /// What every step is handed.
     ports: Ports,
+    /// Workers per queue and the retry policy.
     settings: DeliverySettings,
     /// Told of every handled step (the bench times sagas with it).
     observer: Option<StepObserver>,
+    /// Deliveries queued, being handled or waiting for a retry.
     in_flight: AtomicUsize,
+    /// Woken when `in_flight` drops to zero (`InProcessBus::idle`).
     idle: Notify,
+    /// Events that failed for good; the bus has no queue to park them in.
     dead_letters: Mutex<Vec<DeadLetter>>,
 }
 
 #[derive(Clone)]
 pub struct InProcessBus {
+    /// State shared by every handle and the worker tasks.
     shared: Arc<Shared>,
 }
 

@@ -35,18 +35,26 @@ pub enum Service {
 /// An HTTP route served by a function (paths in OpenAPI / API Gateway form).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
+    /// HTTP method, upper case as OpenAPI and API Gateway spell it.
     pub method: &'static str,
+    /// Path with `{name}` parameters: one spelling for axum, API Gateway and openapi.yaml.
     pub path: &'static str,
 }
 
 /// One row of the choreography table.
 #[derive(Debug)]
 pub struct FunctionSpec {
+    /// The function this row describes; rows follow the enum's order, so `spec()` indexes.
     pub function: Function,
+    /// Kebab-case name of the Lambda function, its crate, its queue (`choreo.<name>`) and `source`.
     pub name: &'static str,
+    /// The service whose tables the function may write; its IAM grants follow from it.
     pub service: Service,
+    /// HTTP routes it serves; empty for functions that only react to events.
     pub routes: &'static [Route],
+    /// Event types bound to its queue; empty: it has no queue and no step.
     pub consumes: &'static [EventType],
+    /// Event types it may publish; each has a consumer or is terminal (tested).
     pub emits: &'static [EventType],
 }
 

@@ -12,7 +12,9 @@ use uuid::Uuid;
 /// One rule that a field of a request broke, located by JSON pointer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FieldError {
+    /// JSON pointer to the bad field (`/items/0/sku`); empty for the whole body.
     pub field: String,
+    /// What is wrong with it, in words a person can act on.
     pub detail: String,
 }
 
@@ -165,16 +167,23 @@ impl<'de> Deserialize<'de> for Quantity {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
+    /// What is ordered.
     pub sku: Sku,
+    /// How many units of it.
     pub quantity: Quantity,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
+    /// The recipient.
     pub name: AddressLine,
+    /// Street and number.
     pub line1: AddressLine,
+    /// City.
     pub city: AddressLine,
+    /// Kept as sent: formats differ by country.
     pub postal_code: AddressLine,
+    /// Decides whether `ship-order` delivers (`SHIP_COUNTRIES`).
     pub country: Country,
 }
 
@@ -190,8 +199,11 @@ pub fn units_per_sku(items: &[Item]) -> BTreeMap<Sku, u64> {
 /// An order as the customer placed it: what `POST /orders` accepts after validation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewOrder {
+    /// Who orders; also scopes the `Idempotency-Key`.
     pub customer_id: CustomerId,
+    /// 1 to `MAX_ITEMS` lines; a SKU may appear on more than one.
     pub items: Vec<Item>,
+    /// Where to deliver.
     pub shipping_address: Address,
 }
 

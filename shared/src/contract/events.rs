@@ -71,7 +71,9 @@ impl std::fmt::Display for EventType {
 /// Units of one SKU (a sum over order lines, so not bounded like `Quantity`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkuUnits {
+    /// The SKU concerned.
     pub sku: Sku,
+    /// Units of it: missing (a shortfall) or delivered (a replenishment).
     pub units: u64,
 }
 
@@ -81,66 +83,91 @@ pub type Attempt = u32;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCreated {
+    /// Who placed the order; the event carries the whole order the saga starts from.
     pub customer_id: CustomerId,
+    /// The lines `reserve-inventory` reserves.
     pub items: Vec<Item>,
+    /// Carried along so that no later step has to read the order record.
     pub shipping_address: Address,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryReserved {
+    /// The reserved lines, which `ship-order` passes on for settling.
     pub items: Vec<Item>,
+    /// Where `ship-order` delivers.
     pub shipping_address: Address,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryInsufficient {
+    /// The whole order, so the retried reservation needs no order read.
     pub items: Vec<Item>,
+    /// Carried on to the retried reservation and then to `ship-order`.
     pub shipping_address: Address,
+    /// Units missing per SKU: what `replenish-stock` orders from the supplier.
     pub shortfall: Vec<SkuUnits>,
+    /// The reservation attempt that fell short (1: the first).
     pub attempt: Attempt,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryRejected {
+    /// Why no reservation is possible; becomes the order's `cancel_reason`.
     pub reason: CancelReason,
+    /// For people: which SKUs, and how short.
     pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockReplenished {
+    /// The whole order, for the retried reservation.
     pub items: Vec<Item>,
+    /// Carried on to the retried reservation.
     pub shipping_address: Address,
+    /// Units the supplier delivered per SKU (the shortfall).
     pub replenished: Vec<SkuUnits>,
+    /// The attempt that fell short; the retry is `attempt + 1`, capped.
     pub attempt: Attempt,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplenishmentFailed {
+    /// Why (`out_of_stock`); becomes the order's `cancel_reason`.
     pub reason: CancelReason,
+    /// For people: each refused SKU and why.
     pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderShipped {
+    /// The shipped lines: `settle-inventory` moves them from reserved to shipped.
     pub items: Vec<Item>,
+    /// The carrier's number, shown on the order.
     pub tracking_number: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShipmentFailed {
+    /// The lines `settle-inventory` puts back on the shelf (the compensation).
     pub items: Vec<Item>,
+    /// For people: why the carrier could not ship.
     pub detail: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryReleased {
+    /// The lines put back on the shelf.
     pub items: Vec<Item>,
+    /// The failure that caused the release; becomes the order's `cancel_reason`.
     pub reason: CancelReason,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCancelled {
+    /// Why the saga ended: the order's `cancel_reason`.
     pub reason: CancelReason,
+    /// For people, from the step that failed.
     pub detail: String,
 }
 
@@ -153,11 +180,13 @@ pub struct Event {
     pub source: String,
     /// The order the event is about.
     pub subject: OrderId,
+    /// When it was emitted; orders the saga history.
     pub time: DateTime<Utc>,
     /// Id of the event this one reacts to; `None` for `order.created`.
     pub causation_id: Option<Uuid>,
     /// W3C trace context, inherited along the saga so one trace spans it.
     pub traceparent: String,
+    /// The typed `data`; its variant is the event type.
     pub payload: Payload,
 }
 
@@ -215,19 +244,29 @@ pub enum EventDecodeError {
 /// The CloudEvents JSON shape, field for field.
 #[derive(Serialize, Deserialize)]
 struct WireEvent {
+    /// Always `1.0`; checked on the way in.
     specversion: String,
+    /// `Event::id`.
     id: Uuid,
+    /// `Event::source`.
     source: String,
+    /// `type`: the event type's wire name, parsed on the way in.
     #[serde(rename = "type")]
     event_type: String,
+    /// The order id as text, parsed on the way in.
     subject: String,
+    /// `Event::time`.
     time: DateTime<Utc>,
+    /// Always `application/json`; defaulted when a producer leaves it out.
     #[serde(default = "json_content_type")]
     datacontenttype: String,
+    /// `Event::causation_id`; left out when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     causationid: Option<Uuid>,
+    /// `Event::traceparent`; empty when a producer sent none.
     #[serde(default)]
     traceparent: String,
+    /// The payload as JSON, typed by `type` on the way in.
     data: serde_json::Value,
 }
 

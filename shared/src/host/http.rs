@@ -19,9 +19,13 @@ pub struct Problem {
     /// A relative URI naming the kind of problem; stable, so clients can branch on it.
     #[serde(rename = "type")]
     pub kind: String,
+    /// Short summary of the kind of problem, the same for every occurrence.
     pub title: &'static str,
+    /// The HTTP status, repeated in the body as RFC 9457 suggests.
     pub status: u16,
+    /// What went wrong this time, in words a person can act on.
     pub detail: String,
+    /// Every bad field of a validation error; left out otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
 }

@@ -60,7 +60,9 @@ impl Invocation {
 
 /// A step with everything it needs while the Lambda container is warm.
 pub struct LambdaHost {
+    /// The function's step.
     pub step: Arc<dyn Step>,
+    /// Built once per container and reused while it is warm.
     pub ports: Ports,
     /// Used for SQS and Amazon MQ invocations; `None` when `AMQP_URL` is unset.
     pub publisher: Option<Arc<dyn Publisher>>,

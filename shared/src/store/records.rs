@@ -12,16 +12,22 @@ use crate::contract::events::Event;
 /// Stock of one SKU (inventory service). `version` 0 means "not stored yet".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockLevel {
+    /// The record's key.
     pub sku: Sku,
     /// Units present when the catalog was seeded; with `replenished` it is
     /// the right-hand side of the conservation rule.
     pub seeded: u64,
+    /// Units free to reserve.
     pub available: u64,
+    /// Units held for orders not yet shipped or released.
     pub reserved: u64,
+    /// Units that left the warehouse.
     pub shipped: u64,
+    /// Units the supplier delivered since seeding.
     pub replenished: u64,
     /// Largest shortfall the supplier will fill in one replenishment; 0 = discontinued.
     pub max_replenish: u64,
+    /// The version read; a whole-level write applies only while it is still current.
     pub version: u64,
 }
 
@@ -36,8 +42,11 @@ impl StockLevel {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeedStock {
+    /// The catalog entry's SKU.
     pub sku: Sku,
+    /// Units on the shelf when the store is seeded.
     pub available: u64,
+    /// Largest shortfall the supplier fills at once; 0 = discontinued.
     pub max_replenish: u64,
 }
 
@@ -87,18 +96,25 @@ impl ReservationState {
 /// Units held for one order (inventory service).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
+    /// The order whose units are held (the record's key).
     pub order_id: OrderId,
+    /// The reserved lines: what settling moves, checked against the settling event.
     pub items: Vec<Item>,
+    /// Where the units are now; only a `Reserved` reservation can be settled.
     pub state: ReservationState,
+    /// The version read (0: not stored yet); stops twin deliveries settling twice.
     pub version: u64,
 }
 
 /// One line of an order's saga history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
+    /// The event's type, shown as `type`.
     #[serde(rename = "type")]
     pub event_type: String,
+    /// When the event was emitted.
     pub time: DateTime<Utc>,
+    /// Which function emitted it.
     pub source: String,
     /// Lets a redelivered event be recognised and recorded once.
     pub event_id: Uuid,
@@ -118,18 +134,26 @@ impl HistoryEntry {
 /// The order record (orders service), as `GET /orders/{id}` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderRecord {
+    /// The record's key.
     pub order_id: OrderId,
+    /// Where the saga stands; only ever moves forward.
     pub status: OrderStatus,
+    /// Who ordered.
     pub customer_id: CustomerId,
+    /// The order lines as placed.
     pub items: Vec<Item>,
+    /// Where it goes.
     pub shipping_address: Address,
+    /// Set once shipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracking_number: Option<String>,
+    /// Set once cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<CancelReason>,
     /// Sorted by event time, then id (v7 ids sort by creation), so the
     /// history reads causally even when events were delivered out of order.
     pub history: Vec<HistoryEntry>,
+    /// The version read (0: not stored yet); kept out of the JSON body.
     #[serde(skip)]
     pub version: u64,
 }
@@ -146,8 +170,11 @@ impl OrderRecord {
 /// A parcel handed to the carrier (shipping service).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipment {
+    /// The shipped order (the record's key): its existence makes shipping happen once.
     pub order_id: OrderId,
+    /// The carrier's number, also sent in `order.shipped`.
     pub tracking_number: String,
+    /// The version read (0: not stored yet).
     pub version: u64,
 }
 
@@ -162,10 +189,15 @@ pub struct Shipment {
 /// `available + reserved + shipped` change equals its `replenished` change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StockDelta {
+    /// The stock level it changes; an unknown SKU fails the commit.
     pub sku: Sku,
+    /// Change of `available`.
     pub available: i64,
+    /// Change of `reserved`.
     pub reserved: i64,
+    /// Change of `shipped`.
     pub shipped: i64,
+    /// Change of `replenished`.
     pub replenished: i64,
 }
 

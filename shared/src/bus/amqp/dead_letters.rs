@@ -14,12 +14,19 @@ use crate::contract::choreography::Function;
 /// A message parked in a dead-letter queue.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DeadMessage {
+    /// The function whose dead-letter queue holds it.
     pub function: String,
+    /// The event id (AMQP `message_id`), for `choreo dlq replay --message-id`.
     pub message_id: Option<String>,
+    /// The event type (AMQP `type`).
     pub event_type: Option<String>,
+    /// The order (AMQP `correlation_id`), to look the saga up.
     pub order_id: Option<String>,
+    /// Why it was parked (the `x-choreo-error` header).
     pub error: Option<String>,
+    /// Attempts made (the `x-choreo-attempt` header).
     pub attempts: Option<i64>,
+    /// The message as received (the CloudEvent), even when it is not valid UTF-8.
     pub body: String,
 }
 

@@ -3,8 +3,10 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::ExchangeKind;
 
+use super::link::AmqpLink;
+use super::migration::{DeclareError, is_precondition_failed};
 use super::{SAGA_ENDED_MAX_LENGTH, SAGA_ENDED_QUEUE};
 use crate::bus::DeliverySettings;
 use crate::contract::choreography::{EXCHANGE, Function, TERMINAL_EVENTS};
@@ -21,12 +23,15 @@ pub fn dead_letter_queue(function: Function) -> String {
 /// declare the topology and to export `infra/rabbitmq/definitions.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Topology {
+    /// Every queue with its arguments: work, retry, dead-letter and saga-ended queues.
     pub queues: Vec<QueueSpec>,
+    /// `(queue, routing key)` pairs on the `choreo.events` exchange.
     pub bindings: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueSpec {
+    /// `choreo.<function>`, `.retry.N`, `.dead`, or `choreo.saga-ended`.
     pub name: String,
     /// `x-` arguments: integers or strings.
     pub arguments: Vec<(&'static str, ArgValue)>,
@@ -38,12 +43,28 @@ pub enum ArgValue {
     Text(String),
 }
 
+/// A work queue is a quorum queue, so that the broker itself bounds
+/// redeliveries: a message returned to it (a nack with requeue, a consumer
+/// gone, an Amazon MQ invocation that failed) `max_retries` times is
+/// dead-lettered into `choreo.<function>.dead` on the next return, at least
+/// once (`reject-publish` is what at-least-once dead-lettering requires).
+fn work_queue_arguments(function: Function, settings: &DeliverySettings) -> Vec<(&'static str, ArgValue)> {
+    vec![
+        ("x-queue-type", ArgValue::Text("quorum".into())),
+        ("x-delivery-limit", ArgValue::Int(i64::from(settings.max_retries))),
+        ("x-dead-letter-exchange", ArgValue::Text(String::new())),
+        ("x-dead-letter-routing-key", ArgValue::Text(dead_letter_queue(function))),
+        ("x-dead-letter-strategy", ArgValue::Text("at-least-once".into())),
+        ("x-overflow", ArgValue::Text("reject-publish".into())),
+    ]
+}
+
 impl Topology {
     pub fn derive(settings: &DeliverySettings) -> Self {
         let mut queues = Vec::new();
         let mut bindings = Vec::new();
         for function in Function::consumers() {
-            queues.push(QueueSpec { name: function.queue(), arguments: vec![] });
+            queues.push(QueueSpec { name: function.queue(), arguments: work_queue_arguments(function, settings) });
             for event in function.spec().consumes {
                 bindings.push((function.queue(), event.as_str().to_owned()));
             }
@@ -106,9 +127,13 @@ impl Topology {
         })
     }
 
-    pub(super) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// Declares everything on the broker of `link`. Every queue is tried, so
+    /// that a mismatch names all the queues to migrate, not the first one.
+    pub(super) async fn declare(&self, link: &AmqpLink, vhost: &str) -> Result<(), DeclareError> {
+        let mut channel = link.channel().await?;
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+        let mut mismatched = Vec::new();
         for spec in &self.queues {
             let mut arguments = FieldTable::default();
             for (key, value) in &spec.arguments {
@@ -118,7 +143,19 @@ impl Topology {
                 };
                 arguments.insert((*key).into(), value);
             }
-            channel.queue_declare(spec.name.as_str().into(), QueueDeclareOptions::durable(), arguments).await?;
+            match channel.queue_declare(spec.name.as_str().into(), QueueDeclareOptions::durable(), arguments).await {
+                Ok(_) => {}
+                Err(error) if is_precondition_failed(&error) => {
+                    mismatched.push(spec.name.clone());
+                    // The broker closes a channel that fails a declare.
+                    channel = link.channel().await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if !mismatched.is_empty() {
+            let _ = channel.close(200, "mismatch".into()).await;
+            return Err(DeclareError::Mismatch { vhost: vhost.to_owned(), queues: mismatched });
         }
         for (queue, key) in &self.bindings {
             channel
@@ -131,6 +168,7 @@ impl Topology {
                 )
                 .await?;
         }
+        let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
 }
