@@ -37,14 +37,57 @@ async fn read_secret(arn: &str) -> Result<String, String> {
     secret.secret_string().map(str::trim).map(str::to_owned).ok_or_else(|| "the secret has no string value".into())
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages and logs.
+///
+/// Conservative on purpose: the credentials end at the *last* `@` (a password
+/// may hold a raw `@`), and whatever sits between the first `:` and that `@`
+/// is hidden, even in URLs that do not parse (no scheme, odd characters).
+/// A URL without `:` in its user information shows as given (a user name only).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let Some(at) = url[start..].rfind('@').map(|at| start + at) else {
+        return url.to_owned();
+    };
+    match url[start..at].split_once(':') {
+        Some((user, _password)) => format!("{}{user}:***{}", &url[..start], &url[at..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    /// Every shape shows its host and hides its password entirely.
+    #[test]
+    fn redact_hides_the_password_of_every_url_shape() {
+        let cases = [
+            ("amqp://guest:pa55@localhost:5672/%2f", "amqp://guest:***@localhost:5672/%2f", "pa55"),
+            ("amqps://alice:s3cret@b-1.mq.eu-west-1.amazonaws.com:5671", "amqps://alice:***@b-1.mq.eu-west-1.amazonaws.com:5671", "s3cret"),
+            // a raw '@' (and ':') inside the password
+            ("amqps://alice:p@ss:w@rd@broker:5671/vh", "amqps://alice:***@broker:5671/vh", "ss:w"),
+            // no user, only a password
+            ("amqps://:t0ken@broker/vh", "amqps://:***@broker/vh", "t0ken"),
+            // percent-encoded password
+            ("amqps://bob:p%40ss%2Fword@broker/%2f", "amqps://bob:***@broker/%2f", "p%40ss"),
+            // query string kept
+            ("amqps://bob:hunter2@broker:5671/vh?heartbeat=30&connection_timeout=5000", "amqps://bob:***@broker:5671/vh?heartbeat=30&connection_timeout=5000", "hunter2"),
+            // no scheme (an invalid URL still gets shown in errors)
+            ("bob:hunter2@broker:5671", "bob:***@broker:5671", "hunter2"),
+            // a raw '/' in the password, which no URL parser accepts
+            ("amqp://bob:a/b?c#d@broker/vh", "amqp://bob:***@broker/vh", "a/b"),
+        ];
+        for (url, shown, secret) in cases {
+            let redacted = redact(url);
+            assert_eq!(redacted, shown, "{url}");
+            assert!(!redacted.contains(secret), "{url} leaks {secret}: {redacted}");
         }
-        _ => url.to_owned(),
+    }
+
+    #[test]
+    fn redact_leaves_urls_without_a_password_alone() {
+        for url in ["amqp://localhost:5672/%2f", "amqps://broker/vh?heartbeat=30", "amqp://guest@localhost/vh", "localhost:5672"] {
+            assert_eq!(redact(url), url);
+        }
     }
 }
