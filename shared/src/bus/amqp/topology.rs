@@ -3,10 +3,8 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::ExchangeKind;
+use lapin::{Channel, ExchangeKind};
 
-use super::link::AmqpLink;
-use super::migration::{DeclareError, is_precondition_failed};
 use super::{SAGA_ENDED_MAX_LENGTH, SAGA_ENDED_QUEUE};
 use crate::bus::DeliverySettings;
 use crate::contract::choreography::{EXCHANGE, Function, TERMINAL_EVENTS};
@@ -43,28 +41,12 @@ pub enum ArgValue {
     Text(String),
 }
 
-/// A work queue is a quorum queue, so that the broker itself bounds
-/// redeliveries: a message returned to it (a nack with requeue, a consumer
-/// gone, an Amazon MQ invocation that failed) `max_retries` times is
-/// dead-lettered into `choreo.<function>.dead` on the next return, at least
-/// once (`reject-publish` is what at-least-once dead-lettering requires).
-fn work_queue_arguments(function: Function, settings: &DeliverySettings) -> Vec<(&'static str, ArgValue)> {
-    vec![
-        ("x-queue-type", ArgValue::Text("quorum".into())),
-        ("x-delivery-limit", ArgValue::Int(i64::from(settings.max_retries))),
-        ("x-dead-letter-exchange", ArgValue::Text(String::new())),
-        ("x-dead-letter-routing-key", ArgValue::Text(dead_letter_queue(function))),
-        ("x-dead-letter-strategy", ArgValue::Text("at-least-once".into())),
-        ("x-overflow", ArgValue::Text("reject-publish".into())),
-    ]
-}
-
 impl Topology {
     pub fn derive(settings: &DeliverySettings) -> Self {
         let mut queues = Vec::new();
         let mut bindings = Vec::new();
         for function in Function::consumers() {
-            queues.push(QueueSpec { name: function.queue(), arguments: work_queue_arguments(function, settings) });
+            queues.push(QueueSpec { name: function.queue(), arguments: vec![] });
             for event in function.spec().consumes {
                 bindings.push((function.queue(), event.as_str().to_owned()));
             }
@@ -127,13 +109,9 @@ impl Topology {
         })
     }
 
-    /// Declares everything on the broker of `link`. Every queue is tried, so
-    /// that a mismatch names all the queues to migrate, not the first one.
-    pub(super) async fn declare(&self, link: &AmqpLink, vhost: &str) -> Result<(), DeclareError> {
-        let mut channel = link.channel().await?;
+    pub(super) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
-        let mut mismatched = Vec::new();
         for spec in &self.queues {
             let mut arguments = FieldTable::default();
             for (key, value) in &spec.arguments {
@@ -143,19 +121,7 @@ impl Topology {
                 };
                 arguments.insert((*key).into(), value);
             }
-            match channel.queue_declare(spec.name.as_str().into(), QueueDeclareOptions::durable(), arguments).await {
-                Ok(_) => {}
-                Err(error) if is_precondition_failed(&error) => {
-                    mismatched.push(spec.name.clone());
-                    // The broker closes a channel that fails a declare.
-                    channel = link.channel().await?;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        if !mismatched.is_empty() {
-            let _ = channel.close(200, "mismatch".into()).await;
-            return Err(DeclareError::Mismatch { vhost: vhost.to_owned(), queues: mismatched });
+            channel.queue_declare(spec.name.as_str().into(), QueueDeclareOptions::durable(), arguments).await?;
         }
         for (queue, key) in &self.bindings {
             channel
@@ -168,7 +134,6 @@ impl Topology {
                 )
                 .await?;
         }
-        let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
 }
