@@ -1,4 +1,4 @@
-//! The Lambda hosting of every consuming function (DESIGN §5), driven the way
+//! The Lambda hosting of every consuming function (ARCHITECTURE.md §11.3), driven the way
 //! AWS drives it: `SqsEvent` and Amazon MQ `RabbitMqEvent` payloads read from
 //! JSON fixtures shaped like what AWS sends (`tests/fixtures/`), a direct
 //! CloudEvent as the bridge sends it, and payloads of no known shape.
@@ -211,7 +211,7 @@ impl Host {
     }
 
     /// Removes and decodes every message waiting in `queue`, checking each
-    /// carries the AMQP properties of DESIGN §4.
+    /// carries the AMQP properties of ARCHITECTURE.md §5.
     async fn take(&self, queue: &str) -> Vec<Event> {
         let channel = self.link.channel().await.expect("a channel to read back published events");
         let mut events = Vec::new();

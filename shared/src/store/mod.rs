@@ -1,4 +1,4 @@
-//! The storage port (ARCHITECTURE.md, "Stores"): the `Store` every
+//! The storage port (ARCHITECTURE.md §8): the `Store` every
 //! adapter (SQLite, DynamoDB) implements, and the rules of a commit, stated
 //! here once so that adapters only translate them.
 //!

@@ -1,6 +1,6 @@
 //! Builders for the per-step tests, which read GIVEN (a store) / WHEN (an
 //! event) / THEN (emitted events and state): a throwaway SQLite store seeded
-//! with stock, sample orders and events, and the conservation check of DESIGN §3.
+//! with stock, sample orders and events, and the conservation check of ARCHITECTURE.md §7.8.
 //!
 //! Test support only: it panics on anything unexpected, with a message that
 //! says what the test set up wrongly.
