@@ -14,8 +14,11 @@ use super::{StartError, UpConfig, app_router, open_seeded_store};
 
 /// A running embedded system.
 pub struct Embedded {
+    /// The store every step shares (tests inspect it).
     pub store: Arc<dyn Store>,
+    /// The in-process bus; `idle` drains it.
     pub bus: InProcessBus,
+    /// The HTTP API to serve.
     pub router: Router,
 }
 

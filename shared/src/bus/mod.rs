@@ -28,7 +28,9 @@ pub enum PublishError {
 /// The outbox entry a batch of events was committed under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxRef {
+    /// The function that committed the events.
     pub function: Function,
+    /// The commit's key (the consumed event's id, or the idempotency key) naming the entry.
     pub key: String,
 }
 

@@ -63,9 +63,11 @@ impl Write {
 /// A step's whole effect, applied atomically.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Commit {
+    /// Whose processed record it is: keys are unique per function.
     pub function: Function,
     /// The consumed event's id, or for `create-order` the idempotency key.
     pub key: String,
+    /// The records it changes, all or none.
     pub writes: Vec<Write>,
     /// Stored with the key: a duplicate gets these back, and they form the
     /// outbox until `mark_published`.
@@ -101,8 +103,11 @@ pub enum CommitOutcome {
 /// Events committed but not yet confirmed as published.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxEntry {
+    /// The function that committed the events.
     pub function: Function,
+    /// The commit's key, which `mark_published` takes.
     pub key: String,
+    /// The events to publish, in emission order.
     pub events: Vec<Event>,
 }
 

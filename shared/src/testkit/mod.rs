@@ -113,6 +113,7 @@ pub fn pending_order(created: &Event) -> OrderRecord {
 
 /// A SQLite store in its own temporary file, deleted when dropped.
 pub struct TestStore {
+    /// The store under test.
     pub store: Arc<SqliteStore>,
     /// Owns the directory holding the database file.
     _dir: TempDir,

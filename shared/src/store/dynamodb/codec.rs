@@ -48,7 +48,9 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
 /// Typed access to a stored item's attributes; anything missing or of the
 /// wrong type is `Corrupt`.
 pub(super) struct Fields<'a> {
+    /// The table the item came from, named in errors.
     table: &'a str,
+    /// The item being read.
     item: &'a Item,
 }
 

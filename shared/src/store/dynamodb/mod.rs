@@ -39,14 +39,19 @@ pub use self::transaction::MAX_TRANSACTION_ITEMS;
 /// once per process (Lambda init) and share it.
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
+    /// The SDK client: a cheap handle, shared by clones.
     client: Client,
     /// Prefix of every table name, so several stacks (or tests) share an account.
     prefix: String,
     /// Full table names, computed once.
     stock: String,
+    /// Full name of the reservations table.
     reservations: String,
+    /// Full name of the orders table.
     orders: String,
+    /// Full name of the shipments table.
     shipments: String,
+    /// Full name of the processed-events table (idempotency and outbox).
     processed: String,
 }
 

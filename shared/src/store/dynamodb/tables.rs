@@ -68,15 +68,20 @@ impl KeyAttributeType {
 /// A key attribute of a table or index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyAttribute {
+    /// The attribute's name.
     pub name: &'static str,
+    /// Its type (`S` or `N`), for `AttributeDefinitions`.
     pub kind: KeyAttributeType,
 }
 
 /// A global secondary index; its projection is ALL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexSpec {
+    /// The index's name, used by queries.
     pub name: &'static str,
+    /// The index's partition key.
     pub partition_key: KeyAttribute,
+    /// The index's sort key, which orders a query's results.
     pub sort_key: KeyAttribute,
 }
 
@@ -86,10 +91,12 @@ pub struct IndexSpec {
 pub struct TableSpec {
     /// The table's name after the prefix: `stock` → `choreo-stock`.
     pub suffix: &'static str,
+    /// The table's only key.
     pub partition_key: KeyAttribute,
     /// The service whose functions write it (ARCHITECTURE.md §3); `None`: every
     /// function writes it (its own processed keys, scoped by function name).
     pub owner: Option<Service>,
+    /// Its global secondary index, if any (the outbox, on `processed`).
     pub index: Option<IndexSpec>,
 }
 

@@ -48,6 +48,7 @@ CREATE INDEX IF NOT EXISTS processed_unpublished ON processed (published) WHERE 
 ";
 
 pub struct SqliteStore {
+    /// The writer and reader threads every call runs on (rusqlite blocks).
     threads: Threads,
 }
 
