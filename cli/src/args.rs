@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use shared::bus::DeliverySettings;
+use shared::config::{ConfigError, StoreChoice, StoreSettings, parse_retention_setting};
 
 #[derive(Parser)]
 #[command(name = "choreo", version, about = "An order saga done by choreography, on Lambda and RabbitMQ")]
@@ -27,6 +28,15 @@ pub enum Command {
         /// RabbitMQ to publish to.
         #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
         amqp: String,
+        /// The store whose outbox is relayed.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Add or update SKUs (`stock import FILE`) or list them, on the configured store.
+    Stock {
+        /// What to do with the stock.
+        #[command(subcommand)]
+        command: StockCommand,
     },
     /// Print the AWS SAM template (template.yaml) derived from the choreography.
     Template,
@@ -63,10 +73,10 @@ pub struct UpArgs {
     /// Address the HTTP API listens on.
     #[arg(long, env = "CHOREO_HOST", default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
-    /// SQLite database file (created and seeded when new).
-    #[arg(long, env = "CHOREO_DB", default_value = ".choreo/choreo.db")]
-    pub db: PathBuf,
-    /// Catalog to seed a new database with [default: infra/inventory.seed.json, built in]
+    /// The store the steps share (created when missing, seeded when its stock is empty).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Catalog to seed an empty store with [default: infra/inventory.seed.json, built in]
     #[arg(long, env = "CHOREO_INVENTORY")]
     pub inventory: Option<PathBuf>,
     /// Countries ship-order delivers to, comma-separated ISO codes [default: all but AQ]
@@ -78,6 +88,50 @@ pub struct UpArgs {
     /// How queues are consumed and retried.
     #[command(flatten)]
     pub queues: QueueArgs,
+}
+
+/// Which store to use, as the functions read it (`CHOREO_STORE`, …).
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Store adapter: sqlite or dynamodb.
+    #[arg(long = "store", env = "CHOREO_STORE", default_value = "sqlite", value_name = "STORE")]
+    pub kind: String,
+    /// SQLite database file.
+    #[arg(long, env = "CHOREO_DB", default_value = shared::config::DEFAULT_DB)]
+    pub db: PathBuf,
+    /// Prefix of the DynamoDB table names.
+    #[arg(long, env = "CHOREO_TABLE_PREFIX", default_value = shared::store::dynamodb::DEFAULT_TABLE_PREFIX)]
+    pub table_prefix: String,
+    /// How long published processed-event records are kept, e.g. 7d, 36h.
+    #[arg(long, env = "CHOREO_PROCESSED_RETENTION", default_value = "7d")]
+    pub processed_retention: String,
+}
+
+impl StoreArgs {
+    pub fn settings(&self) -> Result<StoreSettings, ConfigError> {
+        Ok(StoreSettings {
+            choice: StoreChoice::parse(Some(&self.kind), Some(self.db.clone()), Some(&self.table_prefix))?,
+            retention: parse_retention_setting(Some(&self.processed_retention))?,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum StockCommand {
+    /// Add or update the SKUs of a JSON file ([{"sku","available","max_replenish"}]); idempotent.
+    Import {
+        /// The file: per SKU, the units available now and its max_replenish.
+        file: PathBuf,
+        /// The store to import into.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print every SKU's stock, one JSON object a line.
+    List {
+        /// The store to read.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// How each function's queue is consumed and retried, on either bus.

@@ -58,7 +58,7 @@ pub async fn spawn_app(catalog: &[SeedStock]) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("choreo.db");
     let config = UpConfig {
-        db: db.clone(),
+        store: shared::config::StoreSettings::sqlite(db.clone()),
         catalog: catalog.to_vec(),
         ship_countries: ShipCountries::default(),
         delivery: test_delivery(),

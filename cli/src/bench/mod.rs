@@ -172,7 +172,7 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
     let finish = Arc::new(Finish::default());
     let db = config.db_dir.join(format!("bench-{}.db", OrderId::new()));
     let up_config = UpConfig {
-        db: db.clone(),
+        store: shared::config::StoreSettings::sqlite(db.clone()),
         catalog: catalog(config.orders),
         ship_countries: ShipCountries::default(),
         delivery: config.delivery.clone(),

@@ -228,7 +228,7 @@ impl InProcess {
     pub async fn start(vhost: &Vhost, db: &Path, catalog: &[SeedStock], settings: DeliverySettings) -> Self {
         init_logging();
         let config = UpConfig {
-            db: db.to_owned(),
+            store: shared::config::StoreSettings::sqlite(db),
             catalog: catalog.to_vec(),
             ship_countries: ShipCountries::default(),
             delivery: settings,
