@@ -1,12 +1,13 @@
 //! The `choreo` command's library, shared by the binary and the tests:
 //! `up` (every step in one process, over the in-process bus or RabbitMQ),
 //! `bridge` (RabbitMQ to Lambda or SQS), `bench`, `client` (the HTTP API
-//! from the command line), `template` (the SAM template) and `steps` (the
+//! from the command line), `stock` (import and list SKUs), `template` (the SAM template) and `steps` (the
 //! steps linked into the binary).
 
 pub mod bench;
 pub mod bridge;
 pub mod client;
 pub mod steps;
+pub mod stock;
 pub mod template;
 pub mod up;

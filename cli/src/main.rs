@@ -14,7 +14,7 @@ use shared::Function;
 use shared::bus::amqp::{AmqpLink, Topology, redact};
 use shared::step::ShipCountries;
 
-use self::args::{BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, UpArgs};
+use self::args::{BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, StockCommand, StoreArgs, UpArgs};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,7 +33,8 @@ async fn main() -> ExitCode {
             print!("{}", shared::contract::choreography::mermaid());
             Ok(())
         }
-        Command::Relay { amqp } => relay(amqp).await,
+        Command::Relay { amqp, store } => relay(amqp, store).await,
+        Command::Stock { command } => stock(command).await,
         Command::Template => {
             print!("{}", choreo::template::sam_template());
             Ok(())
@@ -71,8 +72,9 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
     if args.amqp.is_none() && args.queues.prefetch.is_some() {
         return Err("--prefetch (CHOREO_PREFETCH) applies to RabbitMQ only: add --amqp URL or drop it".into());
     }
+    let store = args.store.settings()?;
     let config = UpConfig {
-        db: args.db.clone(),
+        store: store.clone(),
         catalog,
         ship_countries: ShipCountries::parse(&args.ship_countries)?,
         delivery: args.queues.settings(),
@@ -83,9 +85,9 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         let system = AmqpSystem::start(config, url).await?;
         let listener = bind(address).await?;
         println!(
-            "choreo is up: http://{} (database {}; RabbitMQ {}; Ctrl-C stops)",
+            "choreo is up: http://{} (store {}; RabbitMQ {}; Ctrl-C stops)",
             listener.local_addr()?,
-            args.db.display(),
+            store,
             redact(url)
         );
         serve(listener, system.router.clone(), shutdown_signal()).await?;
@@ -95,7 +97,7 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
     }
     let system = Embedded::start(config).await?;
     let listener = bind(address).await?;
-    println!("choreo is up: http://{} (database {}; Ctrl-C stops)", listener.local_addr()?, args.db.display());
+    println!("choreo is up: http://{} (store {}; Ctrl-C stops)", listener.local_addr()?, store);
     serve(listener, system.router, shutdown_signal()).await?;
     tracing::info!(in_flight = system.bus.in_flight(), "stopping: finishing the sagas in flight");
     if tokio::time::timeout(Duration::from_secs(10), system.bus.idle()).await.is_err() {
@@ -162,9 +164,9 @@ async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
     Ok(())
 }
 
-async fn relay(amqp: String) -> Result<(), AnyError> {
+async fn relay(amqp: String, store: StoreArgs) -> Result<(), AnyError> {
     // The store the functions use: CHOREO_STORE=dynamodb (+ CHOREO_TABLE_PREFIX) or CHOREO_DB.
-    let store = shared::config::store_from_env().await?;
+    let store = store.settings()?.open().await?;
     let link = AmqpLink::new(&amqp, "choreo-relay");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let relay =
@@ -174,6 +176,22 @@ async fn relay(amqp: String) -> Result<(), AnyError> {
     let _ = stop.send(true);
     let _ = relay.await;
     link.close().await;
+    Ok(())
+}
+
+async fn stock(command: StockCommand) -> Result<(), AnyError> {
+    match command {
+        StockCommand::Import { file, store } => {
+            let settings = store.settings()?;
+            let report = choreo::stock::import_file(&*settings.open().await?, &file).await?;
+            println!("{}", json!({"file": file.display().to_string(), "store": settings.to_string(), "added": report.added, "updated": report.updated, "unchanged": report.unchanged}));
+        }
+        StockCommand::List { store } => {
+            for level in choreo::stock::list(&*store.settings()?.open().await?).await? {
+                println!("{}", serde_json::to_string(&level)?);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! | `CHOREO_STORE` | `sqlite` or `dynamodb` | `sqlite` |
 //! | `CHOREO_DB` | the SQLite file | `.choreo/choreo.db` |
 //! | `CHOREO_TABLE_PREFIX` | prefix of the DynamoDB table names | `choreo-` |
+//! | `CHOREO_PROCESSED_RETENTION` | how long published processed-event records are kept (`7d`, `36h`; see `store::retention`) | `7d` |
 //! | `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_ENDPOINT_URL` | a local DynamoDB endpoint (moto, DynamoDB Local); read by aws-config | AWS |
 //! | `AWS_REGION`, credentials, … | the usual AWS SDK variables (set by Lambda) | |
 //!
@@ -17,12 +18,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::Ports;
 use crate::step::ShipCountries;
-use crate::store::Store;
 use crate::store::dynamodb::{DEFAULT_TABLE_PREFIX, DynamoStore};
 use crate::store::sqlite::SqliteStore;
+use crate::store::{DEFAULT_PROCESSED_RETENTION, Store, parse_retention};
 
 /// Where the SQLite database lives unless `CHOREO_DB` says otherwise.
 pub const DEFAULT_DB: &str = ".choreo/choreo.db";
@@ -66,16 +68,88 @@ impl StoreChoice {
     }
 }
 
+/// Everything needed to open a store: which adapter, and how long published
+/// processed records are kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// The adapter and where its data lives.
+    pub choice: StoreChoice,
+    /// Retention of published processed-event records (`CHOREO_PROCESSED_RETENTION`).
+    pub retention: Duration,
+}
+
+impl StoreSettings {
+    /// SQLite at `path`, default retention.
+    pub fn sqlite(path: impl Into<PathBuf>) -> Self {
+        Self { choice: StoreChoice::Sqlite(path.into()), retention: DEFAULT_PROCESSED_RETENTION }
+    }
+
+    /// From `CHOREO_STORE`, `CHOREO_DB`, `CHOREO_TABLE_PREFIX` and `CHOREO_PROCESSED_RETENTION`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let retention = std::env::var("CHOREO_PROCESSED_RETENTION").ok().filter(|value| !value.is_empty());
+        Ok(Self { choice: StoreChoice::from_env()?, retention: parse_retention_setting(retention.as_deref())? })
+    }
+
+    /// Opens the store. SQLite creates the file and schema; DynamoDB makes no request.
+    pub async fn open(&self) -> Result<Arc<dyn Store>, ConfigError> {
+        Ok(match &self.choice {
+            StoreChoice::Sqlite(path) => Arc::new(SqliteStore::open(path)?.with_retention(self.retention)),
+            StoreChoice::DynamoDb { .. } => Arc::new(self.open_dynamodb().await),
+        })
+    }
+
+    /// Opens the store for a local host (`choreo up`, `choreo stock`): as
+    /// [`StoreSettings::open`], and on DynamoDB first creates the tables that
+    /// do not exist yet, from the same list the SAM template declares.
+    pub async fn open_creating_tables(&self) -> Result<Arc<dyn Store>, ConfigError> {
+        if let StoreChoice::DynamoDb { .. } = self.choice {
+            let store = self.open_dynamodb().await;
+            store.create_tables().await?;
+            return Ok(Arc::new(store));
+        }
+        self.open().await
+    }
+
+    async fn open_dynamodb(&self) -> DynamoStore {
+        let prefix = match &self.choice {
+            StoreChoice::DynamoDb { table_prefix } => table_prefix.clone(),
+            StoreChoice::Sqlite(_) => DEFAULT_TABLE_PREFIX.to_owned(),
+        };
+        let client = aws_sdk_dynamodb::Client::new(&aws_sdk_config().await);
+        DynamoStore::new(client, prefix).with_retention(self.retention)
+    }
+}
+
+impl std::fmt::Display for StoreSettings {
+    /// For start-up lines: `SQLite .choreo/choreo.db` or `DynamoDB tables choreo-*`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.choice {
+            StoreChoice::Sqlite(path) => write!(f, "SQLite {}", path.display()),
+            StoreChoice::DynamoDb { table_prefix } => {
+                write!(f, "DynamoDB tables {table_prefix}*")?;
+                match std::env::var("AWS_ENDPOINT_URL_DYNAMODB").or_else(|_| std::env::var("AWS_ENDPOINT_URL")) {
+                    Ok(endpoint) if !endpoint.is_empty() => write!(f, " at {endpoint}"),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// `CHOREO_PROCESSED_RETENTION`'s value, or the default when unset.
+pub fn parse_retention_setting(value: Option<&str>) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(DEFAULT_PROCESSED_RETENTION),
+        Some(text) => {
+            parse_retention(text).map_err(|error| ConfigError::Invalid(format!("CHOREO_PROCESSED_RETENTION: {error}")))
+        }
+    }
+}
+
 /// The store named by the environment (`CHOREO_STORE`, see the module doc).
 /// Opening SQLite creates the file and schema; DynamoDB makes no request.
 pub async fn store_from_env() -> Result<Arc<dyn Store>, ConfigError> {
-    Ok(match StoreChoice::from_env()? {
-        StoreChoice::Sqlite(path) => Arc::new(SqliteStore::open(&path)?),
-        StoreChoice::DynamoDb { table_prefix } => {
-            let client = aws_sdk_dynamodb::Client::new(&aws_sdk_config().await);
-            Arc::new(DynamoStore::new(client, table_prefix))
-        }
-    })
+    StoreSettings::from_env()?.open().await
 }
 
 /// The AWS SDK configuration from the environment (region, credentials,
@@ -120,6 +194,14 @@ mod tests {
             StoreChoice::parse(Some("dynamodb"), None, Some("prod-")).unwrap(),
             StoreChoice::DynamoDb { table_prefix: "prod-".to_owned() }
         );
+    }
+
+    #[test]
+    fn the_retention_defaults_to_seven_days_and_names_its_variable_when_bad() {
+        assert_eq!(parse_retention_setting(None).unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(parse_retention_setting(Some("2d")).unwrap(), Duration::from_secs(2 * 86_400));
+        let error = parse_retention_setting(Some("soon")).unwrap_err();
+        assert!(error.to_string().starts_with("CHOREO_PROCESSED_RETENTION: "), "{error}");
     }
 
     #[test]

@@ -75,6 +75,12 @@ conformance! {
     a_stock_delta_that_would_go_negative_conflicts_and_writes_nothing,
     a_stock_delta_of_an_unknown_sku_conflicts_and_creates_nothing,
     concurrent_delta_reservations_never_oversell: atomic,
+    the_outbox_reads_in_pages_that_together_hold_every_entry,
+    a_set_aside_entry_leaves_the_outbox_for_good,
+    put_stock_is_a_versioned_write,
+    a_stock_import_adds_and_updates_skus_and_is_idempotent,
+    a_stock_import_that_would_count_out_replenished_units_changes_nothing,
+    a_stock_import_never_overwrites_a_concurrent_reservation: atomic,
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -846,4 +852,235 @@ mod dynamodb_only {
         assert_eq!(levels.len(), 1, "ENV-1 is in the tables the parent seeded");
         println!("child read ENV-1 = {}", levels[0].available);
     }
+}
+
+// ---------------------------------------------------------------- outbox pages, poison entries
+
+async fn the_outbox_reads_in_pages_that_together_hold_every_entry(store: Arc<dyn Store>) {
+    // GIVEN seven outbox entries and one already published
+    let mut keys = Vec::new();
+    for index in 0..7 {
+        let key = format!("k{index}");
+        committed(&store, commit(Function::CreateOrder, &key, vec![], vec![reserved_by(&new_order(&[("A-1", 1)]))]))
+            .await;
+        keys.push(key);
+    }
+    committed(&store, commit(Function::CreateOrder, "gone", vec![], vec![reserved_by(&new_order(&[("A-1", 1)]))]))
+        .await;
+    store.mark_published(Function::CreateOrder, "gone").await.expect("mark published");
+
+    // WHEN read three at a time
+    let horizon = Utc::now() + Duration::from_secs(60);
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.unpublished_page(horizon, after, 3).await.expect("read a page");
+        assert!(page.undecodable.is_empty(), "{:?}", page.undecodable);
+        pages.push(page.entries.iter().map(|entry| entry.key.clone()).collect::<Vec<_>>());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(pages.len() < 10, "the pages never end: {pages:?}");
+    }
+
+    // THEN no page holds more than three, and together they hold each entry once
+    assert!(pages.iter().all(|page| page.len() <= 3), "{pages:?}");
+    assert!(pages.len() >= 3, "seven entries need three pages of three: {pages:?}");
+    let mut read: Vec<String> = pages.concat();
+    read.sort();
+    assert_eq!(read, keys);
+}
+
+async fn a_set_aside_entry_leaves_the_outbox_for_good(store: Arc<dyn Store>) {
+    // GIVEN two outbox entries
+    let events = vec![reserved_by(&new_order(&[("A-1", 1)]))];
+    committed(&store, commit(Function::ReserveInventory, "poison", vec![], events.clone())).await;
+    committed(&store, commit(Function::ReserveInventory, "good", vec![], events.clone())).await;
+
+    // WHEN one is set aside (twice: it is idempotent)
+    store.set_aside("reserve-inventory", "poison", "unroutable").await.expect("set aside");
+    store.set_aside("reserve-inventory", "poison", "unroutable").await.expect("set aside again");
+
+    // THEN only the other is still in the outbox, in pages and in full
+    let horizon = Utc::now() + Duration::from_secs(60);
+    let keys =
+        |entries: Vec<shared::store::OutboxEntry>| entries.into_iter().map(|entry| entry.key).collect::<Vec<_>>();
+    assert_eq!(keys(store.unpublished(horizon).await.expect("read the outbox")), ["good"]);
+    assert_eq!(keys(store.unpublished_page(horizon, None, 10).await.expect("read a page").entries), ["good"]);
+    // AND its processed record stays: a redelivered event is still a duplicate
+    assert_eq!(store.processed(Function::ReserveInventory, "poison").await.expect("read"), Some(events.clone()));
+    // AND pruning never takes it
+    store.prune_processed().await.expect("prune");
+    assert_eq!(store.processed(Function::ReserveInventory, "poison").await.expect("read"), Some(events.clone()));
+
+    // Setting aside a published entry or an unknown one changes nothing
+    store.mark_published(Function::ReserveInventory, "good").await.expect("mark published");
+    store.set_aside("reserve-inventory", "good", "late").await.expect("set aside a published entry");
+    store.set_aside("no-such-function", "nothing", "unknown").await.expect("set aside an unknown entry");
+    assert_eq!(store.processed(Function::ReserveInventory, "good").await.expect("read"), Some(events));
+    assert_eq!(store.unpublished(horizon).await.expect("read the outbox"), []);
+}
+
+// ---------------------------------------------------------------- stock import
+
+async fn put_stock_is_a_versioned_write(store: Arc<dyn Store>) {
+    let new = SeedStock { sku: sku("A-1"), available: 4, max_replenish: 2 }.initial_level();
+    assert!(store.put_stock(&new).await.expect("insert"), "version 0 inserts a new SKU");
+    assert!(!store.put_stock(&new).await.expect("insert again"), "version 0 of an existing SKU fails");
+    let read = stock_of(&store, "A-1").await;
+    assert_eq!(read, StockLevel { version: 1, ..new });
+    let more = StockLevel { available: 9, seeded: 9, ..read.clone() };
+    assert!(store.put_stock(&more).await.expect("update"), "the version read is current");
+    assert!(!store.put_stock(&more).await.expect("update again"), "the version read is stale now");
+    assert_eq!(stock_of(&store, "A-1").await, StockLevel { version: 2, ..more });
+}
+
+async fn a_stock_import_adds_and_updates_skus_and_is_idempotent(store: Arc<dyn Store>) {
+    // GIVEN A-1 seeded with 10, 3 of them reserved and 2 of those shipped
+    seed(&store, &[("A-1", 10, 5)]).await;
+    for (key, delta) in [("r", StockDelta::reserve(sku("A-1"), 3)), ("s", StockDelta::ship(sku("A-1"), 2))] {
+        committed(&store, commit(Function::SettleInventory, key, vec![Write::StockDelta(delta)], vec![])).await;
+    }
+
+    // WHEN a file states A-1 has 20 available (max 8) and adds B-2
+    let file = catalog(&[("A-1", 20, 8), ("B-2", 6, 1)]);
+    let report = shared::store::import_stock(&*store, &file).await.expect("import");
+
+    // THEN A-1 is updated, B-2 added, and every counter of the sagas kept
+    assert_eq!((report.added, report.updated, report.unchanged), (1, 1, 0));
+    let a = stock_of(&store, "A-1").await;
+    assert_eq!((a.seeded, a.available, a.reserved, a.shipped, a.max_replenish), (10 + 13, 20, 1, 2, 8));
+    assert!(a.is_conserved(), "{a:?}");
+    let b = stock_of(&store, "B-2").await;
+    assert_eq!((b.seeded, b.available, b.max_replenish), (6, 6, 1));
+
+    // WHEN the same file is imported again, THEN nothing changes
+    let again = shared::store::import_stock(&*store, &file).await.expect("import again");
+    assert_eq!((again.added, again.updated, again.unchanged), (0, 0, 2));
+    assert_eq!(stock_of(&store, "A-1").await, a);
+    assert_eq!(stock_of(&store, "B-2").await, b);
+}
+
+async fn a_stock_import_that_would_count_out_replenished_units_changes_nothing(store: Arc<dyn Store>) {
+    // GIVEN A-1 seeded with 1 and replenished with 10
+    seed(&store, &[("A-1", 1, 10)]).await;
+    let replenished = Write::StockDelta(StockDelta::replenish(sku("A-1"), 10));
+    committed(&store, commit(Function::ReplenishStock, "r", vec![replenished], vec![])).await;
+    let before = store.all_stock().await.expect("read");
+
+    // WHEN a file adds C-3 and sets A-1 to 0 available
+    let error = shared::store::import_stock(&*store, &catalog(&[("C-3", 5, 5), ("A-1", 0, 10)]))
+        .await
+        .expect_err("counting out replenished units is refused");
+
+    // THEN it says why and nothing was written, not even C-3
+    assert!(error.to_string().contains("A-1"), "{error}");
+    assert_eq!(store.all_stock().await.expect("read"), before);
+}
+
+async fn a_stock_import_never_overwrites_a_concurrent_reservation(store: Arc<dyn Store>) {
+    // GIVEN A-1 with 100 units
+    seed(&store, &[("A-1", 100, 5)]).await;
+
+    // WHEN 20 reservations of 1 unit commit while imports keep stating 50 available
+    let reservations = (0..20).map(|index| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let write = Write::StockDelta(StockDelta::reserve(sku("A-1"), 1));
+            committed(&store, commit(Function::ReserveInventory, &format!("r{index}"), vec![write], vec![])).await;
+        })
+    });
+    let imports = (0..5).map(|_| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            shared::store::import_stock(&*store, &catalog(&[("A-1", 50, 5)])).await.expect("import");
+        })
+    });
+    for task in reservations.chain(imports).collect::<Vec<_>>() {
+        task.await.expect("task");
+    }
+
+    // THEN every reservation is still held and stock is conserved
+    let after = stock_of(&store, "A-1").await;
+    assert_eq!(after.reserved, 20, "{after:?}");
+    assert!(after.is_conserved(), "{after:?}");
+}
+
+// ---------------------------------------------------------------- retention (per adapter)
+
+#[tokio::test]
+async fn sqlite_prunes_published_records_past_the_retention_only() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("choreo.db");
+    let events = vec![reserved_by(&new_order(&[("A-1", 1)]))];
+    // GIVEN a published record, an unpublished one, a set-aside one and one that emitted nothing
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("open"));
+    for key in ["published", "pending", "poison"] {
+        committed(&store, commit(Function::CreateOrder, key, vec![], events.clone())).await;
+    }
+    committed(&store, commit(Function::OrderStatus, "silent", vec![], vec![])).await;
+    store.mark_published(Function::CreateOrder, "published").await.expect("mark");
+    store.set_aside("create-order", "poison", "unroutable").await.expect("set aside");
+
+    // WHEN pruned with the default retention, THEN nothing is old enough
+    assert_eq!(store.prune_processed().await.expect("prune"), 0);
+
+    // WHEN pruned by a store keeping records for no time at all
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("open again").with_retention(Duration::ZERO));
+    assert_eq!(store.prune_processed().await.expect("prune"), 2);
+
+    // THEN the published records are gone, the pending and set-aside ones kept
+    assert_eq!(store.processed(Function::CreateOrder, "published").await.expect("read"), None);
+    assert_eq!(store.processed(Function::OrderStatus, "silent").await.expect("read"), None);
+    assert_eq!(store.processed(Function::CreateOrder, "pending").await.expect("read"), Some(events.clone()));
+    assert_eq!(store.processed(Function::CreateOrder, "poison").await.expect("read"), Some(events));
+    assert_eq!(store.unpublished(Utc::now() + Duration::from_secs(60)).await.expect("read").len(), 1);
+}
+
+#[tokio::test]
+async fn dynamodb_published_records_carry_expires_at_and_pending_ones_do_not() {
+    let subject = Subject::dynamodb(false).await;
+    let Some((client, prefix)) = subject.dynamo.clone() else { unreachable!("a DynamoDB subject") };
+    let retention = Duration::from_secs(2 * 86_400);
+    let store: Arc<dyn Store> = Arc::new(DynamoStore::new(client.clone(), prefix.clone()).with_retention(retention));
+    let events = vec![reserved_by(&new_order(&[("A-1", 1)]))];
+    let start = Utc::now().timestamp();
+    committed(&store, commit(Function::CreateOrder, "published", vec![], events.clone())).await;
+    committed(&store, commit(Function::CreateOrder, "pending", vec![], events.clone())).await;
+    committed(&store, commit(Function::CreateOrder, "poison", vec![], events.clone())).await;
+    committed(&store, commit(Function::OrderStatus, "silent", vec![], vec![])).await;
+    store.mark_published(Function::CreateOrder, "published").await.expect("mark");
+    store.set_aside("create-order", "poison", "unroutable").await.expect("set aside");
+
+    let expires_at = |key: &'static str| {
+        let (client, table) = (client.clone(), PROCESSED.name(&prefix));
+        async move {
+            let item = client
+                .get_item()
+                .table_name(table)
+                .key("pk", AttributeValue::S(key.to_owned()))
+                .send()
+                .await
+                .expect("get the processed record")
+                .item
+                .expect("the record exists");
+            item.get(shared::store::dynamodb::EXPIRES_AT)
+                .map(|value| value.as_n().expect("a number").parse::<i64>().expect("epoch seconds"))
+        }
+    };
+    // THEN published records expire one retention after they were published (epoch seconds)
+    let end = Utc::now().timestamp();
+    let window = start + 2 * 86_400..=end + 2 * 86_400;
+    for key in ["create-order#published", "order-status#silent"] {
+        let at = expires_at(key).await.unwrap_or_else(|| panic!("{key} has no expires_at"));
+        assert!(window.contains(&at), "{key}: expires_at {at} outside {window:?}");
+    }
+    // AND an entry still in the outbox or set aside never expires
+    assert_eq!(expires_at("create-order#pending").await, None);
+    assert_eq!(expires_at("create-order#poison").await, None);
+    // AND DynamoDB prunes by itself
+    assert_eq!(store.prune_processed().await.expect("prune"), 0);
+    subject.drop_tables().await;
 }

@@ -430,6 +430,23 @@ impl Store for InterleavingStore {
     async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError> {
         self.inner.mark_published(function, key).await
     }
+    async fn unpublished_page(
+        &self,
+        committed_before: DateTime<Utc>,
+        after: Option<shared::store::OutboxCursor>,
+        limit: usize,
+    ) -> Result<shared::store::OutboxPage, StoreError> {
+        self.inner.unpublished_page(committed_before, after, limit).await
+    }
+    async fn set_aside(&self, function: &str, key: &str, reason: &str) -> Result<(), StoreError> {
+        self.inner.set_aside(function, key, reason).await
+    }
+    async fn prune_processed(&self) -> Result<usize, StoreError> {
+        self.inner.prune_processed().await
+    }
+    async fn put_stock(&self, level: &StockLevel) -> Result<bool, StoreError> {
+        self.inner.put_stock(level).await
+    }
     async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
         if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             let mut released = self.released.subscribe();
@@ -514,6 +531,23 @@ impl Store for ForgetfulStore {
     }
     async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError> {
         self.0.mark_published(function, key).await
+    }
+    async fn unpublished_page(
+        &self,
+        committed_before: DateTime<Utc>,
+        after: Option<shared::store::OutboxCursor>,
+        limit: usize,
+    ) -> Result<shared::store::OutboxPage, StoreError> {
+        self.0.unpublished_page(committed_before, after, limit).await
+    }
+    async fn set_aside(&self, function: &str, key: &str, reason: &str) -> Result<(), StoreError> {
+        self.0.set_aside(function, key, reason).await
+    }
+    async fn prune_processed(&self) -> Result<usize, StoreError> {
+        self.0.prune_processed().await
+    }
+    async fn put_stock(&self, level: &StockLevel) -> Result<bool, StoreError> {
+        self.0.put_stock(level).await
     }
     async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
         self.0.stock(skus).await

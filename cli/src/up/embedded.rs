@@ -29,9 +29,11 @@ impl Embedded {
         let bus = InProcessBus::start(crate::steps::all(), ports, config.delivery, config.observer);
         // Sagas a previous run left mid-way carry on from their last committed step.
         let resumed = relay_outbox(&*store, &bus, Duration::ZERO).await?;
-        if resumed > 0 {
-            tracing::info!(events = resumed, "re-published events a previous run left in the outbox");
+        if resumed.events > 0 {
+            tracing::info!(events = resumed.events, "re-published events a previous run left in the outbox");
         }
+        // No relay runs here (the bus settles its own entries): prune beside it.
+        tokio::spawn(shared::store::prune_forever(Arc::clone(&store), std::future::pending()));
         let router = app_router(Arc::clone(&store), Arc::new(bus.clone()));
         Ok(Self { store, bus, router })
     }

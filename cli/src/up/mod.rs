@@ -1,5 +1,6 @@
 //! `choreo up`: every function linked into one process around a bus, the
-//! HTTP API on a local port, SQLite underneath. The bus is in-process
+//! HTTP API on a local port, the configured store underneath (SQLite, or
+//! DynamoDB with `CHOREO_STORE=dynamodb`). The bus is in-process
 //! (`embedded`) or RabbitMQ (`over_amqp`); both share what is here.
 
 mod embedded;
@@ -9,13 +10,12 @@ pub use self::embedded::Embedded;
 pub use self::over_amqp::{AmqpSystem, LinkedSteps};
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
 use shared::bus::{DeliverySettings, Publisher, RelayError, StepObserver};
+use shared::config::{ConfigError, StoreSettings};
 use shared::step::ShipCountries;
-use shared::store::sqlite::SqliteStore;
 use shared::store::{SeedStock, Store, StoreError};
 use tokio::net::TcpListener;
 
@@ -28,6 +28,8 @@ pub enum StartError {
     Catalog { path: String, error: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("{0}")]
     Broker(String),
     #[error("re-publishing the outbox failed: {0}")]
@@ -42,9 +44,10 @@ pub fn parse_catalog(path: &str, text: &str) -> Result<Vec<SeedStock>, StartErro
 /// What `choreo up` runs with, whichever bus carries the events.
 #[derive(Clone, Debug)]
 pub struct UpConfig {
-    /// The SQLite file every step shares (created and seeded when new).
-    pub db: PathBuf,
-    /// The catalog a new database is seeded with.
+    /// The store every step shares: SQLite (the file is created when new) or
+    /// DynamoDB (missing tables are created); seeded when its stock is empty.
+    pub store: StoreSettings,
+    /// The catalog an empty store is seeded with.
     pub catalog: Vec<SeedStock>,
     /// Where `ship-order` delivers.
     pub ship_countries: ShipCountries,
@@ -54,12 +57,13 @@ pub struct UpConfig {
     pub observer: Option<StepObserver>,
 }
 
-/// Opens the store `choreo up` runs on and seeds it when it is new.
+/// Opens the store `choreo up` runs on, creating missing DynamoDB tables,
+/// and seeds it when its stock is empty.
 async fn open_seeded_store(config: &UpConfig) -> Result<Arc<dyn Store>, StartError> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.db)?);
+    let store = config.store.open_creating_tables().await?;
     let seeded = store.seed_if_empty(&config.catalog).await?;
     if seeded > 0 {
-        tracing::info!(skus = seeded, db = %config.db.display(), "seeded a new inventory");
+        tracing::info!(skus = seeded, store = %config.store, "seeded a new inventory");
     }
     Ok(store)
 }

@@ -13,7 +13,7 @@ use crate::contract::choreography::Function;
 use crate::contract::events::Event;
 
 pub use self::delivery::{DeliverySettings, ObserveFn, StepObserver, log_step};
-pub use self::relay::{RelayError, publish_committed, relay_forever, relay_outbox};
+pub use self::relay::{RELAY_PAGE, RelayError, RelayReport, publish_committed, relay_forever, relay_outbox, relay_outbox_paged};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

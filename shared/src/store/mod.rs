@@ -11,8 +11,11 @@
 //! and onto a DynamoDB `TransactWriteItems` with condition expressions.
 
 pub mod dynamodb;
+mod outbox;
 mod records;
+mod retention;
 pub mod sqlite;
+mod stock_import;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,9 +24,12 @@ use crate::contract::choreography::Function;
 use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
 
+pub use outbox::{OutboxCursor, OutboxPage, UndecodableEntry};
 pub use records::{
     HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, Shipment, StockDelta, StockLevel,
 };
+pub use retention::{DEFAULT_PROCESSED_RETENTION, parse_retention, prune_forever};
+pub use stock_import::{ImportError, ImportReport, import_stock, imported_level};
 
 /// One record a step writes; its `version` is the version it read (0: must
 /// not exist yet), except for `StockDelta`, which is relative and unversioned.
@@ -125,9 +131,37 @@ pub trait Store: Send + Sync + 'static {
     // --- processed events (idempotency) and outbox ---
     async fn processed(&self, function: Function, key: &str) -> Result<Option<Vec<Event>>, StoreError>;
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError>;
-    /// Outbox entries committed before `committed_before` and not yet marked published.
-    async fn unpublished(&self, committed_before: DateTime<Utc>) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Every outbox entry committed before `committed_before` and neither
+    /// published nor set aside, oldest first (all pages of
+    /// [`Store::unpublished_page`]; an undecodable entry is an error here).
+    async fn unpublished(&self, committed_before: DateTime<Utc>) -> Result<Vec<OutboxEntry>, StoreError> {
+        outbox::read_all(self, committed_before).await
+    }
+    /// Rule: one page of the outbox, at most `limit` entries committed before
+    /// `committed_before` and neither published nor set aside, in commit
+    /// order, starting after `after` (the `next` of the previous page). An
+    /// entry the store cannot decode comes back in `undecodable` instead of
+    /// failing the page, so that one bad record never hides the others.
+    async fn unpublished_page(
+        &self,
+        committed_before: DateTime<Utc>,
+        after: Option<OutboxCursor>,
+        limit: usize,
+    ) -> Result<OutboxPage, StoreError>;
+    /// Rule: publishing a processed record's events succeeded; it leaves the
+    /// outbox and becomes prunable (see [`Store::prune_processed`]).
     async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError>;
+    /// Rule: an outbox entry that can never be published (unroutable,
+    /// undecodable) leaves the outbox for good, durably, with `reason`; it is
+    /// never retried and never pruned (an operator looks at it). `function`
+    /// is the stored name, which may not be a known function. Setting aside
+    /// an entry that was published meanwhile, or an unknown one, does nothing.
+    async fn set_aside(&self, function: &str, key: &str, reason: &str) -> Result<(), StoreError>;
+    /// Rule (retention): deletes the processed records that were published and
+    /// committed more than the store's retention ago; answers how many. A
+    /// store that expires them by itself (DynamoDB TTL on `expires_at`)
+    /// answers 0. Unpublished and set-aside records are never pruned.
+    async fn prune_processed(&self) -> Result<usize, StoreError>;
 
     // --- inventory ---
     /// Stock of the SKUs that exist; unknown SKUs are simply absent.
@@ -136,6 +170,12 @@ pub trait Store: Send + Sync + 'static {
     async fn reservation(&self, order_id: OrderId) -> Result<Option<Reservation>, StoreError>;
     /// Seeds the catalog when it is empty; answers how many SKUs it wrote.
     async fn seed_if_empty(&self, catalog: &[SeedStock]) -> Result<usize, StoreError>;
+    /// A versioned write of one whole stock level, outside any step: version
+    /// 0 inserts it if the SKU is absent, a later version rewrites it if it is
+    /// still at that version (the stored version becomes `version + 1`).
+    /// Answers `false`, writing nothing, when the condition fails. Stock
+    /// imports ([`import_stock`]) are built on it.
+    async fn put_stock(&self, level: &StockLevel) -> Result<bool, StoreError>;
 
     // --- orders ---
     async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError>;

@@ -31,6 +31,11 @@ pub(super) const FUNCTION: &str = "function";
 pub(super) const KEY: &str = "key";
 pub(super) const EMITTED: &str = "emitted";
 pub(super) const PUBLISHED: &str = "published";
+/// Why an outbox entry was set aside (only on set-aside records).
+pub(super) const SET_ASIDE: &str = "set_aside";
+/// When it was set aside, Unix milliseconds.
+pub(super) const SET_ASIDE_AT: &str = "set_aside_at";
+pub(super) use super::tables::EXPIRES_AT;
 
 pub(super) fn processed_key(function: Function, key: &str) -> String {
     format!("{}#{key}", function.name())

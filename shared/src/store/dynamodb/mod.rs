@@ -19,19 +19,20 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use chrono::{DateTime, Utc};
 
 use self::codec::*;
-use self::errors::{corrupt, invalid_request, sdk_error};
+use self::errors::{invalid_request, sdk_error};
 use self::transaction::{Cancellation, classify};
 use crate::contract::choreography::Function;
 use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
 use crate::store::{
-    Commit, CommitOutcome, OrderRecord, OutboxEntry, Reservation, SeedStock, Shipment, StockLevel, Store, StoreError,
+    Commit, CommitOutcome, DEFAULT_PROCESSED_RETENTION, OrderRecord, OutboxCursor, OutboxEntry, OutboxPage,
+    Reservation, SeedStock, Shipment, StockLevel, Store, StoreError, UndecodableEntry,
 };
 
 use self::tables::PENDING;
 pub use self::tables::{
-    DEFAULT_TABLE_PREFIX, IndexSpec, KeyAttribute, KeyAttributeType, ORDERS, OUTBOX_INDEX, PROCESSED, RESERVATIONS,
-    SHIPMENTS, STOCK, TABLES, TableSpec,
+    DEFAULT_TABLE_PREFIX, EXPIRES_AT, IndexSpec, KeyAttribute, KeyAttributeType, ORDERS, OUTBOX_INDEX, PROCESSED,
+    RESERVATIONS, SHIPMENTS, STOCK, TABLES, TableSpec,
 };
 pub use self::transaction::MAX_TRANSACTION_ITEMS;
 
@@ -53,6 +54,8 @@ pub struct DynamoStore {
     shipments: String,
     /// Full name of the processed-events table (idempotency and outbox).
     processed: String,
+    /// How long a published processed record lives (its `expires_at`).
+    retention: Duration,
 }
 
 impl DynamoStore {
@@ -67,7 +70,18 @@ impl DynamoStore {
             processed: PROCESSED.name(&prefix),
             client,
             prefix,
+            retention: DEFAULT_PROCESSED_RETENTION,
         }
+    }
+
+    /// The same store, expiring published processed records after `retention`.
+    pub fn with_retention(self, retention: Duration) -> Self {
+        Self { retention, ..self }
+    }
+
+    /// `expires_at` of a record published now: epoch seconds.
+    fn expires_at(&self) -> AttributeValue {
+        number(Utc::now().timestamp().unsigned_abs().saturating_add(self.retention.as_secs()))
     }
 
     /// The full name of `table` for this store's prefix.
@@ -165,44 +179,95 @@ impl Store for DynamoStore {
         }
     }
 
-    async fn unpublished(&self, committed_before: DateTime<Utc>) -> Result<Vec<OutboxEntry>, StoreError> {
+    async fn unpublished_page(
+        &self,
+        committed_before: DateTime<Utc>,
+        after: Option<OutboxCursor>,
+        limit: usize,
+    ) -> Result<OutboxPage, StoreError> {
         let table = &self.processed;
-        let mut entries = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .query()
-                .table_name(table)
-                .index_name(OUTBOX_INDEX.name)
-                .key_condition_expression("#outbox = :pending AND #committed_at < :before")
-                .expression_attribute_names("#outbox", OUTBOX_INDEX.partition_key.name)
-                .expression_attribute_names("#committed_at", OUTBOX_INDEX.sort_key.name)
-                .expression_attribute_values(":pending", AttributeValue::S(PENDING.to_owned()))
-                .expression_attribute_values(
-                    ":before",
-                    number(committed_before.timestamp_millis().max(0).unsigned_abs()),
-                )
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|error| sdk_error(&format!("Query {table} index {}", OUTBOX_INDEX.name), error))?;
-            for item in output.items.unwrap_or_default() {
-                let fields = Fields::of(table, &item);
-                let name = fields.text(FUNCTION)?;
-                let function =
-                    Function::from_name(name).ok_or_else(|| corrupt(table, format!("unknown function '{name}'")))?;
-                entries.push(OutboxEntry {
-                    function,
-                    key: fields.text(KEY)?.to_owned(),
-                    events: emitted(table, &item)?,
-                });
+        // The index's own position of the last entry read: table key + index keys.
+        let start = after.map(|cursor| {
+            Item::from([
+                (
+                    PROCESSED.partition_key.name.to_owned(),
+                    AttributeValue::S(format!("{}#{}", cursor.function, cursor.key)),
+                ),
+                (OUTBOX_INDEX.partition_key.name.to_owned(), AttributeValue::S(PENDING.to_owned())),
+                (OUTBOX_INDEX.sort_key.name.to_owned(), AttributeValue::N(cursor.committed_at_ms.to_string())),
+            ])
+        });
+        let output = self
+            .client
+            .query()
+            .table_name(table)
+            .index_name(OUTBOX_INDEX.name)
+            .key_condition_expression("#outbox = :pending AND #committed_at < :before")
+            .expression_attribute_names("#outbox", OUTBOX_INDEX.partition_key.name)
+            .expression_attribute_names("#committed_at", OUTBOX_INDEX.sort_key.name)
+            .expression_attribute_values(":pending", AttributeValue::S(PENDING.to_owned()))
+            .expression_attribute_values(":before", number(committed_before.timestamp_millis().max(0).unsigned_abs()))
+            .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|error| sdk_error(&format!("Query {table} index {}", OUTBOX_INDEX.name), error))?;
+        let mut page = OutboxPage::default();
+        let mut last = None;
+        for item in output.items.unwrap_or_default() {
+            let fields = Fields::of(table, &item);
+            // Without these the record cannot even be named: the index holds
+            // only records this adapter wrote, so that is a corrupt table.
+            let name = fields.text(FUNCTION)?.to_owned();
+            let key = fields.text(KEY)?.to_owned();
+            let committed_at_ms = i64::try_from(fields.number(OUTBOX_INDEX.sort_key.name)?).unwrap_or(i64::MAX);
+            match (Function::from_name(&name), emitted(table, &item)) {
+                (Some(function), Ok(events)) => page.entries.push(OutboxEntry { function, key: key.clone(), events }),
+                (None, _) => page.undecodable.push(UndecodableEntry {
+                    function: name.clone(),
+                    key: key.clone(),
+                    reason: format!("unknown function '{name}'"),
+                }),
+                (Some(_), Err(error)) => page.undecodable.push(UndecodableEntry {
+                    function: name.clone(),
+                    key: key.clone(),
+                    reason: format!("events do not decode: {error}"),
+                }),
             }
-            start = output.last_evaluated_key.filter(|key| !key.is_empty());
-            if start.is_none() {
-                return Ok(entries);
-            }
+            last = Some(OutboxCursor { committed_at_ms, function: name, key });
         }
+        page.next = output.last_evaluated_key.filter(|key| !key.is_empty()).and(last);
+        Ok(page)
+    }
+
+    async fn set_aside(&self, function: &str, key: &str, reason: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.processed)
+            .key(PROCESSED.partition_key.name, AttributeValue::S(format!("{function}#{key}")))
+            // Out of the index for good, kept for good (no TTL), with its reason.
+            .update_expression("SET #reason = :reason, #at = :at REMOVE #outbox, #expires_at")
+            // Only an entry still in the outbox: a published one stays published.
+            .condition_expression("attribute_exists(#outbox)")
+            .expression_attribute_names("#reason", SET_ASIDE)
+            .expression_attribute_names("#at", SET_ASIDE_AT)
+            .expression_attribute_names("#outbox", OUTBOX_INDEX.partition_key.name)
+            .expression_attribute_names("#expires_at", EXPIRES_AT)
+            .expression_attribute_values(":reason", AttributeValue::S(reason.to_owned()))
+            .expression_attribute_values(":at", number(Utc::now().timestamp_millis().unsigned_abs()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if error.code() == Some("ConditionalCheckFailedException") => Ok(()), // settled meanwhile
+            Err(error) => Err(sdk_error(&format!("UpdateItem {}", self.processed), error)),
+        }
+    }
+
+    /// DynamoDB expires published records itself (TTL on `expires_at`).
+    async fn prune_processed(&self) -> Result<usize, StoreError> {
+        Ok(0)
     }
 
     async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError> {
@@ -212,13 +277,15 @@ impl Store for DynamoStore {
             .table_name(&self.processed)
             .key(PROCESSED.partition_key.name, AttributeValue::S(processed_key(function, key)))
             // Leaving the sparse index is what takes the entry out of the outbox.
-            .update_expression("SET #published = :true REMOVE #outbox")
+            .update_expression("SET #published = :true, #expires_at = :expires_at REMOVE #outbox")
             // Without it an unknown key would create a half record.
             .condition_expression("attribute_exists(#pk)")
             .expression_attribute_names("#published", PUBLISHED)
             .expression_attribute_names("#outbox", OUTBOX_INDEX.partition_key.name)
             .expression_attribute_names("#pk", PROCESSED.partition_key.name)
+            .expression_attribute_names("#expires_at", EXPIRES_AT)
             .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":expires_at", self.expires_at())
             .send()
             .await;
         match result {
@@ -336,6 +403,26 @@ impl Store for DynamoStore {
             }
         }
         Ok(written)
+    }
+
+    async fn put_stock(&self, level: &StockLevel) -> Result<bool, StoreError> {
+        let table = &self.stock;
+        let mut item = stock_item(level);
+        item.insert(VERSION.to_owned(), number(level.version + 1));
+        let put = self.client.put_item().table_name(table).set_item(Some(item));
+        let put = if level.version == 0 {
+            put.condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", STOCK.partition_key.name)
+        } else {
+            put.condition_expression("#version = :read")
+                .expression_attribute_names("#version", VERSION)
+                .expression_attribute_values(":read", number(level.version))
+        };
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(error) if error.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(error) => Err(sdk_error(&format!("PutItem {table}"), error)),
+        }
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {

@@ -9,7 +9,7 @@
 //! | `reservations` | `order_id` (S) | `items` (S, JSON), `state` (S: `reserved`/`shipped`/`released`), `version` (N) |
 //! | `orders` | `order_id` (S) | `body` (S, the `OrderRecord` as JSON), `version` (N) |
 //! | `shipments` | `order_id` (S) | `tracking_number` (S), `version` (N) |
-//! | `processed` | `pk` (S, `<function>#<key>`) | `function`, `key` (S), `emitted` (S, JSON array of events), `published` (BOOL), `committed_at` (N, Unix ms), `outbox` (S, see below) |
+//! | `processed` | `pk` (S, `<function>#<key>`) | `function`, `key` (S), `emitted` (S, JSON array of events), `published` (BOOL), `committed_at` (N, Unix ms), `outbox` (S, see below), `expires_at` (N, Unix s, the TTL), `set_aside`, `set_aside_at` (see below) |
 //!
 //! The outbox is a *sparse* global secondary index `outbox` on `processed`:
 //! partition key `outbox` (S, always `pending`), sort key `committed_at` (N),
@@ -22,6 +22,15 @@
 //! idempotent). The single `pending` partition of the index takes every
 //! commit that emits events, about 1000 writes/s at most; past that, shard it
 //! (`pending#0..n`) and query each shard.
+//!
+//! Retention: a published processed record carries `expires_at` (Unix
+//! seconds: when it was published, or committed if it emitted nothing, plus
+//! the store's retention), the attribute the table's TTL is enabled on
+//! ([`EXPIRES_AT`]; see `store::retention` for why the retention must exceed
+//! every redelivery window). A record still in the outbox has none, so the TTL
+//! never drops unpublished events. A set-aside entry (poison: it can never be
+//! published) leaves the index, keeps its record for good (no `expires_at`)
+//! and carries `set_aside` (S, the reason) and `set_aside_at` (N, Unix ms).
 
 use std::time::Duration;
 
@@ -148,6 +157,10 @@ pub const PROCESSED: TableSpec =
 
 /// Every table of the store, declared once.
 pub const TABLES: [TableSpec; 5] = [STOCK, RESERVATIONS, ORDERS, SHIPMENTS, PROCESSED];
+
+/// The attribute DynamoDB's TTL is enabled on, on the processed table
+/// (epoch seconds); the SAM template names it from here.
+pub const EXPIRES_AT: &str = "expires_at";
 
 /// The value of the outbox index's partition key on unpublished records.
 pub(super) const PENDING: &str = "pending";

@@ -56,7 +56,11 @@ impl DynamoStore {
             (PUBLISHED.to_owned(), AttributeValue::Bool(commit.is_published_when_committed())),
             (OUTBOX_INDEX.sort_key.name.to_owned(), number(Utc::now().timestamp_millis().unsigned_abs())),
         ]);
-        if !commit.is_published_when_committed() {
+        if commit.is_published_when_committed() {
+            item.insert(EXPIRES_AT.to_owned(), self.expires_at());
+        } else {
+            // Expires only once published (`mark_published` sets it): an
+            // entry still in the outbox is never lost to the TTL.
             item.insert(OUTBOX_INDEX.partition_key.name.to_owned(), AttributeValue::S(PENDING.to_owned()));
         }
         let put = Put::builder()

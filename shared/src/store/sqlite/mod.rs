@@ -3,23 +3,26 @@
 //! wait for the writer. It runs on threads of its own (`threads`); a commit's
 //! SQL is in `writes`.
 
+mod outbox;
 mod threads;
 mod writes;
 
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
+use self::outbox::{prune_batch, read_page, set_aside_in};
 use self::threads::{Threads, unavailable};
 use self::writes::{apply, commit_in, decode_events};
 use crate::contract::choreography::Function;
 use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
 use crate::store::{
-    Commit, CommitOutcome, OrderRecord, OutboxEntry, Reservation, ReservationState, SeedStock, Shipment, StockLevel,
-    Store, StoreError, Write,
+    Commit, CommitOutcome, DEFAULT_PROCESSED_RETENTION, OrderRecord, OutboxCursor, OutboxPage, Reservation,
+    ReservationState, SeedStock, Shipment, StockLevel, Store, StoreError, Write,
 };
 
 const SCHEMA: &str = "
@@ -45,17 +48,29 @@ CREATE TABLE IF NOT EXISTS processed (
     PRIMARY KEY (function, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS processed_unpublished ON processed (published) WHERE published = 0;
+CREATE TABLE IF NOT EXISTS set_aside (
+    function TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL, set_aside_at INTEGER NOT NULL,
+    PRIMARY KEY (function, key)
+) WITHOUT ROWID;
 ";
 
 pub struct SqliteStore {
     /// The writer and reader threads every call runs on (rusqlite blocks).
     threads: Threads,
+    /// How long published processed records are kept (`prune_processed`).
+    retention: Duration,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and its schema.
+    /// Opens (creating if needed) the database file and its schema, with the
+    /// default retention of processed records.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self { threads: Threads::open(path, SCHEMA)? })
+        Ok(Self { threads: Threads::open(path, SCHEMA)?, retention: DEFAULT_PROCESSED_RETENTION })
+    }
+
+    /// The same store, keeping published processed records for `retention`.
+    pub fn with_retention(self, retention: Duration) -> Self {
+        Self { retention, ..self }
     }
 }
 
@@ -121,30 +136,31 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn unpublished(&self, committed_before: DateTime<Utc>) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.threads
-            .read(move |connection| {
-                let mut statement = connection
-                    .prepare_cached(
-                        "SELECT function, key, emitted FROM processed WHERE published = 0 AND committed_at < ?1
-                     ORDER BY committed_at",
-                    )
-                    .map_err(unavailable)?;
-                let rows = statement
-                    .query_map([committed_before.timestamp_millis()], |row| {
-                        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
-                    })
-                    .map_err(unavailable)?;
-                let mut entries = Vec::new();
-                for row in rows {
-                    let (function, key, emitted) = row.map_err(unavailable)?;
-                    let function = Function::from_name(&function)
-                        .ok_or_else(|| corrupt(format!("unknown function '{function}'")))?;
-                    entries.push(OutboxEntry { function, key, events: decode_events(&emitted)? });
-                }
-                Ok(entries)
-            })
-            .await
+    async fn unpublished_page(
+        &self,
+        committed_before: DateTime<Utc>,
+        after: Option<OutboxCursor>,
+        limit: usize,
+    ) -> Result<OutboxPage, StoreError> {
+        self.threads.read(move |connection| read_page(connection, committed_before, after.as_ref(), limit)).await
+    }
+
+    async fn set_aside(&self, function: &str, key: &str, reason: &str) -> Result<(), StoreError> {
+        let (function, key, reason) = (function.to_owned(), key.to_owned(), reason.to_owned());
+        self.threads.write(|()| true, move |connection| set_aside_in(connection, &function, &key, &reason)).await
+    }
+
+    async fn prune_processed(&self) -> Result<usize, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        let mut pruned = 0;
+        // In batches, each its own write, so steps commit in between.
+        loop {
+            let deleted = self.threads.write(|_| true, move |connection| prune_batch(connection, cutoff)).await?;
+            pruned += deleted.count;
+            if !deleted.more {
+                return Ok(pruned);
+            }
+        }
     }
 
     async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError> {
@@ -241,6 +257,11 @@ impl Store for SqliteStore {
                 },
             )
             .await
+    }
+
+    async fn put_stock(&self, level: &StockLevel) -> Result<bool, StoreError> {
+        let write = Write::Stock(level.clone());
+        self.threads.write(|written| *written, move |connection| apply(connection, &write).map_err(unavailable)).await
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
