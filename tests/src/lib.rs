@@ -15,7 +15,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use choreo::up::{DEFAULT_CATALOG, Embedded, UpConfig, parse_catalog};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::bus::DeliverySettings;
 use shared::bus::inprocess::InProcessBus;
 use shared::contract::domain::{OrderId, Sku};
@@ -321,29 +321,7 @@ pub struct Snapshot {
     pub in_flight: usize,
 }
 
-// ---------------------------------------------------------------- bodies
-
-/// A valid `POST /orders` body for these `(sku, quantity)` lines, shipped to France.
-pub fn order_body(items: &[(&str, u64)]) -> Value {
-    let items: Vec<Value> = items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect();
-    json!({
-        "customer_id": "cust-42",
-        "items": items,
-        "shipping_address": {
-            "name": "Ada Lovelace",
-            "line1": "12 St James's Square",
-            "city": "London",
-            "postal_code": "SW1Y 4JH",
-            "country": "FR"
-        }
-    })
-}
-
-/// The same body, shipped to `country`.
-pub fn shipped_to(mut body: Value, country: &str) -> Value {
-    body["shipping_address"]["country"] = json!(country);
-    body
-}
+// ---------------------------------------------------------------- responses
 
 /// The event types of an order's `history`, oldest first.
 pub fn history_types(order: &Value) -> Vec<String> {

@@ -6,8 +6,9 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use choreo_e2e::{RowCounts, TestApp, TestResponse, order_body, post_order_request, raw_request, spawn_app, stock};
+use choreo_e2e::{RowCounts, TestApp, TestResponse, post_order_request, raw_request, spawn_app, stock};
 use serde_json::{Value, json};
+use shared::testkit::order_body;
 
 async fn app() -> TestApp {
     spawn_app(&[stock("WIDGET-1", 5000, 1000), stock("BOLT-7", 1000, 1000)]).await
@@ -57,7 +58,7 @@ async fn assert_nothing_ever_stored(app: &TestApp) {
 }
 
 fn valid() -> Value {
-    order_body(&[("WIDGET-1", 2)])
+    order_body("WIDGET-1", 2, "FR")
 }
 
 fn with(mut body: Value, pointer: &str, value: Value) -> Value {
@@ -228,7 +229,7 @@ async fn a_quantity_is_1_to_1000() {
     assert_valid(&app, &with(valid(), "/items/0/quantity", json!(1))).await;
     // JSON Schema counts 2.0 as the integer 2.
     assert_valid(&app, &with(valid(), "/items/0/quantity", json!(2.0))).await;
-    assert_valid(&app, &order_body(&[("BOLT-7", 1000)])).await;
+    assert_valid(&app, &order_body("BOLT-7", 1000, "FR")).await;
 }
 
 #[tokio::test]

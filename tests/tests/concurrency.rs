@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use choreo_e2e::{TestApp, history_types, order_body, post_order_request, send, spawn_app, stock};
+use choreo_e2e::{TestApp, history_types, post_order_request, send, spawn_app, stock};
 use serde_json::{Value, json};
 use shared::Payload;
 use shared::store::{SeedStock, Store};
+use shared::testkit::{order_body, with_item};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -26,10 +27,11 @@ async fn post_all_at_once(app: &TestApp, bodies: Vec<Value>) -> Vec<String> {
     ids
 }
 
-fn bodies(count: usize, items: &[(&str, u64)]) -> Vec<Value> {
+/// `count` copies of `body`, each from a customer of its own.
+fn bodies(count: usize, body: &Value) -> Vec<Value> {
     (0..count)
         .map(|n| {
-            let mut body = order_body(items);
+            let mut body = body.clone();
             body["customer_id"] = json!(format!("cust-{n}"));
             body
         })
@@ -99,7 +101,7 @@ async fn two_hundred_orders_against(seeded: u64) {
     let watch = StockWatch::start(app.store.clone(), app.catalog.clone());
 
     // WHEN 200 customers each order one unit at the same moment
-    let ids = post_all_at_once(&app, bodies(200, &[("LIMITED-1", 1)])).await;
+    let ids = post_all_at_once(&app, bodies(200, &order_body("LIMITED-1", 1, "FR"))).await;
     app.settle().await;
     watch.stop().await;
 
@@ -154,7 +156,7 @@ async fn concurrent_multi_sku_reservations_are_all_or_nothing() {
     let watch = StockWatch::start(app.store.clone(), app.catalog.clone());
 
     // WHEN 100 orders each want 1 A and 2 B (so B runs out after 20 orders)
-    let ids = post_all_at_once(&app, bodies(100, &[("PART-A", 1), ("PART-B", 2)])).await;
+    let ids = post_all_at_once(&app, bodies(100, &with_item(order_body("PART-A", 1, "FR"), "PART-B", 2))).await;
     app.settle().await;
     watch.stop().await;
 
@@ -174,7 +176,7 @@ async fn with_replenishment_every_order_ends_and_stock_is_conserved() {
     let watch = StockWatch::start(app.store.clone(), app.catalog.clone());
 
     // WHEN 200 customers each order one unit at the same moment
-    let ids = post_all_at_once(&app, bodies(200, &[("LIMITED-2", 1)])).await;
+    let ids = post_all_at_once(&app, bodies(200, &order_body("LIMITED-2", 1, "FR"))).await;
     app.settle().await;
     watch.stop().await;
 

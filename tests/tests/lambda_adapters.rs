@@ -21,7 +21,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
@@ -41,13 +40,13 @@ use settle_inventory::SettleInventory;
 use ship_order::ShipOrder;
 
 use shared::bus::DeliverySettings;
-use shared::bus::amqp::{AmqpLink, CONTENT_TYPE, DEFAULT_AMQP_URL, SAGA_ENDED_QUEUE, Topology};
+use shared::bus::amqp::{AmqpLink, CONTENT_TYPE, SAGA_ENDED_QUEUE, Topology};
 use shared::contract::domain::{CancelReason, OrderId, OrderStatus};
 use shared::host::lambda::{Invocation, LambdaHost, PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE};
 use shared::store::{ReservationState, Store};
+use shared::testkit::broker::Vhost;
 use shared::testkit::{TestStore, event, item, order_created};
 use shared::{Event, EventType, Function, Payload, Step, StepError};
-
 
 /// The one SKU of every fixture order (2 units each) and its stock.
 const SKU: &str = "MUG-RED";
@@ -142,49 +141,6 @@ fn decode(body: &str) -> Event {
 // ---------------------------------------------------------------------------
 // Broker and host
 
-/// A RabbitMQ vhost of this test's own, deleted when dropped.
-struct Vhost {
-    name: String,
-    /// `AMQP_URL` pointed at this vhost.
-    url: String,
-}
-
-impl Vhost {
-    fn create() -> Self {
-        let base = std::env::var("AMQP_URL").ok().filter(|url| !url.is_empty());
-        let base = base.as_deref().unwrap_or(DEFAULT_AMQP_URL);
-        let (scheme, rest) = base.split_once("://").unwrap_or_else(|| panic!("AMQP_URL '{base}' has no scheme"));
-        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-        let user = authority
-            .rsplit_once('@')
-            .map_or("guest", |(credentials, _)| credentials.split(':').next().unwrap_or("guest"));
-        let name = format!("choreo-lambda-test-{}", Uuid::new_v4().simple());
-        rabbitmqctl(&["add_vhost", &name]);
-        let vhost = Self { url: format!("{scheme}://{authority}/{name}"), name };
-        rabbitmqctl(&["set_permissions", "-p", &vhost.name, user, ".*", ".*", ".*"]);
-        vhost
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["-q", "delete_vhost", &self.name]).output();
-    }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let output =
-        Command::new("rabbitmqctl").arg("-q").args(args).output().unwrap_or_else(|error| {
-            panic!("cannot run rabbitmqctl ({error}); scripts/ensure-rabbitmq installs RabbitMQ")
-        });
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// A step hosted as on Lambda, with its store and its broker.
 struct Host {
     host: LambdaHost,
@@ -196,7 +152,7 @@ struct Host {
 
 impl Host {
     async fn new(step: Arc<dyn Step>) -> Self {
-        let vhost = Vhost::create();
+        let vhost = Vhost::new("lambda");
         let link = AmqpLink::new(&vhost.url, "lambda-adapters-test");
         link.declare(&Topology::derive(&DeliverySettings::default()))
             .await

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use choreo_e2e::{TestApp, order_body, shipped_to, spawn_app, stock};
+use choreo_e2e::{TestApp, spawn_app, stock};
 use chrono::{DateTime, Utc};
 use shared::bus::{OutboxRef, Publisher};
 use shared::contract::choreography::consumers_of;
@@ -28,6 +28,7 @@ use shared::store::{
     Commit, CommitOutcome, HistoryEntry, OrderRecord, OutboxEntry, Reservation, ReservationState, SeedStock, Shipment,
     StockLevel, Store, StoreError, Write,
 };
+use shared::testkit::order_body;
 use shared::{Event, Function, Payload, Ports};
 use uuid::Uuid;
 
@@ -46,12 +47,12 @@ fn catalog() -> Vec<SeedStock> {
 async fn run_every_kind_of_saga() -> TestApp {
     let app = spawn_app(&catalog()).await;
     for body in [
-        order_body(&[("WIDGET-1", 2)]),                  // ships
-        order_body(&[("GADGET-2", 10)]),                 // waits for 5 more, then ships
-        order_body(&[("RELIC-9", 5)]),                   // discontinued: out_of_stock
-        order_body(&[("GIZMO-3", 13)]),                  // short of more than max_replenish: out_of_stock
-        shipped_to(order_body(&[("BOLT-7", 20)]), "AQ"), // shipment fails, stock released
-        order_body(&[("NOPE-404", 1)]),                  // unknown_sku
+        order_body("WIDGET-1", 2, "FR"),  // ships
+        order_body("GADGET-2", 10, "FR"), // waits for 5 more, then ships
+        order_body("RELIC-9", 5, "FR"),   // discontinued: out_of_stock
+        order_body("GIZMO-3", 13, "FR"),  // short of more than max_replenish: out_of_stock
+        order_body("BOLT-7", 20, "AQ"),   // shipment fails, stock released
+        order_body("NOPE-404", 1, "FR"),  // unknown_sku
     ] {
         app.post_order(&body).await.order_id();
     }
@@ -476,7 +477,7 @@ async fn a_duplicate_handled_alongside_its_twin_gets_the_first_runs_answer() {
     // GIVEN an order that shipped on A, and B brought by A's events up to
     // the point where settle-inventory is handed order.shipped
     let a = spawn_app(&catalog()).await;
-    let widget = a.post_order(&order_body(&[("WIDGET-1", 2)])).await.order_id();
+    let widget = a.post_order(&order_body("WIDGET-1", 2, "FR")).await.order_id();
     a.settle().await;
     let recorded = a.recorded();
     let ids = commit_ids(&recorded);

@@ -4,9 +4,10 @@
 //! go with placing an order: `Idempotency-Key`, `Location`, the query routes.
 
 use axum::http::{StatusCode, header};
-use choreo_e2e::{TestApp, history_types, order_body, order_id, shipped_to, spawn_app, stock};
+use choreo_e2e::{TestApp, history_types, order_id, spawn_app, stock};
 use serde_json::{Value, json};
 use shared::store::ReservationState;
+use shared::testkit::{order_body, with_item};
 
 /// `GET /inventory/{sku}`, which must answer 200.
 async fn inventory(app: &TestApp, sku: &str) -> Value {
@@ -25,7 +26,7 @@ async fn an_order_in_stock_is_reserved_and_shipped() {
     let app = spawn_app(&[stock("WIDGET-1", 100, 500)]).await;
 
     // WHEN an order for 2 runs its saga
-    let order = app.place_and_settle(&order_body(&[("WIDGET-1", 2)])).await;
+    let order = app.place_and_settle(&order_body("WIDGET-1", 2, "FR")).await;
 
     // THEN it shipped, with a tracking number, after exactly these events
     assert_eq!(order["status"], "SHIPPED");
@@ -53,7 +54,7 @@ async fn an_order_short_of_stock_waits_for_a_replenishment_then_ships() {
     let app = spawn_app(&[stock("GADGET-2", 5, 50)]).await;
 
     // WHEN an order for 10 runs its saga
-    let order = app.place_and_settle(&order_body(&[("GADGET-2", 10)])).await;
+    let order = app.place_and_settle(&order_body("GADGET-2", 10, "FR")).await;
 
     // THEN it waited for stock, got it, and shipped
     assert_eq!(order["status"], "SHIPPED");
@@ -74,7 +75,7 @@ async fn a_shortfall_equal_to_max_replenish_is_filled() {
     let app = spawn_app(&[stock("GIZMO-3", 2, 10)]).await;
 
     // WHEN an order for 12 is short by exactly 10
-    let order = app.place_and_settle(&order_body(&[("GIZMO-3", 12)])).await;
+    let order = app.place_and_settle(&order_body("GIZMO-3", 12, "FR")).await;
 
     // THEN the supplier fills it and the order ships
     assert_eq!(order["status"], "SHIPPED");
@@ -89,7 +90,7 @@ async fn a_shortfall_above_max_replenish_is_cancelled_out_of_stock() {
     let before = app.stock_of("GIZMO-3").await;
 
     // WHEN an order for 13 is short by 11
-    let order = app.place_and_settle(&order_body(&[("GIZMO-3", 13)])).await;
+    let order = app.place_and_settle(&order_body("GIZMO-3", 13, "FR")).await;
 
     // THEN it is cancelled and nothing was reserved or replenished
     assert_eq!(order["status"], "CANCELLED");
@@ -108,7 +109,7 @@ async fn an_order_whose_replenishment_fails_is_cancelled_and_reserves_nothing() 
     let app = spawn_app(&[stock("RELIC-9", 1, 0)]).await;
 
     // WHEN an order for 5 runs its saga
-    let order = app.place_and_settle(&order_body(&[("RELIC-9", 5)])).await;
+    let order = app.place_and_settle(&order_body("RELIC-9", 5, "FR")).await;
 
     // THEN it is cancelled as out of stock
     assert_eq!(order["status"], "CANCELLED");
@@ -134,7 +135,7 @@ async fn a_reservation_is_all_or_nothing_across_items() {
     let before = app.store.all_stock().await.unwrap();
 
     // WHEN one order wants 2 widgets and 5 relics
-    let order = app.place_and_settle(&order_body(&[("WIDGET-1", 2), ("RELIC-9", 5)])).await;
+    let order = app.place_and_settle(&with_item(order_body("WIDGET-1", 2, "FR"), "RELIC-9", 5)).await;
 
     // THEN it is cancelled and not even the widgets were touched
     assert_eq!(order["status"], "CANCELLED");
@@ -150,7 +151,7 @@ async fn a_shipment_to_antarctica_fails_and_the_reserved_stock_is_released() {
     let before = inventory(&app, "BOLT-7").await;
 
     // WHEN an order for 20 is to be shipped to AQ, where nobody ships
-    let order = app.place_and_settle(&shipped_to(order_body(&[("BOLT-7", 20)]), "AQ")).await;
+    let order = app.place_and_settle(&order_body("BOLT-7", 20, "AQ")).await;
 
     // THEN it was reserved, the shipment failed, the stock came back, and it is cancelled
     assert_eq!(order["status"], "CANCELLED");
@@ -175,7 +176,7 @@ async fn an_unknown_sku_cancels_the_order_and_leaves_stock_untouched() {
     let before = app.store.all_stock().await.unwrap();
 
     // WHEN an order names a known and an unknown SKU
-    let order = app.place_and_settle(&order_body(&[("WIDGET-1", 1), ("NOPE-404", 1)])).await;
+    let order = app.place_and_settle(&with_item(order_body("WIDGET-1", 1, "FR"), "NOPE-404", 1)).await;
 
     // THEN it is rejected as a whole
     assert_eq!(order["status"], "CANCELLED");
@@ -191,7 +192,7 @@ async fn an_unknown_sku_cancels_the_order_and_leaves_stock_untouched() {
 async fn the_same_idempotency_key_and_body_give_the_same_order_and_use_stock_once() {
     // GIVEN 100 widgets
     let app = spawn_app(&[stock("WIDGET-1", 100, 500)]).await;
-    let body = order_body(&[("WIDGET-1", 2)]);
+    let body = order_body("WIDGET-1", 2, "FR");
 
     // WHEN the same order is posted twice with the same key
     let first = app.post_order_with_key(&body, "key-0001").await;
@@ -227,13 +228,13 @@ async fn the_same_idempotency_key_and_body_give_the_same_order_and_use_stock_onc
 async fn the_same_idempotency_key_with_a_different_body_is_refused() {
     // GIVEN an order placed with a key, its saga done
     let app = spawn_app(&[stock("WIDGET-1", 100, 500)]).await;
-    let first = app.post_order_with_key(&order_body(&[("WIDGET-1", 2)]), "key-0002").await;
+    let first = app.post_order_with_key(&order_body("WIDGET-1", 2, "FR"), "key-0002").await;
     let id = first.order_id();
     app.settle().await;
     let before = app.snapshot().await;
 
     // WHEN the same key comes with a different order
-    let response = app.post_order_with_key(&order_body(&[("WIDGET-1", 3)]), "key-0002").await;
+    let response = app.post_order_with_key(&order_body("WIDGET-1", 3, "FR"), "key-0002").await;
     app.settle().await;
 
     // THEN it is a 422 problem that is not a validation error
@@ -249,7 +250,7 @@ async fn the_same_idempotency_key_with_a_different_body_is_refused() {
 #[tokio::test]
 async fn different_idempotency_keys_make_different_orders() {
     let app = spawn_app(&[stock("WIDGET-1", 100, 500)]).await;
-    let body = order_body(&[("WIDGET-1", 2)]);
+    let body = order_body("WIDGET-1", 2, "FR");
 
     let first = app.post_order_with_key(&body, "key-A").await.order_id();
     let second = app.post_order_with_key(&body, "key-B").await.order_id();
@@ -297,7 +298,7 @@ async fn get_an_unknown_order_is_a_404_problem() {
 #[tokio::test]
 async fn the_location_header_points_at_the_new_order_readable_at_once() {
     let app = spawn_app(&[stock("WIDGET-1", 100, 500)]).await;
-    let body = order_body(&[("WIDGET-1", 2)]);
+    let body = order_body("WIDGET-1", 2, "FR");
 
     // WHEN an order is accepted
     let response = app.post_order(&body).await;

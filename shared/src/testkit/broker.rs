@@ -4,11 +4,12 @@
 //! for the tests that inspect or restart the broker.
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::bus::amqp::DEFAULT_AMQP_URL;
+use crate::bus::amqp::{AmqpLink, DEFAULT_AMQP_URL};
 
 /// How long vhost set-up keeps retrying a failing `rabbitmqctl`: another
 /// test may be restarting the broker (`stop_app` / `start_app`).
@@ -99,6 +100,11 @@ impl Vhost {
         let vhost = Self { url: format!("{}/{name}", base.server), name };
         rabbitmqctl_retrying(&["-q", "set_permissions", "-p", &vhost.name, &base.user, ".*", ".*", ".*"]);
         vhost
+    }
+
+    /// A link (one connection, made on first use) to this vhost.
+    pub fn link(&self, name: &str) -> Arc<AmqpLink> {
+        AmqpLink::new(&self.url, name)
     }
 }
 

@@ -75,6 +75,15 @@ pub fn order_body(sku: &str, quantity: u64, country: &str) -> Value {
     })
 }
 
+/// `body` with one more line: `quantity` of `sku`.
+pub fn with_item(mut body: Value, sku: &str, quantity: u64) -> Value {
+    match body["items"].as_array_mut() {
+        Some(items) => items.push(json!({"sku": sku, "quantity": quantity})),
+        None => panic!("with_item needs a body with items, got {body}"),
+    }
+    body
+}
+
 /// An event about `order_id`, emitted by whichever function the choreography
 /// table says emits its type (so `source` is what it would be in the saga).
 pub fn event(order_id: OrderId, payload: Payload) -> Event {
