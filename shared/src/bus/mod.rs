@@ -13,7 +13,9 @@ use crate::contract::choreography::Function;
 use crate::contract::events::Event;
 
 pub use self::delivery::{DeliverySettings, ObserveFn, StepObserver, log_step};
-pub use self::relay::{RELAY_PAGE, RelayError, RelayReport, publish_committed, relay_forever, relay_outbox, relay_outbox_paged};
+pub use self::relay::{
+    RELAY_PAGE, RelayError, RelayReport, publish_committed, relay_forever, relay_outbox, relay_outbox_paged,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
