@@ -55,11 +55,13 @@ pub enum Command {
     Bridge(BridgeArgs),
     /// Inspect or replay the dead-letter queues.
     Dlq {
+        /// What to do with the dead letters.
         #[command(subcommand)]
         command: DlqCommand,
     },
     /// Create or show orders through the HTTP API.
     Order {
+        /// What to do with orders.
         #[command(subcommand)]
         command: OrderCommand,
     },

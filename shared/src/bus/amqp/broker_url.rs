@@ -7,7 +7,9 @@ pub(super) enum BrokerUrl {
     /// credentials never sit in plain environment variables). Read at the
     /// first connection, then cached for the container's life.
     Secret {
+        /// The secret's ARN (`AMQP_SECRET_ARN`).
         arn: String,
+        /// The URL once read; read at most once per process.
         resolved: tokio::sync::OnceCell<String>,
     },
 }
