@@ -65,7 +65,11 @@ mod tests {
     fn redact_hides_the_password_of_every_url_shape() {
         let cases = [
             ("amqp://guest:pa55@localhost:5672/%2f", "amqp://guest:***@localhost:5672/%2f", "pa55"),
-            ("amqps://alice:s3cret@b-1.mq.eu-west-1.amazonaws.com:5671", "amqps://alice:***@b-1.mq.eu-west-1.amazonaws.com:5671", "s3cret"),
+            (
+                "amqps://alice:s3cret@b-1.mq.eu-west-1.amazonaws.com:5671",
+                "amqps://alice:***@b-1.mq.eu-west-1.amazonaws.com:5671",
+                "s3cret",
+            ),
             // a raw '@' (and ':') inside the password
             ("amqps://alice:p@ss:w@rd@broker:5671/vh", "amqps://alice:***@broker:5671/vh", "ss:w"),
             // no user, only a password
@@ -73,7 +77,11 @@ mod tests {
             // percent-encoded password
             ("amqps://bob:p%40ss%2Fword@broker/%2f", "amqps://bob:***@broker/%2f", "p%40ss"),
             // query string kept
-            ("amqps://bob:hunter2@broker:5671/vh?heartbeat=30&connection_timeout=5000", "amqps://bob:***@broker:5671/vh?heartbeat=30&connection_timeout=5000", "hunter2"),
+            (
+                "amqps://bob:hunter2@broker:5671/vh?heartbeat=30&connection_timeout=5000",
+                "amqps://bob:***@broker:5671/vh?heartbeat=30&connection_timeout=5000",
+                "hunter2",
+            ),
             // no scheme (an invalid URL still gets shown in errors)
             ("bob:hunter2@broker:5671", "bob:***@broker:5671", "hunter2"),
             // a raw '/' in the password, which no URL parser accepts
@@ -88,7 +96,12 @@ mod tests {
 
     #[test]
     fn redact_leaves_urls_without_a_password_alone() {
-        for url in ["amqp://localhost:5672/%2f", "amqps://broker/vh?heartbeat=30", "amqp://guest@localhost/vh", "localhost:5672"] {
+        for url in [
+            "amqp://localhost:5672/%2f",
+            "amqps://broker/vh?heartbeat=30",
+            "amqp://guest@localhost/vh",
+            "localhost:5672",
+        ] {
             assert_eq!(redact(url), url);
         }
     }

@@ -222,7 +222,10 @@ pub(super) async fn connect(
 async fn open_stream(uri: &AMQPUri, tls: Option<TlsConnector>) -> Result<AsyncTcpStream<Io>, io::Error> {
     let host = uri.authority.host.as_str();
     let endpoint = format!("{host}:{}", uri.authority.port);
-    let tcp = tokio::net::TcpStream::connect((host, uri.authority.port)).await?;
+    // The error keeps its kind (callers tell a refused connection apart) and gains the endpoint.
+    let tcp = tokio::net::TcpStream::connect((host, uri.authority.port))
+        .await
+        .map_err(|error| io::Error::new(error.kind(), format!("cannot reach {endpoint}: {error}")))?;
     tcp.set_nodelay(true)?;
     let stream: Io = match tls {
         None => Io(Box::new(Compat::new(SniffTls { inner: tcp, endpoint, first_read: true }))),
@@ -245,14 +248,18 @@ fn handshake_error(endpoint: &str, host: &str, error: &io::Error) -> ConnectErro
     let endpoint = endpoint.to_owned();
     match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer | CertificateError::BadSignature | CertificateError::UnknownRevocationStatus,
+            CertificateError::UnknownIssuer
+            | CertificateError::BadSignature
+            | CertificateError::UnknownRevocationStatus,
         )) => ConnectError::UntrustedCertificate { endpoint },
         Some(rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         )) => ConnectError::WrongHostName { endpoint, host: host.to_owned() },
         // Bytes that are no TLS record: something else (an AMQP listener
         // sends its protocol header) answered the ClientHello.
-        Some(rustls::Error::InvalidMessage(_)) => ConnectError::PlainPortWithTlsUrl { endpoint, detail: error.to_string() },
+        Some(rustls::Error::InvalidMessage(_)) => {
+            ConnectError::PlainPortWithTlsUrl { endpoint, detail: error.to_string() }
+        }
         _ if matches!(error.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset) => {
             ConnectError::PlainPortWithTlsUrl { endpoint, detail: error.to_string() }
         }
