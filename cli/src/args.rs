@@ -26,7 +26,7 @@ pub enum Command {
     /// run it beside the bridge when the functions' store is DynamoDB.
     Relay {
         /// RabbitMQ to publish to.
-        #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
+        #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
         amqp: String,
         /// The store whose outbox is relayed.
         #[command(flatten)]
@@ -85,7 +85,7 @@ pub struct UpArgs {
     #[arg(long, env = "SHIP_COUNTRIES", default_value = "")]
     pub ship_countries: String,
     /// Use RabbitMQ at this URL instead of the in-process bus.
-    #[arg(long, env = "AMQP_URL")]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp: Option<String>,
     /// How queues are consumed and retried.
     #[command(flatten)]
@@ -198,7 +198,7 @@ pub struct BridgeArgs {
     #[arg(long, value_enum, env = "CHOREO_INVOKE", default_value = "lambda")]
     pub invoke: choreo::bridge::InvokeMode,
     /// RabbitMQ to consume from.
-    #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
     pub amqp: String,
     /// AWS API endpoint instead of AWS (http://127.0.0.1:9000 for `cargo lambda watch`; moto for SQS).
     #[arg(long, env = "CHOREO_AWS_ENDPOINT", value_name = "URL")]
@@ -222,7 +222,7 @@ pub enum DlqCommand {
     /// Print dead letters (they stay in their queues).
     List {
         /// RabbitMQ holding the dead-letter queues.
-        #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
+        #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
         amqp: String,
         /// Most messages shown per function.
         #[arg(long, default_value_t = 100)]
@@ -231,7 +231,7 @@ pub enum DlqCommand {
     /// Send dead letters back to their function's queue.
     Replay {
         /// RabbitMQ holding the dead-letter queues.
-        #[arg(long, env = "AMQP_URL", default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
+        #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
         amqp: String,
         /// Only this function's dead letters.
         #[arg(long)]
