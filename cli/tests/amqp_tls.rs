@@ -212,7 +212,7 @@ async fn amqps_an_unknown_sku_cancels_the_order() {
 async fn start_must_fail(url: &str, ca_file: Option<&Path>) -> String {
     let scratch = Scratch::new();
     let config = UpConfig {
-        store: StoreSettings::sqlite(&scratch.db()),
+        store: StoreSettings::sqlite(scratch.db()),
         catalog: default_catalog(),
         ship_countries: ShipCountries::default(),
         delivery: test_settings(),
