@@ -166,12 +166,13 @@ async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
 
 async fn relay(amqp: String, store: StoreArgs) -> Result<(), AnyError> {
     // The store the functions use: CHOREO_STORE=dynamodb (+ CHOREO_TABLE_PREFIX) or CHOREO_DB.
-    let store = store.settings()?.open().await?;
+    let settings = store.settings()?;
+    let store = settings.open().await?;
     let link = AmqpLink::new(&amqp, "choreo-relay");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let relay =
         tokio::spawn(shared::bus::relay_forever(store, std::sync::Arc::clone(&link) as std::sync::Arc<_>, stopped));
-    println!("relaying the outbox to {} (Ctrl-C stops)", redact(&amqp));
+    println!("relaying the outbox of {settings} to {} (Ctrl-C stops)", redact(&amqp));
     shutdown_signal().await;
     let _ = stop.send(true);
     let _ = relay.await;
@@ -184,7 +185,10 @@ async fn stock(command: StockCommand) -> Result<(), AnyError> {
         StockCommand::Import { file, store } => {
             let settings = store.settings()?;
             let report = choreo::stock::import_file(&*settings.open().await?, &file).await?;
-            println!("{}", json!({"file": file.display().to_string(), "store": settings.to_string(), "added": report.added, "updated": report.updated, "unchanged": report.unchanged}));
+            println!(
+                "{}",
+                json!({"file": file.display().to_string(), "store": settings.to_string(), "added": report.added, "updated": report.updated, "unchanged": report.unchanged})
+            );
         }
         StockCommand::List { store } => {
             for level in choreo::stock::list(&*store.settings()?.open().await?).await? {
