@@ -14,11 +14,19 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Scratch, Vhost, eventually, rabbitmqctl};
+use common::{Scratch, Vhost, eventually};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
 use serde_json::Value;
+use shared::Function;
 use shared::bus::DeliverySettings;
-use shared::bus::amqp::{AmqpLink, Topology};
+use shared::bus::amqp::{AmqpLink, DeclareError, Topology, dead_letter_queue, retry_queue};
 use shared::contract::choreography::EXCHANGE;
+use shared::testkit::broker::rabbitmqctl;
 
 const DEFINITIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/rabbitmq/definitions.json");
 
@@ -206,4 +214,127 @@ async fn the_definitions_import_into_rabbitmq_as_the_runner_declares_them() {
     link.close().await;
     let fresh = list(&declared);
     assert_eq!((fresh.queues, fresh.bindings), (queues, bindings));
+}
+
+/// A message published to `queue` of `vhost` and confirmed.
+async fn publish_confirmed(link: &AmqpLink, queue: &str, body: &[u8]) {
+    let channel = link.channel().await.expect("a channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let confirm = channel
+        .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, BasicProperties::default())
+        .await
+        .expect("publish");
+    assert!(confirm.await.expect("a confirm").is_ack(), "the broker took the message");
+    let _ = channel.close(200, "published".into()).await;
+}
+
+/// The next message of `queue`, waiting a little for a quorum queue to hand
+/// a returned message out again.
+async fn get(channel: &Channel, queue: &str) -> Option<Delivery> {
+    for _ in 0..50 {
+        if let Some(message) = channel.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get") {
+            return Some(message.delivery);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// WHEN a work queue's message is rejected (returned to the queue) as often
+/// as the delivery limit (`--max-retries`) allows, THEN it is still in the
+/// work queue; on one more return the broker dead-letters it into
+/// `choreo.<function>.dead`, where it lands with its body and `x-death`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_work_queue_message_returned_past_the_delivery_limit_is_dead_lettered() {
+    let vhost = Vhost::new("delivery-limit");
+    let settings = DeliverySettings { max_retries: 2, ..DeliverySettings::default() };
+    let link = vhost.link("test-delivery-limit");
+    link.declare(&Topology::derive(&settings)).await.expect("declare the topology");
+    let (work, dead) = (Function::ShipOrder.queue(), dead_letter_queue(Function::ShipOrder));
+    publish_confirmed(&link, &work, b"poison").await;
+    let channel = link.channel().await.expect("a channel");
+
+    for delivery in 1..=settings.max_retries + 1 {
+        let message = get(&channel, &work).await.unwrap_or_else(|| panic!("delivery {delivery} is in {work}"));
+        assert_eq!(message.data, b"poison");
+        assert!(get_none(&channel, &dead).await, "nothing is dead-lettered before the limit (delivery {delivery})");
+        message.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("reject with requeue");
+    }
+
+    let parked = get(&channel, &dead).await.expect("the message is dead-lettered after the last return");
+    assert_eq!(parked.data, b"poison");
+    let headers = parked.properties.headers().clone().unwrap_or_default();
+    let deaths = headers.inner().get("x-death").and_then(|value| value.as_array()).expect("an x-death header");
+    let death = deaths.as_slice()[0].as_field_table().expect("an x-death entry");
+    assert_eq!(death.inner().get("queue").and_then(|q| q.as_long_string()).map(|q| q.to_string()), Some(work.clone()));
+    assert!(get_none(&channel, &work).await, "the work queue no longer holds it");
+    let _ = channel.close(200, "done".into()).await;
+    link.close().await;
+}
+
+/// Whether `queue` is empty right now.
+async fn get_none(channel: &Channel, queue: &str) -> bool {
+    channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await.expect("basic.get").is_none()
+}
+
+/// GIVEN a broker holding a work queue as an older choreo declared it
+/// (classic, no arguments) and a retry queue of other retry settings, WHEN
+/// the topology is declared, THEN the error names both queues with the
+/// commands that migrate them, and `choreo up --amqp` and `choreo bridge`
+/// say the same; AND after those commands the topology declares cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn queues_declared_with_other_arguments_get_the_commands_that_migrate_them() {
+    let vhost = Vhost::new("mismatch");
+    let link = vhost.link("test-mismatch");
+    let (work, retry) = (Function::ShipOrder.queue(), retry_queue(Function::ShipOrder, 1));
+    let channel = link.channel().await.expect("a channel");
+    channel
+        .queue_declare(work.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .await
+        .expect("old");
+    let mut ttl = FieldTable::default();
+    ttl.insert("x-message-ttl".into(), AMQPValue::LongLongInt(999));
+    channel.queue_declare(retry.as_str().into(), QueueDeclareOptions::durable(), ttl).await.expect("old retry");
+    let _ = channel.close(200, "old".into()).await;
+
+    let error = link.declare(&Topology::derive(&DeliverySettings::default())).await.expect_err("a mismatch");
+
+    match &error {
+        DeclareError::Mismatch { vhost: named, queues } => {
+            assert_eq!((named, queues), (&vhost.name, &vec![work.clone(), retry.clone()]));
+        }
+        DeclareError::Amqp(error) => panic!("expected a mismatch, got {error}"),
+    }
+    let text = error.to_string();
+    let deletes: Vec<&str> =
+        text.lines().map(str::trim).filter(|line| line.starts_with("rabbitmqctl delete_queue")).collect();
+    assert_eq!(deletes.len(), 2, "one delete per queue: {text}");
+    assert!(text.contains("choreo-migrate-ship-order"), "{text}");
+    assert!(text.contains("choreo dlq replay --function ship-order"), "{text}");
+
+    let scratch = Scratch::new();
+    let db = scratch.db().to_string_lossy().into_owned();
+    for (command, args) in [("up", vec!["--port", "0", "--db", &db]), ("bridge", vec!["--invoke", "lambda"])] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_choreo"))
+            .arg(command)
+            .args(["--amqp", &vhost.url])
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("choreo runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "choreo {command} must not start: {stderr}");
+        assert!(
+            stderr.contains(&format!("rabbitmqctl delete_queue -p '{}' {work}", vhost.name)),
+            "{command}: {stderr}"
+        );
+    }
+
+    for line in deletes {
+        let command = line.split('#').next().unwrap_or(line);
+        let args: Vec<&str> = command.split_whitespace().skip(1).map(|arg| arg.trim_matches('\'')).collect();
+        rabbitmqctl(&args);
+    }
+    link.declare(&Topology::derive(&DeliverySettings::default())).await.expect("declares cleanly once migrated");
+    link.close().await;
 }

@@ -73,6 +73,8 @@ pub enum BenchError {
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
+    Declare(#[from] shared::bus::amqp::DeclareError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use shared::Function;
 use shared::bus::DeliverySettings;
-use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, redact, run_consumers};
+use shared::bus::amqp::{AmqpLink, DeclareError, StepInvoker, Topology, redact, run_consumers};
 use tokio::sync::watch;
 
 pub use self::lambda::{LambdaInvoker, emitted_events, function_error};
@@ -197,10 +197,11 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
         }
     };
     let link = AmqpLink::new(&config.amqp_url, "choreo-bridge");
-    // Fail fast with a clear message when the broker is not there at start;
-    // after that, `run_consumers` reconnects by itself.
+    // Fail fast with a clear message when the broker is not there at start
+    // (or holds queues to migrate); after that, `run_consumers` reconnects by itself.
     link.declare(&Topology::derive(&config.settings)).await.map_err(|error| {
-        BridgeError::Broker(format!("cannot reach RabbitMQ at {}: {error}", redact(&config.amqp_url)))
+        let doing = if matches!(error, DeclareError::Mismatch { .. }) { "set up" } else { "reach" };
+        BridgeError::Broker(format!("cannot {doing} RabbitMQ at {}: {error}", redact(&config.amqp_url)))
     })?;
     let names: Vec<&str> = config.functions.iter().map(|function| function.name()).collect();
     tracing::info!(functions = %names.join(","), amqp = %redact(&config.amqp_url), "bridge started");

@@ -72,16 +72,11 @@ impl AmqpSystem {
         let store = open_seeded_store(&config).await?;
         let settings = config.delivery;
         let link = AmqpLink::new(url, "choreo-up");
-        // Fail fast with a clear message when the broker is not there at start.
-        link.declare(&Topology::derive(&settings)).await.map_err(|error| {
-            let hint = if error.to_string().contains("PRECONDITION_FAILED") {
-                " (its queues were declared with other retry settings: use the same --max-retries and \
-                     --retry-delay-ms, or delete the choreo queues)"
-            } else {
-                ""
-            };
-            StartError::Broker(format!("cannot set up RabbitMQ at {}: {error}{hint}", redact(url)))
-        })?;
+        // Fail fast with a clear message when the broker is not there at
+        // start; a queue declared with other arguments says how to migrate.
+        link.declare(&Topology::derive(&settings))
+            .await
+            .map_err(|error| StartError::Broker(format!("cannot set up RabbitMQ at {}: {error}", redact(url))))?;
         let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
         let handler = Arc::new(LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&link), config.observer));
         let (shutdown, stop) = watch::channel(false);

@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use super::ATTEMPT_HEADER;
+use super::dead_letters::{park_dead_letter, with_bookkeeping};
 use super::link::AmqpLink;
-use super::topology::{Topology, dead_letter_queue, retry_queue};
-use super::{ATTEMPT_HEADER, ERROR_HEADER, FUNCTION_HEADER};
+use super::migration::DeclareError;
+use super::topology::{Topology, retry_queue};
 use crate::bus::DeliverySettings;
 use crate::bus::PublishError;
 use crate::contract::choreography::Function;
@@ -50,14 +51,19 @@ pub async fn run_consumers(
         let session = match link.declare(&topology).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
-                consume_session(&link, &functions, &invoker, &settings, &mut shutdown).await
+                consume_session(&link, &functions, &invoker, &settings, &mut shutdown).await.map_err(DeclareError::from)
             }
             Err(error) => Err(error),
         };
         match session {
             Ok(()) => break, // clean shutdown
             Err(error) => {
-                tracing::warn!(%error, ?backoff, "broker connection lost; reconnecting");
+                // A mismatch needs an operator; keep trying, so that the
+                // runner resumes by itself once the queues are migrated.
+                match &error {
+                    DeclareError::Mismatch { .. } => tracing::error!(%error, ?backoff, "cannot declare the topology"),
+                    DeclareError::Amqp(_) => tracing::warn!(%error, ?backoff, "broker connection lost; reconnecting"),
+                }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => {}
@@ -195,13 +201,13 @@ async fn process(
         Ok(()) => Ok(()),
         Err(error) if error.is_retryable() && attempt <= settings.max_retries => {
             tracing::warn!(step = %function, attempt, %error, "retrying after {:?}", settings.retry_delay(attempt));
-            let properties = with_headers(&delivery, attempt + 1, &error.to_string(), function);
+            let properties = with_bookkeeping(delivery.properties.clone(), attempt + 1, &error.to_string(), function);
             link.send_to_queue(&retry_queue(function, attempt), delivery.data.clone(), properties).await
         }
         Err(error) => {
             tracing::error!(step = %function, attempt, %error, "dead-lettered");
-            let properties = with_headers(&delivery, attempt, &error.to_string(), function);
-            link.send_to_queue(&dead_letter_queue(function), delivery.data.clone(), properties).await
+            let properties = delivery.properties.clone();
+            park_dead_letter(link, function, delivery.data.clone(), properties, attempt, &error.to_string()).await
         }
     };
     match settled {
@@ -215,13 +221,4 @@ async fn process(
             let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
     }
-}
-
-/// The delivery's properties plus the retry bookkeeping headers.
-fn with_headers(delivery: &lapin::message::Delivery, attempt: u32, error: &str, function: Function) -> BasicProperties {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
-    headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(error.into()));
-    headers.insert(FUNCTION_HEADER.into(), AMQPValue::LongString(function.name().into()));
-    delivery.properties.clone().with_headers(headers).with_delivery_mode(2)
 }

@@ -1,13 +1,14 @@
 //! The dead-letter queues: listed without removing, and replayed into
 //! their function's work queue.
 
+use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::consumer::{header_int, header_text};
 use super::link::AmqpLink;
 use super::topology::dead_letter_queue;
-use super::{ATTEMPT_HEADER, ERROR_HEADER};
+use super::{ATTEMPT_HEADER, ERROR_HEADER, FUNCTION_HEADER};
 use crate::bus::PublishError;
 use crate::contract::choreography::Function;
 
@@ -28,6 +29,35 @@ pub struct DeadMessage {
     pub attempts: Option<i64>,
     /// The message as received (the CloudEvent), even when it is not valid UTF-8.
     pub body: String,
+}
+
+/// `properties` plus the bookkeeping headers of a retried or dead-lettered
+/// copy: which attempt comes (or failed) last, the error, and the function.
+pub(super) fn with_bookkeeping(
+    properties: BasicProperties,
+    attempt: u32,
+    error: &str,
+    function: Function,
+) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    headers.insert(ERROR_HEADER.into(), AMQPValue::LongString(error.into()));
+    headers.insert(FUNCTION_HEADER.into(), AMQPValue::LongString(function.name().into()));
+    properties.with_headers(headers).with_delivery_mode(2)
+}
+
+/// Parks a message that can never be handled in `function`'s dead-letter
+/// queue, with the bookkeeping headers; returns once the broker confirmed it.
+pub async fn park_dead_letter(
+    link: &AmqpLink,
+    function: Function,
+    body: Vec<u8>,
+    properties: BasicProperties,
+    attempt: u32,
+    error: &str,
+) -> Result<(), PublishError> {
+    let properties = with_bookkeeping(properties, attempt, error, function);
+    link.send_to_queue(&dead_letter_queue(function), body, properties).await
 }
 
 /// Reads (without removing) up to `limit` dead letters of each function.

@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 
 use super::CONTENT_TYPE;
 use super::broker_url::BrokerUrl;
+use super::migration::DeclareError;
 use super::tls::{self, Trust};
 use super::topology::Topology;
 use crate::bus::{Handover, OutboxRef, PublishError, Publisher};
@@ -108,12 +109,16 @@ impl AmqpLink {
         self.session().await?.connection.create_channel().await
     }
 
-    /// Declares the whole topology.
-    pub async fn declare(&self, topology: &Topology) -> Result<(), lapin::Error> {
-        let channel = self.channel().await?;
-        topology.declare(&channel).await?;
-        let _ = channel.close(200, "declared".into()).await;
-        Ok(())
+    /// Declares the whole topology; a queue that exists with other
+    /// arguments is a [`DeclareError::Mismatch`] that says how to migrate.
+    pub async fn declare(&self, topology: &Topology) -> Result<(), DeclareError> {
+        topology.declare(self, &self.vhost().await?).await
+    }
+
+    /// The virtual host the URL names (`/` when it names none).
+    pub async fn vhost(&self) -> Result<String, lapin::Error> {
+        let url = self.url.get().await?;
+        Ok(url.parse::<lapin::uri::AMQPUri>().map_or_else(|_| "/".to_owned(), |uri| uri.vhost))
     }
 
     /// Closes the connection (on shutdown).

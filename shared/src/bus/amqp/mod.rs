@@ -5,7 +5,9 @@
 //! Topology (all durable):
 //! - `choreo.events` (topic): every event, routing key = event type.
 //! - per consuming function F: work queue `choreo.F` bound to the types F
-//!   consumes; retry queues `choreo.F.retry.N` (TTL `retry_base · 2^(N-1)`,
+//!   consumes, a quorum queue whose delivery limit dead-letters a message
+//!   returned too often into `choreo.F.dead` (Amazon MQ redeliveries, crashed
+//!   consumers); retry queues `choreo.F.retry.N` (TTL `retry_base · 2^(N-1)`,
 //!   dead-lettering back to `choreo.F` through the default exchange); and the
 //!   dead-letter queue `choreo.F.dead`.
 //! - `choreo.saga-ended`: bound to the terminal events, capped in length, so
@@ -16,17 +18,20 @@
 //! between the two, and a crash in between means a redelivery, which the
 //! steps' idempotency absorbs.
 
+pub mod amazon_mq;
 mod broker_url;
 mod consumer;
 mod dead_letters;
 mod link;
+mod migration;
 mod tls;
 mod topology;
 
 pub use self::broker_url::redact;
 pub use self::consumer::{StepInvoker, run_consumers};
-pub use self::dead_letters::{DeadMessage, ReplayError, list_dead_letters, replay_dead_letters};
+pub use self::dead_letters::{DeadMessage, ReplayError, list_dead_letters, park_dead_letter, replay_dead_letters};
 pub use self::link::AmqpLink;
+pub use self::migration::DeclareError;
 pub use self::tls::{CA_FILE_VAR, ConnectError, connect_error};
 pub use self::topology::{ArgValue, QueueSpec, Topology, dead_letter_queue, retry_queue};
 

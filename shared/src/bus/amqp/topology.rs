@@ -1,10 +1,12 @@
 //! The broker topology, derived from the choreography table: declared at
 //! start by every consumer and exported as `infra/rabbitmq/definitions.json`.
 
+use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
 
+use super::link::AmqpLink;
+use super::migration::{DeclareError, is_precondition_failed};
 use super::{SAGA_ENDED_MAX_LENGTH, SAGA_ENDED_QUEUE};
 use crate::bus::DeliverySettings;
 use crate::contract::choreography::{EXCHANGE, Function, TERMINAL_EVENTS};
@@ -41,12 +43,28 @@ pub enum ArgValue {
     Text(String),
 }
 
+/// A work queue is a quorum queue, so that the broker itself bounds
+/// redeliveries: a message returned to it (a nack with requeue, a consumer
+/// gone, an Amazon MQ invocation that failed) `max_retries` times is
+/// dead-lettered into `choreo.<function>.dead` on the next return, at least
+/// once (`reject-publish` is what at-least-once dead-lettering requires).
+fn work_queue_arguments(function: Function, settings: &DeliverySettings) -> Vec<(&'static str, ArgValue)> {
+    vec![
+        ("x-queue-type", ArgValue::Text("quorum".into())),
+        ("x-delivery-limit", ArgValue::Int(i64::from(settings.max_retries))),
+        ("x-dead-letter-exchange", ArgValue::Text(String::new())),
+        ("x-dead-letter-routing-key", ArgValue::Text(dead_letter_queue(function))),
+        ("x-dead-letter-strategy", ArgValue::Text("at-least-once".into())),
+        ("x-overflow", ArgValue::Text("reject-publish".into())),
+    ]
+}
+
 impl Topology {
     pub fn derive(settings: &DeliverySettings) -> Self {
         let mut queues = Vec::new();
         let mut bindings = Vec::new();
         for function in Function::consumers() {
-            queues.push(QueueSpec { name: function.queue(), arguments: vec![] });
+            queues.push(QueueSpec { name: function.queue(), arguments: work_queue_arguments(function, settings) });
             for event in function.spec().consumes {
                 bindings.push((function.queue(), event.as_str().to_owned()));
             }
@@ -109,9 +127,13 @@ impl Topology {
         })
     }
 
-    pub(super) async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// Declares everything on the broker of `link`. Every queue is tried, so
+    /// that a mismatch names all the queues to migrate, not the first one.
+    pub(super) async fn declare(&self, link: &AmqpLink, vhost: &str) -> Result<(), DeclareError> {
+        let mut channel = link.channel().await?;
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
         channel.exchange_declare(EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+        let mut mismatched = Vec::new();
         for spec in &self.queues {
             let mut arguments = FieldTable::default();
             for (key, value) in &spec.arguments {
@@ -121,7 +143,19 @@ impl Topology {
                 };
                 arguments.insert((*key).into(), value);
             }
-            channel.queue_declare(spec.name.as_str().into(), QueueDeclareOptions::durable(), arguments).await?;
+            match channel.queue_declare(spec.name.as_str().into(), QueueDeclareOptions::durable(), arguments).await {
+                Ok(_) => {}
+                Err(error) if is_precondition_failed(&error) => {
+                    mismatched.push(spec.name.clone());
+                    // The broker closes a channel that fails a declare.
+                    channel = link.channel().await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if !mismatched.is_empty() {
+            let _ = channel.close(200, "mismatch".into()).await;
+            return Err(DeclareError::Mismatch { vhost: vhost.to_owned(), queues: mismatched });
         }
         for (queue, key) in &self.bindings {
             channel
@@ -134,6 +168,7 @@ impl Topology {
                 )
                 .await?;
         }
+        let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
 }
@@ -157,6 +192,29 @@ mod tests {
         }
         let terminal = topology.bindings.iter().filter(|(queue, _)| queue == SAGA_ENDED_QUEUE).count();
         assert_eq!(terminal, TERMINAL_EVENTS.len());
+    }
+
+    #[test]
+    fn work_queues_are_quorum_queues_that_dead_letter_into_the_dead_queue_after_the_retries() {
+        let settings = DeliverySettings { max_retries: 3, ..DeliverySettings::default() };
+        let topology = Topology::derive(&settings);
+        for function in Function::consumers() {
+            let work = topology.queues.iter().find(|queue| queue.name == function.queue()).expect("a work queue");
+            let text = |value: &str| ArgValue::Text(value.to_owned());
+            assert_eq!(
+                work.arguments,
+                vec![
+                    ("x-queue-type", text("quorum")),
+                    ("x-delivery-limit", ArgValue::Int(3)),
+                    ("x-dead-letter-exchange", text("")),
+                    ("x-dead-letter-routing-key", text(&dead_letter_queue(function))),
+                    ("x-dead-letter-strategy", text("at-least-once")),
+                    ("x-overflow", text("reject-publish")),
+                ]
+            );
+            let retry = topology.queues.iter().find(|queue| queue.name == retry_queue(function, 1)).expect("retry 1");
+            assert!(retry.arguments.contains(&("x-dead-letter-routing-key", text(&function.queue()))));
+        }
     }
 
     #[test]
