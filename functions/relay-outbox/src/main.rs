@@ -1,0 +1,28 @@
+//! Lambda entry point of `relay-outbox`; the pass itself lives in the library.
+
+use std::sync::Arc;
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::Value;
+use shared::StepError;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shared::telemetry::init();
+    let grace = relay_outbox::grace_from(std::env::var(relay_outbox::GRACE_VAR).ok().as_deref())?;
+    let store = shared::config::store_from_env().await?;
+    // Opened at first use, then reused while the container is warm.
+    let publisher = shared::bus::amqp::AmqpLink::from_env(relay_outbox::NAME)
+        .ok_or("AMQP_URL or AMQP_SECRET_ARN must be set: the relay publishes to the broker")?;
+    lambda_runtime::run(service_fn(move |_schedule: LambdaEvent<Value>| {
+        let (store, publisher) = (Arc::clone(&store), Arc::clone(&publisher));
+        // A failed pass fails the invocation (visible in the Errors metric and
+        // its alarm); the next scheduled pass tries again.
+        async move {
+            relay_outbox::relay_once(&*store, &*publisher, grace)
+                .await
+                .map_err(|error| StepError::Retryable(error.to_string()))
+        }
+    }))
+    .await
+}
