@@ -8,11 +8,11 @@ mod common;
 
 use common::{
     Envelope, InProcess, Levels, SAGA_TIMEOUT, Scratch, Vhost, assert_conserved, assert_function_queues_empty,
-    default_catalog, drain_saga_ended, eventually, history_types, inventory, order_body, test_settings,
-    wait_all_terminal,
+    default_catalog, drain_saga_ended, eventually, history_types, inventory, test_settings, wait_all_terminal,
 };
 use serde_json::Value;
 use shared::bus::amqp::AmqpLink;
+use shared::testkit::{order_body, with_item};
 
 /// What a path should end with.
 struct Expected<'a> {
@@ -77,7 +77,7 @@ async fn run_path(label: &str, body: Value, expected: Expected<'_>) -> Value {
 async fn amqp_an_order_in_stock_ships() {
     run_path(
         "ships",
-        order_body(&[("WIDGET-1", 2)], "FR"),
+        order_body("WIDGET-1", 2, "FR"),
         Expected {
             status: "SHIPPED",
             cancel_reason: None,
@@ -93,7 +93,7 @@ async fn amqp_an_order_short_of_stock_waits_for_a_replenishment_then_ships() {
     // 5 gadgets seeded, the supplier delivers up to 50: an order for 10 is short by 5
     run_path(
         "replenished",
-        order_body(&[("GADGET-2", 10)], "FR"),
+        order_body("GADGET-2", 10, "FR"),
         Expected {
             status: "SHIPPED",
             cancel_reason: None,
@@ -109,7 +109,7 @@ async fn amqp_an_order_whose_replenishment_fails_is_cancelled_out_of_stock() {
     // 1 relic seeded, discontinued (max_replenish 0)
     run_path(
         "out-of-stock",
-        order_body(&[("RELIC-9", 5)], "FR"),
+        order_body("RELIC-9", 5, "FR"),
         Expected {
             status: "CANCELLED",
             cancel_reason: Some("out_of_stock"),
@@ -124,7 +124,7 @@ async fn amqp_an_order_whose_replenishment_fails_is_cancelled_out_of_stock() {
 async fn amqp_a_shipment_to_antarctica_fails_and_releases_exactly_the_reserved_stock() {
     run_path(
         "shipment-failed",
-        order_body(&[("BOLT-7", 20), ("WIDGET-1", 3)], "AQ"),
+        with_item(order_body("BOLT-7", 20, "AQ"), "WIDGET-1", 3),
         Expected {
             status: "CANCELLED",
             cancel_reason: Some("shipment_failed"),
@@ -140,7 +140,7 @@ async fn amqp_a_shipment_to_antarctica_fails_and_releases_exactly_the_reserved_s
 async fn amqp_an_unknown_sku_cancels_the_order() {
     run_path(
         "unknown-sku",
-        order_body(&[("WIDGET-1", 1), ("NOPE-404", 1)], "FR"),
+        with_item(order_body("WIDGET-1", 1, "FR"), "NOPE-404", 1),
         Expected {
             status: "CANCELLED",
             cancel_reason: Some("unknown_sku"),

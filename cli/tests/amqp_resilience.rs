@@ -26,8 +26,7 @@ use std::time::Duration;
 use choreo::client::Client;
 use common::{
     ChoreoProcess, InProcess, Levels, Scratch, Vhost, assert_conserved, assert_function_queues_empty, drain_saga_ended,
-    eventually, history_types, message_count, order_body, rabbitmqctl, stock, test_settings, try_rabbitmqctl,
-    wait_all_terminal,
+    eventually, history_types, message_count, stock, test_settings, wait_all_terminal,
 };
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
@@ -41,6 +40,8 @@ use shared::contract::domain::{
 use shared::contract::events::InventoryRejected;
 use shared::store::sqlite::SqliteStore;
 use shared::store::{Commit, CommitOutcome, OrderRecord, SeedStock, Store, Write};
+use shared::testkit::broker::{rabbitmqctl, try_rabbitmqctl};
+use shared::testkit::order_body;
 use shared::{Event, Function, Payload};
 use tokio::sync::RwLock;
 
@@ -81,13 +82,13 @@ enum Path {
 
 /// Order number `n` of a load: the paths in turn.
 fn mixed_order(n: usize) -> (Path, Value) {
-    let widgets = u32::try_from(n % 3).unwrap_or(0) + 1;
+    let widgets = u64::try_from(n % 3).unwrap_or(0) + 1;
     match n % 5 {
-        0 => (Path::Ships, order_body(&[("WIDGET-1", widgets)], "FR")),
-        1 => (Path::WaitsForStock, order_body(&[("GADGET-2", 1)], "FR")),
-        2 => (Path::OutOfStock, order_body(&[("RELIC-9", 1)], "FR")),
-        3 => (Path::ShipmentFailed, order_body(&[("BOLT-7", 2)], "AQ")),
-        _ => (Path::UnknownSku, order_body(&[("NOPE-404", 1)], "FR")),
+        0 => (Path::Ships, order_body("WIDGET-1", widgets, "FR")),
+        1 => (Path::WaitsForStock, order_body("GADGET-2", 1, "FR")),
+        2 => (Path::OutOfStock, order_body("RELIC-9", 1, "FR")),
+        3 => (Path::ShipmentFailed, order_body("BOLT-7", 2, "AQ")),
+        _ => (Path::UnknownSku, order_body("NOPE-404", 1, "FR")),
     }
 }
 
@@ -456,7 +457,7 @@ async fn poison_and_exhausted_messages_are_dead_lettered_and_can_be_replayed() {
     // AND orders keep coming
     let mut ids = Vec::new();
     for quantity in 1..=5 {
-        ids.push(client.create_order(&order_body(&[("WIDGET-1", quantity)], "FR"), None).await.expect("accepted"));
+        ids.push(client.create_order(&order_body("WIDGET-1", quantity, "FR"), None).await.expect("accepted"));
     }
 
     // THEN the orders ship regardless

@@ -8,7 +8,7 @@
 //!   finishes the invocations in hand, and function errors are retried or
 //!   dead-lettered as the function says.
 
-mod bridge_common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,11 +22,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::routing::post;
-use bridge_common::{
-    Spawned, Vhost, eventually, free_port, init_logging, inventory_reserved, local_aws, new_order, port_open,
-    queue_state, workspace_root,
-};
 use choreo::bridge::{BridgeConfig, BridgeError, InvokeTarget};
+use common::bridge::{Spawned, free_port, inventory_reserved, local_aws, new_order, port_open, workspace_root};
+use common::{Vhost, eventually, init_logging, queue_state};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::json;
 use shared::bus::DeliverySettings;
@@ -133,12 +131,9 @@ async fn start_cargo_lambda_watch(dir: &std::path::Path, env: &[(&str, &str)]) -
     }
     command.envs(env.iter().copied()).env("RUST_LOG", "info");
     let process = Spawned::start("cargo lambda watch", command, &dir.join("watch.log"));
-    eventually(
-        "cargo lambda watch to listen",
-        Duration::from_secs(60),
-        || process.log_tail(),
-        || async move { port_open(port).then_some(()) },
-    )
+    eventually("cargo lambda watch to listen", Duration::from_secs(60), || async {
+        port_open(port).then_some(()).ok_or_else(|| process.log_tail())
+    })
     .await;
     Watch { endpoint: format!("http://127.0.0.1:{port}"), process }
 }
@@ -158,7 +153,7 @@ async fn bridge_runs_sagas_through_cargo_lambda_watch_and_the_real_functions() {
     let store = SqliteStore::open(&db).expect("open the database");
     let catalog = choreo::up::parse_catalog("seed", choreo::up::DEFAULT_CATALOG).expect("the catalog");
     store.seed_if_empty(&catalog).await.expect("seed the catalog");
-    let vhost = Vhost::create("bridge-lambda");
+    let vhost = Vhost::new("bridge-lambda");
     let settings =
         DeliverySettings { max_retries: 3, retry_base: Duration::from_millis(500), ..DeliverySettings::default() };
     let link = vhost.link("test-publisher");
@@ -204,35 +199,24 @@ async fn bridge_runs_sagas_through_cargo_lambda_watch_and_the_real_functions() {
         (order.status == status).then_some(order)
     };
     let saga = Duration::from_secs(60);
-    let order = eventually(
-        "the first order SHIPPED",
-        saga,
-        || watch.process.log_tail(),
-        || ended(shipped, OrderStatus::Shipped),
-    )
+    let order = eventually("the first order SHIPPED", saga, || async {
+        ended(shipped, OrderStatus::Shipped).await.ok_or_else(|| watch.process.log_tail())
+    })
     .await;
     assert!(order.tracking_number.is_some(), "{order:?}");
     let types: Vec<&str> = order.history.iter().map(|entry| entry.event_type.as_str()).collect();
     assert_eq!(types, ["order.created", "inventory.reserved", "order.shipped"], "{order:?}");
-    let widgets = eventually(
-        "2 widgets shipped",
-        saga,
-        || watch.process.log_tail(),
-        || async {
-            let level = stock(store_ref, "WIDGET-1").await;
-            (level.shipped == 2 && level.reserved == 0).then_some(level)
-        },
-    )
+    let widgets = eventually("2 widgets shipped", saga, || async {
+        let level = stock(store_ref, "WIDGET-1").await;
+        (level.shipped == 2 && level.reserved == 0).then_some(level).ok_or_else(|| watch.process.log_tail())
+    })
     .await;
     assert_eq!((widgets.available, widgets.reserved, widgets.shipped), (98, 0, 2));
 
     // AND the second is cancelled (shipment_failed) with its stock released exactly
-    let order = eventually(
-        "the Antarctic order CANCELLED",
-        saga,
-        || watch.process.log_tail(),
-        || ended(antarctic, OrderStatus::Cancelled),
-    )
+    let order = eventually("the Antarctic order CANCELLED", saga, || async {
+        ended(antarctic, OrderStatus::Cancelled).await.ok_or_else(|| watch.process.log_tail())
+    })
     .await;
     assert_eq!(order.cancel_reason, Some(CancelReason::ShipmentFailed), "{order:?}");
     let gadgets = stock(&store, "GADGET-2").await;
@@ -344,7 +328,7 @@ async fn bridge_shutdown_finishes_the_invocations_in_hand_publishes_their_events
         })
     };
     let fake = FakeLambda::start(respond).await;
-    let vhost = Vhost::create("bridge-drain");
+    let vhost = Vhost::new("bridge-drain");
     let settings = DeliverySettings::default();
     let link = vhost.link("test-publisher");
     link.declare(&Topology::derive(&settings)).await.expect("declare the topology");
@@ -407,7 +391,7 @@ async fn bridge_retries_or_dead_letters_a_failed_invocation_as_the_function_says
         })
     };
     let fake = FakeLambda::start(respond).await;
-    let vhost = Vhost::create("bridge-errors");
+    let vhost = Vhost::new("bridge-errors");
     let settings =
         DeliverySettings { max_retries: 2, retry_base: Duration::from_millis(50), ..DeliverySettings::default() };
     let link = vhost.link("test-publisher");
@@ -423,22 +407,15 @@ async fn bridge_retries_or_dead_letters_a_failed_invocation_as_the_function_says
     // THEN ship-order's permanent failure is dead-lettered at once, settle-inventory's
     // crash after every retry, and order-status's retryable failure is retried and handled
     let fake_ref = &fake;
-    eventually(
-        "two dead letters and every retry done",
-        Duration::from_secs(30),
-        || {
-            format!(
-                "calls: {:?}",
-                fake_ref.calls.lock().expect("not poisoned").iter().map(|(name, _)| name.clone()).collect::<Vec<_>>()
-            )
-        },
-        || async {
-            let dead = list_dead_letters(&link, 10).await.expect("list dead letters");
-            let done =
-                dead.len() == 2 && fake_ref.calls_to("settle-inventory") == 3 && fake_ref.calls_to("order-status") == 4;
-            done.then_some(())
-        },
-    )
+    eventually("two dead letters and every retry done", Duration::from_secs(30), || async {
+        let dead = list_dead_letters(&link, 10).await.expect("list dead letters");
+        let done =
+            dead.len() == 2 && fake_ref.calls_to("settle-inventory") == 3 && fake_ref.calls_to("order-status") == 4;
+        done.then_some(()).ok_or_else(|| {
+            let calls = fake_ref.calls.lock().expect("not poisoned");
+            format!("{} dead letters; calls: {:?}", dead.len(), calls.iter().map(|(name, _)| name).collect::<Vec<_>>())
+        })
+    })
     .await;
     bridge.stop().await;
     let dead = list_dead_letters(&link, 10).await.expect("list dead letters");

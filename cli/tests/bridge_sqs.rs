@@ -4,18 +4,16 @@
 //! queue of each function that consumes it, the input is acked, and SIGTERM
 //! stops the bridge cleanly with exit code 0.
 
-mod bridge_common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bridge_common::{
-    Spawned, Vhost, eventually, free_port, init_logging, inventory_reserved, local_aws, order_created, port_open,
-    queue_state,
-};
 use choreo::bridge::{SQS_ID_ATTRIBUTE, SQS_SUBJECT_ATTRIBUTE, SQS_TYPE_ATTRIBUTE, sqs_url_env_var};
+use common::bridge::{Spawned, free_port, inventory_reserved, local_aws, order_created, port_open};
+use common::{Vhost, eventually, init_logging, queue_state};
 use serde_json::Value;
 use shared::bus::DeliverySettings;
 use shared::bus::amqp::{Topology, dead_letter_queue, retry_queue};
@@ -38,12 +36,9 @@ async fn start_moto(dir: &TempDir) -> Moto {
     let mut command = Command::new("moto_server");
     command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
     let process = Spawned::start("moto_server (pip install 'moto[server]')", command, &dir.path().join("moto.log"));
-    eventually(
-        "moto_server to listen",
-        Duration::from_secs(60),
-        || process.log_tail(),
-        || async move { port_open(port).then_some(()) },
-    )
+    eventually("moto_server to listen", Duration::from_secs(60), || async {
+        port_open(port).then_some(()).ok_or_else(|| process.log_tail())
+    })
     .await;
     Moto { url: format!("http://127.0.0.1:{port}"), _process: process }
 }
@@ -141,7 +136,7 @@ async fn bridge_forwards_each_event_to_the_sqs_queue_of_every_consumer_then_stop
             .unwrap_or_else(|error| panic!("create a queue: {}", aws_sdk_sqs::error::DisplayErrorContext(&error)));
         queue_urls.insert(function, created.queue_url().expect("a queue URL").to_owned());
     }
-    let vhost = Vhost::create("bridge-sqs");
+    let vhost = Vhost::new("bridge-sqs");
     let link = vhost.link("test-publisher");
     link.declare(&Topology::derive(&settings())).await.expect("declare the topology");
 
@@ -174,20 +169,19 @@ async fn bridge_forwards_each_event_to_the_sqs_queue_of_every_consumer_then_stop
         (Function::OrderStatus, vec![&reserved]),
     ]);
     let received: Mutex<BTreeMap<Function, Vec<Received>>> = Mutex::default();
-    eventually(
-        "every event in the SQS queue of each of its consumers",
-        Duration::from_secs(60),
-        || bridge.log_tail(),
-        || async {
-            for (&function, url) in &queue_urls {
-                let taken = take(&sqs, url).await;
-                received.lock().expect("not poisoned").entry(function).or_default().extend(taken);
-            }
-            let received = received.lock().expect("not poisoned");
-            let count = |function: &Function| received.get(function).map_or(0, Vec::len);
-            expected.iter().all(|(function, events)| count(function) >= events.len()).then_some(())
-        },
-    )
+    eventually("every event in the SQS queue of each of its consumers", Duration::from_secs(60), || async {
+        for (&function, url) in &queue_urls {
+            let taken = take(&sqs, url).await;
+            received.lock().expect("not poisoned").entry(function).or_default().extend(taken);
+        }
+        let received = received.lock().expect("not poisoned");
+        let count = |function: &Function| received.get(function).map_or(0, Vec::len);
+        expected
+            .iter()
+            .all(|(function, events)| count(function) >= events.len())
+            .then_some(())
+            .ok_or_else(|| bridge.log_tail())
+    })
     .await;
     let received = received.into_inner().expect("not poisoned");
     for function in Function::consumers() {

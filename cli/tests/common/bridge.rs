@@ -1,124 +1,23 @@
-//! Helpers of the bridge's integration tests (`bridge_lambda`, `bridge_sqs`):
-//! a RabbitMQ virtual host per test, child processes that die with the test
-//! (their whole process group), free ports, bounded polling, AWS clients for
-//! local endpoints, and a few ready-made events.
-//!
-//! Every test runs against the broker at `AMQP_URL` (default
-//! `amqp://guest:guest@127.0.0.1:5672/%2f`) in a fresh vhost created with
-//! `rabbitmqctl`, deleted when the `Vhost` is dropped (even on a failure).
-
-#![allow(dead_code)] // each test binary uses its own part of this module
+//! Helpers of the bridge's tests (`bridge_lambda`, `bridge_sqs`): child
+//! processes that die with the test (their whole process group), free ports,
+//! AWS clients for local endpoints, and a few ready-made events.
 
 use std::fs::File;
-use std::future::Future;
 use std::io::Read as _;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use serde_json::json;
-use shared::bus::amqp::AmqpLink;
 use shared::contract::domain::NewOrder;
 use shared::contract::events::InventoryReserved;
+use shared::testkit::order_body;
 use shared::{Event, Function, Payload};
 
 /// The workspace root (where `cargo lambda watch` must run).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the bridge crate sits in the workspace").to_path_buf()
-}
-
-/// Logs of the code under test when `TEST_LOG` is set.
-pub fn init_logging() {
-    static LOGGING: std::sync::Once = std::sync::Once::new();
-    LOGGING.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            shared::telemetry::init();
-        }
-    });
-}
-
-// ------------------------------------------------------------------ vhost
-
-/// A RabbitMQ virtual host of its own, deleted on drop.
-pub struct Vhost {
-    pub name: String,
-    /// `AMQP_URL` with this vhost instead of its own.
-    pub url: String,
-}
-
-/// Runs `rabbitmqctl`; tries again for up to 30 s while it fails (another
-/// test may be restarting the broker).
-fn rabbitmqctl(args: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let output = Command::new("rabbitmqctl")
-            .args(args)
-            .output()
-            .unwrap_or_else(|error| panic!("rabbitmqctl (RabbitMQ's admin tool) cannot run: {error}"));
-        if output.status.success() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rabbitmqctl {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-impl Vhost {
-    pub fn create(label: &str) -> Self {
-        let name = format!("choreo-{label}-{}", uuid::Uuid::new_v4().simple());
-        rabbitmqctl(&["add_vhost", &name]);
-        let vhost = Self { url: vhost_url(&name), name };
-        rabbitmqctl(&["set_permissions", "-p", &vhost.name, "guest", ".*", ".*", ".*"]);
-        vhost
-    }
-
-    /// A link (one connection) to this vhost.
-    pub fn link(&self, name: &str) -> Arc<AmqpLink> {
-        AmqpLink::new(&self.url, name)
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.name]).output();
-    }
-}
-
-/// `AMQP_URL` (or the default broker) pointed at `vhost`.
-fn vhost_url(vhost: &str) -> String {
-    let base = std::env::var("AMQP_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| shared::bus::amqp::DEFAULT_AMQP_URL.to_owned());
-    let base = base.split('?').next().unwrap_or_default();
-    let authority_start = base.find("://").map_or(0, |index| index + 3);
-    let server = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    format!("{server}/{vhost}")
-}
-
-/// Messages ready in `queue` and consumers on it (a passive declare).
-pub async fn queue_state(link: &AmqpLink, queue: &str) -> (u32, u32) {
-    let channel = link.channel().await.expect("a channel to the test vhost");
-    let declared = channel
-        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap_or_else(|error| panic!("queue {queue} is not there: {error}"));
-    let _ = channel.close(200, "inspected".into()).await;
-    (declared.message_count(), declared.consumer_count())
 }
 
 // ------------------------------------------------------------------ processes
@@ -218,38 +117,10 @@ pub fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
-/// Polls `probe` until it answers `Some`, at most `timeout`; panics with
-/// `what` (and whatever `context` tells then) when time runs out.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, context: impl Fn() -> String, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", context());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 // ------------------------------------------------------------------ events
 
-/// A valid order body to `country`.
-pub fn order_body(sku: &str, quantity: u32, country: &str) -> serde_json::Value {
-    json!({
-        "customer_id": "bridge-test",
-        "items": [{"sku": sku, "quantity": quantity}],
-        "shipping_address": {"name": "Ada Lovelace", "line1": "12 Analytical Row", "city": "London",
-                             "postal_code": "N1 7AA", "country": country}
-    })
-}
-
-pub fn new_order(sku: &str, quantity: u32, country: &str) -> NewOrder {
+/// The order `POST /orders` would accept for [`order_body`].
+pub fn new_order(sku: &str, quantity: u64, country: &str) -> NewOrder {
     NewOrder::parse(&order_body(sku, quantity, country)).expect("a valid test order")
 }
 
@@ -266,7 +137,7 @@ pub async fn local_aws(endpoint: &str) -> aws_config::SdkConfig {
 }
 
 /// An `order.created` for a new order, as create-order emits it.
-pub fn order_created(sku: &str, quantity: u32, country: &str) -> Event {
+pub fn order_created(sku: &str, quantity: u64, country: &str) -> Event {
     let order = new_order(sku, quantity, country);
     Event::new(
         Function::CreateOrder,
@@ -281,7 +152,7 @@ pub fn order_created(sku: &str, quantity: u32, country: &str) -> Event {
 }
 
 /// An `inventory.reserved` for a new order (consumed by ship-order and order-status).
-pub fn inventory_reserved(sku: &str, quantity: u32) -> Event {
+pub fn inventory_reserved(sku: &str, quantity: u64) -> Event {
     let order = new_order(sku, quantity, "FR");
     Event::new(
         Function::ReserveInventory,

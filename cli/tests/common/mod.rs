@@ -1,17 +1,18 @@
-//! Helpers of the RabbitMQ tests `amqp_paths`, `amqp_resilience` and
-//! `topology` (the bridge's own tests use `bridge_common`).
+//! Helpers of the `choreo` crate's tests against RabbitMQ (`amqp_*`,
+//! `topology`, and with [`bridge`] the bridge's tests `bridge_*`).
 //!
-//! Every test gets its own virtual host on the broker named by `AMQP_URL`
-//! (default `amqp://guest:guest@127.0.0.1:5672/%2f`; only its host part is
-//! used), created with `rabbitmqctl` and deleted when its guard drops, even
-//! when the test fails; and its own temporary SQLite file. The system runs
-//! either in process (`AmqpSystem`, the HTTP API on 127.0.0.1:0) or as the
-//! real `choreo up --amqp` binary when a test needs a process to signal.
+//! Every test gets its own virtual host (the testkit's [`Vhost`], deleted
+//! when its guard drops, even when the test fails) and its own temporary
+//! SQLite file. The system runs either in process (`AmqpSystem`, the HTTP
+//! API on 127.0.0.1:0) or as the real `choreo up --amqp` binary when a test
+//! needs a process to signal.
 //!
 //! Waiting is always polling with a bound; nothing asserts on time.
 //! Set `TEST_LOG=1` to see the saga steps logged.
 
 #![allow(dead_code)] // each test binary uses its own part of these helpers
+
+pub mod bridge;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -24,13 +25,14 @@ use choreo::client::Client;
 use choreo::up::{AmqpSystem, DEFAULT_CATALOG, UpConfig, parse_catalog, serve};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::Function;
 use shared::bus::DeliverySettings;
 use shared::bus::amqp::{AmqpLink, SAGA_ENDED_QUEUE, dead_letter_queue, retry_queue};
 use shared::contract::domain::Sku;
 use shared::step::ShipCountries;
 use shared::store::{SeedStock, StockLevel, Store};
+pub use shared::testkit::broker::Vhost;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -52,74 +54,26 @@ pub fn init_logging() {
 
 /// `scheme://user:password@host:port` of `AMQP_URL`, without the vhost.
 pub fn broker_base() -> String {
-    let url = std::env::var("AMQP_URL").ok().filter(|url| !url.is_empty());
-    let url = url.unwrap_or_else(|| shared::bus::amqp::DEFAULT_AMQP_URL.to_owned());
-    let after_scheme = url.find("://").map_or(0, |at| at + 3);
-    match url[after_scheme..].find('/') {
-        Some(slash) => url[..after_scheme + slash].to_owned(),
-        None => url,
-    }
+    shared::testkit::broker::BrokerBase::from_env().server
 }
 
-/// Runs `rabbitmqctl` on the local node; answers its stdout or what went wrong.
-pub fn try_rabbitmqctl(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("rabbitmqctl").args(args).stdin(Stdio::null()).output().map_err(|error| {
-        format!("cannot run rabbitmqctl (is RabbitMQ installed? see scripts/ensure-rabbitmq): {error}")
-    })?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "rabbitmqctl {} failed ({}): {}{}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
-#[track_caller]
-pub fn rabbitmqctl(args: &[&str]) -> String {
-    try_rabbitmqctl(args).unwrap_or_else(|error| panic!("{error}"))
-}
-
-/// A fresh virtual host, deleted when dropped (also when the test panics).
-pub struct Vhost {
-    pub name: String,
-    /// `AMQP_URL` pointing at this vhost.
-    pub url: String,
-}
-
-impl Vhost {
-    pub fn new(label: &str) -> Self {
-        let name = format!("choreo-test-{label}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        rabbitmqctl(&["add_vhost", &name]);
-        let vhost = Self { url: format!("{}/{name}", broker_base()), name };
-        rabbitmqctl(&["set_permissions", "-p", &vhost.name, "guest", ".*", ".*", ".*"]);
-        vhost
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        if let Err(error) = try_rabbitmqctl(&["delete_vhost", &self.name]) {
-            eprintln!("could not delete the test vhost {}: {error}", self.name);
-        }
-    }
-}
-
-/// Messages ready in `queue` (`queue.declare` passive). Unacknowledged
-/// messages are not counted: ask once the consumers are stopped or idle.
-pub async fn message_count(link: &AmqpLink, queue: &str) -> u32 {
-    let channel = link.channel().await.unwrap_or_else(|error| panic!("a channel to count {queue}: {error}"));
+/// Messages ready in `queue` and consumers on it (`queue.declare` passive).
+/// Unacknowledged messages are not counted: ask once the consumers are
+/// stopped or idle.
+pub async fn queue_state(link: &AmqpLink, queue: &str) -> (u32, u32) {
+    let channel = link.channel().await.unwrap_or_else(|error| panic!("a channel to inspect {queue}: {error}"));
     let options = QueueDeclareOptions { passive: true, ..Default::default() };
     let declared = channel
         .queue_declare(queue.into(), options, FieldTable::default())
         .await
         .unwrap_or_else(|error| panic!("queue {queue} is declared: {error}"));
-    let _ = channel.close(200, "counted".into()).await;
-    declared.message_count()
+    let _ = channel.close(200, "inspected".into()).await;
+    (declared.message_count(), declared.consumer_count())
+}
+
+/// Messages ready in `queue` (see [`queue_state`]).
+pub async fn message_count(link: &AmqpLink, queue: &str) -> u32 {
+    queue_state(link, queue).await.0
 }
 
 /// Every queue a function owns: work, retries, dead letters.
@@ -343,22 +297,6 @@ impl Drop for ChoreoProcess {
 }
 
 // ------------------------------------------------------------- orders
-
-/// A valid `POST /orders` body for `(sku, quantity)` lines, shipped to `country`.
-pub fn order_body(items: &[(&str, u32)], country: &str) -> Value {
-    let items: Vec<Value> = items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect();
-    json!({
-        "customer_id": "cust-amqp",
-        "items": items,
-        "shipping_address": {
-            "name": "Ada Lovelace",
-            "line1": "12 St James's Square",
-            "city": "London",
-            "postal_code": "SW1Y 4JH",
-            "country": country
-        }
-    })
-}
 
 /// The event types of an order's `history`, oldest first.
 pub fn history_types(order: &Value) -> Vec<String> {
