@@ -19,9 +19,12 @@ use uuid::Uuid;
 
 use crate::contract::choreography::{CHOREOGRAPHY, Function};
 use crate::contract::domain::{
-    Address, AddressLine, Country, CustomerId, Item, OrderId, OrderStatus, Quantity, Sku, units_per_sku,
+    Address, AddressLine, CancelReason, Country, CustomerId, Item, OrderId, OrderStatus, Quantity, Sku, units_per_sku,
 };
-use crate::contract::events::{Event, OrderCreated, Payload};
+use crate::contract::events::{
+    Event, EventType, InventoryInsufficient, InventoryRejected, InventoryReleased, InventoryReserved, OrderCancelled,
+    OrderCreated, OrderShipped, Payload, ReplenishmentFailed, ShipmentFailed, SkuUnits, StockReplenished,
+};
 use crate::step::{Ports, ShipCountries};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
@@ -94,6 +97,48 @@ pub fn event(order_id: OrderId, payload: Payload) -> Event {
         .unwrap_or_else(|| panic!("nobody emits {event_type}"))
         .function;
     Event::new(emitter, order_id, None, payload)
+}
+
+/// A valid payload of `event_type`, about one unit of `SAMPLE-1` shipped to
+/// France (the match is exhaustive: a new event type needs its sample here).
+pub fn sample_payload(event_type: EventType) -> Payload {
+    let items = vec![item("SAMPLE-1", 1)];
+    let units = || vec![SkuUnits { sku: sku("SAMPLE-1"), units: 1 }];
+    let detail = || format!("sample {event_type}");
+    match event_type {
+        EventType::OrderCreated => Payload::OrderCreated(order_created(items)),
+        EventType::InventoryReserved => {
+            Payload::InventoryReserved(InventoryReserved { items, shipping_address: address("FR") })
+        }
+        EventType::InventoryInsufficient => Payload::InventoryInsufficient(InventoryInsufficient {
+            items,
+            shipping_address: address("FR"),
+            shortfall: units(),
+            attempt: 1,
+        }),
+        EventType::InventoryRejected => {
+            Payload::InventoryRejected(InventoryRejected { reason: CancelReason::UnknownSku, detail: detail() })
+        }
+        EventType::StockReplenished => Payload::StockReplenished(StockReplenished {
+            items,
+            shipping_address: address("FR"),
+            replenished: units(),
+            attempt: 1,
+        }),
+        EventType::ReplenishmentFailed => {
+            Payload::ReplenishmentFailed(ReplenishmentFailed { reason: CancelReason::OutOfStock, detail: detail() })
+        }
+        EventType::OrderShipped => {
+            Payload::OrderShipped(OrderShipped { items, tracking_number: "TRACK-SAMPLE".to_owned() })
+        }
+        EventType::ShipmentFailed => Payload::ShipmentFailed(ShipmentFailed { items, detail: detail() }),
+        EventType::InventoryReleased => {
+            Payload::InventoryReleased(InventoryReleased { items, reason: CancelReason::ShipmentFailed })
+        }
+        EventType::OrderCancelled => {
+            Payload::OrderCancelled(OrderCancelled { reason: CancelReason::ShipmentFailed, detail: detail() })
+        }
+    }
 }
 
 /// The payloads of emitted events, for comparing with what a step should emit.
