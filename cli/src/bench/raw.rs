@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use shared::bus::amqp::{AmqpLink, Topology};
 use shared::contract::choreography::{EXCHANGE, consumers_of};
@@ -39,7 +39,8 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
     let link = AmqpLink::new(url, "choreo-bench-setup");
     link.declare(&topology).await?;
     link.close().await;
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    // Through the link, so that amqps:// gets TLS and AMQP_CA_FILE as everywhere else.
+    let connection = link.dedicated_connection().await?;
     let purge = connection.create_channel().await?;
     for function in Function::consumers() {
         purge.queue_purge(function.queue().as_str().into(), QueuePurgeOptions::default()).await?;

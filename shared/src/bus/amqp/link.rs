@@ -104,6 +104,13 @@ impl AmqpLink {
         Ok(session)
     }
 
+    /// A connection of its own, opened as the link opens its shared one (TLS,
+    /// trust, timeout): for callers that must not share it (`choreo bench --raw`).
+    pub async fn dedicated_connection(&self) -> Result<Connection, lapin::Error> {
+        let properties = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+        tls::connect(self.url.get().await?, properties, &self.trust, CONNECT_TIMEOUT).await
+    }
+
     /// A new channel on the shared connection (consumers, admin work).
     pub async fn channel(&self) -> Result<Channel, lapin::Error> {
         self.session().await?.connection.create_channel().await
