@@ -12,15 +12,21 @@
 
 use std::collections::BTreeSet;
 
+use choreo::bridge::sqs_url_env_var;
 use choreo::template::{
-    HTTP_API, QUERIED_TABLES, READ_ACTIONS, TABLES, USE_AMAZON_MQ, USE_SQS, dead_letter_queue_id, function_id,
-    is_query, queue_id, sam_template, sam_template_for, table_id,
+    BRIDGE_CONTAINER, BRIDGE_EXECUTION_ROLE, BRIDGE_INVOKES_LAMBDA, BRIDGE_INVOKES_SQS, BRIDGE_SERVICE,
+    BRIDGE_TASK_DEFINITION, BRIDGE_TASK_ROLE, HAS_ALARM_TOPIC, HTTP_API, IN_VPC, MQ_NETWORK_ACTIONS, QUERIED_TABLES,
+    READ_ACTIONS, RUN_BRIDGE, SCHEDULED, TABLE_DELETION_POLICY, TABLES, Target, USE_AMAZON_MQ, USE_SQS, VPC_ACTIONS,
+    dead_letter_queue_id, function_id, function_id_of, is_query, queue_id, sam_template, sam_template_for, table_id,
 };
 use serde_json::{Value, json};
+use shared::bus::amqp::dead_letter_queue;
 use shared::contract::choreography::{CHOREOGRAPHY, Function, FunctionSpec};
+use shared::store::dynamodb::{EXPIRES_AT, PROCESSED};
 
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml");
 const OPENAPI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml");
+const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|error| panic!("cannot read {path}: {error}"))
@@ -84,10 +90,11 @@ fn check_functions(template: &Value, choreography: &[FunctionSpec]) -> Vec<Strin
     if globals["Architectures"] != json!(["arm64"]) {
         problems.push("Globals.Function.Architectures is not [arm64]".to_owned());
     }
-    for spec in choreography {
-        let id = function_id(spec);
+    let names = choreography.iter().map(|spec| spec.name).chain(SCHEDULED.iter().map(|function| function.name));
+    for name in names {
+        let id = function_id_of(name);
         let Some(resource) = resources(template).get(&id) else {
-            problems.push(format!("{} has no resource {id}", spec.name));
+            problems.push(format!("{name} has no resource {id}"));
             continue;
         };
         if resource["Type"] != "AWS::Serverless::Function" {
@@ -96,17 +103,29 @@ fn check_functions(template: &Value, choreography: &[FunctionSpec]) -> Vec<Strin
         if resource["Metadata"]["BuildMethod"] != "rust-cargolambda" {
             problems.push(format!("{id} is not built with rust-cargolambda"));
         }
-        if resource["Metadata"]["BuildProperties"]["Binary"] != spec.name {
-            problems.push(format!("{id} does not build the binary {}", spec.name));
+        if resource["Metadata"]["BuildProperties"]["Binary"] != name {
+            problems.push(format!("{id} does not build the binary {name}"));
         }
         if resource["Properties"]["CodeUri"] != "." {
             problems.push(format!("{id}: CodeUri is not the workspace root"));
         }
+        if resource["Properties"]["FunctionName"] != json!({ "Fn::Sub": format!("${{NamePrefix}}{name}") }) {
+            problems.push(format!("{id} is not named ${{NamePrefix}}{name}"));
+        }
+        // cargo lambda builds the binary of the crate functions/<name>.
+        let manifest = std::fs::read_to_string(format!("{WORKSPACE}/functions/{name}/Cargo.toml")).unwrap_or_default();
+        if !manifest.contains(&format!("name = \"{name}\"")) {
+            problems.push(format!("{id}: no crate functions/{name} builds the binary {name}"));
+        }
     }
-    let declared: BTreeSet<String> = choreography.iter().map(function_id).collect();
+    let declared: BTreeSet<String> = choreography
+        .iter()
+        .map(function_id)
+        .chain(SCHEDULED.iter().map(|function| function_id_of(function.name)))
+        .collect();
     for (id, _) in of_type(template, "AWS::Serverless::Function") {
         if !declared.contains(id) {
-            problems.push(format!("{id} is not a function of the choreography"));
+            problems.push(format!("{id} is neither a function of the choreography nor a scheduled one"));
         }
     }
     problems
@@ -153,8 +172,9 @@ fn check_event_sources(template: &Value, choreography: &[FunctionSpec]) -> Vec<S
                 if properties["EventSourceArn"] != reference("MqBrokerArn") {
                     problems.push(format!("{id} is not mapped to the MqBrokerArn broker"));
                 }
-                let grants = [("mq:DescribeBroker", reference("MqBrokerArn"))];
-                problems.extend(check_grants(template, spec, USE_AMAZON_MQ, &grants));
+                let mut grants = vec![("mq:DescribeBroker", reference("MqBrokerArn"))];
+                grants.extend(MQ_NETWORK_ACTIONS.iter().map(|action| (*action, json!("*"))));
+                problems.extend(check_grants(template, &function_id(spec), USE_AMAZON_MQ, &grants));
                 let access: BTreeSet<_> = properties["SourceAccessConfigurations"]
                     .as_array()
                     .into_iter()
@@ -199,8 +219,11 @@ fn check_sqs_mapping(template: &Value, id: &str, spec: &FunctionSpec, properties
     if !strings(&properties["FunctionResponseTypes"]).contains(&"ReportBatchItemFailures".to_owned()) {
         problems.push(format!("{id} does not report batch item failures"));
     }
+    if properties["ScalingConfig"]["MaximumConcurrency"] != reference("MaximumConcurrency") {
+        problems.push(format!("{id} has no MaximumConcurrency"));
+    }
     let grants = [("sqs:ReceiveMessage", get_att(&queue, "Arn")), ("sqs:DeleteMessage", get_att(&queue, "Arn"))];
-    problems.extend(check_grants(template, spec, USE_SQS, &grants));
+    problems.extend(check_grants(template, &function_id(spec), USE_SQS, &grants));
     let resource = |logical: &str| resources(template).get(logical).cloned().unwrap_or(Value::Null);
     let queue_resource = resource(&queue);
     if queue_resource["Type"] != "AWS::SQS::Queue" || queue_resource["Condition"] != USE_SQS {
@@ -219,9 +242,8 @@ fn check_sqs_mapping(template: &Value, id: &str, spec: &FunctionSpec, properties
 
 /// The function's role grants each `(action, resource)` under `condition`
 /// (a policy `Fn::If: [condition, policy, AWS::NoValue]`).
-fn check_grants(template: &Value, spec: &FunctionSpec, condition: &str, grants: &[(&str, Value)]) -> Vec<String> {
-    let id = function_id(spec);
-    let policies = resources(template).get(&id).map(|function| function["Properties"]["Policies"].clone());
+fn check_grants(template: &Value, id: &str, condition: &str, grants: &[(&str, Value)]) -> Vec<String> {
+    let policies = resources(template).get(id).map(|function| function["Properties"]["Policies"].clone());
     let conditional: Vec<Value> = policies
         .as_ref()
         .and_then(Value::as_array)
@@ -381,6 +403,310 @@ fn check_table_permissions(template: &Value, choreography: &[FunctionSpec]) -> V
     problems
 }
 
+/// The condition a resource exists under (`Null`: always).
+fn condition_of<'a>(template: &'a Value, id: &str) -> &'a Value {
+    resources(template).get(id).map_or(&Value::Null, |resource| &resource["Condition"])
+}
+
+/// Ids of the alarms on `namespace`/`metric` with the dimension `name` = `value`.
+fn alarms_on(template: &Value, (namespace, metric): (&str, &str), (name, value): (&str, &Value)) -> Vec<String> {
+    of_type(template, "AWS::CloudWatch::Alarm")
+        .filter(|(_, alarm)| {
+            let properties = &alarm["Properties"];
+            properties["Namespace"] == namespace
+                && properties["MetricName"] == metric
+                && properties["Dimensions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|dimension| dimension["Name"] == name && dimension["Value"] == *value)
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// `what` (the resource `id`) has exactly one such alarm, under its own condition.
+fn check_alarm(template: &Value, what: &str, id: &str, alarms: Vec<String>) -> Vec<String> {
+    match alarms.as_slice() {
+        [] => vec![format!("{what} has no alarm")],
+        [alarm] if condition_of(template, alarm) != condition_of(template, id) => vec![format!(
+            "the alarm {alarm} of {what} has condition {} but {id} has {}",
+            condition_of(template, alarm),
+            condition_of(template, id)
+        )],
+        [_] => Vec::new(),
+        more => vec![format!("{what} has several alarms: {more:?}")],
+    }
+}
+
+/// Every function writes to a log group of its own; every log group keeps
+/// `LogRetentionDays`; every function has an errors alarm, every queue a
+/// retention, every dead-letter queue (SQS, and the dead queues on the
+/// broker) an alarm; every alarm notifies the topic when one is given.
+fn check_operations(template: &Value, choreography: &[FunctionSpec]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (id, function) in of_type(template, "AWS::Serverless::Function") {
+        let group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"].as_str().unwrap_or_default();
+        if resources(template).get(group).is_none_or(|group| group["Type"] != "AWS::Logs::LogGroup") {
+            problems.push(format!("{id} has no log group of its own"));
+        } else if condition_of(template, group) != condition_of(template, id) {
+            problems.push(format!("the log group {group} of {id} does not exist whenever {id} does"));
+        }
+        let alarms = alarms_on(template, ("AWS/Lambda", "Errors"), ("FunctionName", &reference(id)));
+        problems.extend(check_alarm(template, &format!("{id}'s Errors"), id, alarms));
+    }
+    for (id, group) in of_type(template, "AWS::Logs::LogGroup") {
+        if group["Properties"]["RetentionInDays"] != reference("LogRetentionDays") {
+            problems.push(format!("the log group {id} does not keep its logs LogRetentionDays days"));
+        }
+    }
+    let dead_letter_queues: BTreeSet<String> = of_type(template, "AWS::SQS::Queue")
+        .filter_map(|(_, queue)| queue["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0].as_str())
+        .map(str::to_owned)
+        .collect();
+    for (id, queue) in of_type(template, "AWS::SQS::Queue") {
+        if !queue["Properties"]["MessageRetentionPeriod"].is_i64() {
+            problems.push(format!("the queue {id} has no MessageRetentionPeriod"));
+        }
+        if dead_letter_queues.contains(id) {
+            let metric = ("AWS/SQS", "ApproximateNumberOfMessagesVisible");
+            let alarms = alarms_on(template, metric, ("QueueName", &get_att(id, "QueueName")));
+            problems.extend(check_alarm(template, &format!("the dead-letter queue {id}"), id, alarms));
+        }
+    }
+    for spec in choreography.iter().filter(|spec| !spec.consumes.is_empty()) {
+        let queue = dead_letter_queue(spec.function);
+        let alarms = alarms_on(template, ("AWS/AmazonMQ", "MessageCount"), ("Queue", &json!(queue)));
+        let conditions: Vec<&Value> = alarms.iter().map(|alarm| condition_of(template, alarm)).collect();
+        if conditions != [&json!(USE_AMAZON_MQ)] {
+            problems.push(format!("{queue} on the broker has no alarm under {USE_AMAZON_MQ} (alarms: {alarms:?})"));
+        }
+    }
+    let notify = json!({ "Fn::If": [HAS_ALARM_TOPIC, [reference("AlarmTopicArn")], reference("AWS::NoValue")] });
+    for (id, alarm) in of_type(template, "AWS::CloudWatch::Alarm") {
+        if alarm["Properties"]["AlarmActions"] != notify {
+            problems.push(format!("{id} does not notify AlarmTopicArn"));
+        }
+    }
+    let containers = resources(template)
+        .get(BRIDGE_TASK_DEFINITION)
+        .and_then(|definition| definition["Properties"]["ContainerDefinitions"].as_array().cloned())
+        .unwrap_or_default();
+    for container in &containers {
+        let group = container["LogConfiguration"]["Options"]["awslogs-group"]["Ref"].as_str().unwrap_or_default();
+        if resources(template).get(group).is_none_or(|group| group["Type"] != "AWS::Logs::LogGroup")
+            || condition_of(template, group) != condition_of(template, BRIDGE_TASK_DEFINITION)
+        {
+            problems.push(format!("the bridge container {} has no log group of its own", container["Name"]));
+        }
+    }
+    if containers.is_empty() {
+        problems.push(format!("{BRIDGE_TASK_DEFINITION} has no container"));
+    }
+    problems
+}
+
+/// With `SubnetIds`, every function runs in the VPC and its role may manage
+/// the network interfaces Lambda needs there.
+fn check_network(template: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let split = |parameter: &str| json!({ "Fn::Split": [",", reference(parameter)] });
+    let vpc = json!({ "SubnetIds": split("SubnetIds"), "SecurityGroupIds": split("SecurityGroupIds") });
+    let expected = json!({ "Fn::If": [IN_VPC, vpc, reference("AWS::NoValue")] });
+    for (id, function) in of_type(template, "AWS::Serverless::Function") {
+        if function["Properties"]["VpcConfig"] != expected {
+            problems.push(format!("{id} does not run in the VPC under {IN_VPC}"));
+        }
+        let grants: Vec<(&str, Value)> = VPC_ACTIONS.iter().map(|action| (*action, json!("*"))).collect();
+        problems.extend(check_grants(template, id, IN_VPC, &grants));
+    }
+    let network = &resources(template)
+        .get(BRIDGE_SERVICE)
+        .map(|service| service["Properties"]["NetworkConfiguration"]["AwsvpcConfiguration"].clone());
+    let network = network.clone().unwrap_or(Value::Null);
+    if network["Subnets"] != split("SubnetIds") || network["SecurityGroups"] != split("SecurityGroupIds") {
+        problems.push(format!("{BRIDGE_SERVICE} does not run in SubnetIds with SecurityGroupIds"));
+    }
+    problems
+}
+
+/// Statements of an `AWS::IAM::Role`'s inline policies under `condition`
+/// (`Fn::If: [condition, policy, AWS::NoValue]`); `None`: the unconditional ones.
+fn role_statements(template: &Value, role: &str, condition: Option<&str>) -> Vec<Value> {
+    let policies = resources(template).get(role).map(|role| role["Properties"]["Policies"].clone());
+    policies
+        .as_ref()
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|policy| match (condition, policy.get("Fn::If")) {
+            (Some(condition), Some(branches)) if branches[0] == condition => Some(branches[1].clone()),
+            (None, None) => Some(policy.clone()),
+            _ => None,
+        })
+        .flat_map(|policy| statements(&policy).into_iter().cloned().collect::<Vec<_>>())
+        .collect()
+}
+
+/// `(action, resource)` pairs of statements, each resource list flattened.
+fn grants_of(statements: &[Value]) -> BTreeSet<(String, String)> {
+    let mut grants = BTreeSet::new();
+    for statement in statements {
+        let targets = match &statement["Resource"] {
+            Value::Array(items) => items.clone(),
+            single => vec![single.clone()],
+        };
+        for action in strings(&statement["Action"]) {
+            for target in &targets {
+                grants.insert((action.clone(), target.to_string()));
+            }
+        }
+    }
+    grants
+}
+
+/// The bridge exists only under `RunBridge`; its task role may do exactly
+/// what `BridgeInvoke` needs, its execution role read the AMQP URL into
+/// `AMQP_URL`; it invokes the functions by the names the template gives them.
+fn check_bridge(template: &Value, choreography: &[FunctionSpec]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (id, resource) in resources(template).iter().filter(|(id, _)| id.starts_with("Bridge")) {
+        if resource["Condition"] != RUN_BRIDGE {
+            problems.push(format!("{id} exists without the bridge (condition {})", resource["Condition"]));
+        }
+    }
+    let consumers: Vec<&FunctionSpec> = choreography.iter().filter(|spec| !spec.consumes.is_empty()).collect();
+    let expect = |action: &str, targets: Vec<Value>| -> BTreeSet<(String, String)> {
+        targets.into_iter().map(|target| (action.to_owned(), target.to_string())).collect()
+    };
+    let cases = [
+        (None, BTreeSet::new()),
+        (
+            Some(BRIDGE_INVOKES_SQS),
+            expect("sqs:SendMessage", consumers.iter().map(|spec| get_att(&queue_id(spec), "Arn")).collect()),
+        ),
+        (
+            Some(BRIDGE_INVOKES_LAMBDA),
+            expect("lambda:InvokeFunction", consumers.iter().map(|spec| get_att(&function_id(spec), "Arn")).collect()),
+        ),
+    ];
+    for (condition, expected) in cases {
+        let granted = grants_of(&role_statements(template, BRIDGE_TASK_ROLE, condition));
+        if granted != expected {
+            problems.push(format!("{BRIDGE_TASK_ROLE} under {condition:?} may {granted:?} instead of {expected:?}"));
+        }
+    }
+    let execution = grants_of(&role_statements(template, BRIDGE_EXECUTION_ROLE, None));
+    let secret = ("secretsmanager:GetSecretValue".to_owned(), reference("AmqpSecretArn").to_string());
+    if execution != BTreeSet::from([secret]) {
+        problems.push(format!("{BRIDGE_EXECUTION_ROLE} may {execution:?} instead of reading AmqpSecretArn"));
+    }
+    let definition = resources(template).get(BRIDGE_TASK_DEFINITION).cloned().unwrap_or(Value::Null);
+    let containers = definition["Properties"]["ContainerDefinitions"].as_array().cloned().unwrap_or_default();
+    let Some(container) = containers.iter().find(|container| container["Name"] == BRIDGE_CONTAINER) else {
+        problems.push(format!("{BRIDGE_TASK_DEFINITION} has no container {BRIDGE_CONTAINER}"));
+        return problems;
+    };
+    if container["Command"] != json!(["bridge", "--invoke", reference("BridgeInvoke")]) {
+        problems.push(format!("the bridge container runs {} instead of choreo bridge", container["Command"]));
+    }
+    let amqp_url = json!([{ "Name": "AMQP_URL", "ValueFrom": reference("AmqpSecretArn") }]);
+    if container["Secrets"] != amqp_url {
+        problems.push(format!("the bridge container's secrets are {} instead of AMQP_URL", container["Secrets"]));
+    }
+    let environment: Vec<(String, Value)> = container["Environment"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|variable| (variable["Name"].as_str().unwrap_or_default().to_owned(), variable["Value"].clone()))
+        .collect();
+    let variable = |name: &str| environment.iter().find(|(n, _)| n == name).map(|(_, value)| value.clone());
+    // The bridge invokes `<CHOREO_FUNCTION_PREFIX><name>`, the functions are `${NamePrefix}<name>` (check_functions).
+    if variable("CHOREO_FUNCTION_PREFIX") != Some(reference("NamePrefix")) {
+        problems.push("the bridge's CHOREO_FUNCTION_PREFIX is not NamePrefix, the functions' prefix".to_owned());
+    }
+    for spec in &consumers {
+        let name = sqs_url_env_var(spec.function);
+        if variable(&name) != Some(reference(&queue_id(spec))) {
+            problems.push(format!("the bridge's {name} is not the URL of {}", queue_id(spec)));
+        }
+    }
+    problems
+}
+
+/// Tables survive the stack but not its failed first creation; the
+/// processed records expire on `EXPIRES_AT`, and no other table expires.
+fn check_tables(template: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    for table in &TABLES {
+        let id = table_id(table);
+        let resource = resources(template).get(&id).cloned().unwrap_or(Value::Null);
+        if resource["DeletionPolicy"] != TABLE_DELETION_POLICY || resource["UpdateReplacePolicy"] != "Retain" {
+            problems.push(format!(
+                "{id} is not kept: {} / {}",
+                resource["DeletionPolicy"], resource["UpdateReplacePolicy"]
+            ));
+        }
+        let ttl = &resource["Properties"]["TimeToLiveSpecification"];
+        let expected =
+            if *table == PROCESSED { json!({ "AttributeName": EXPIRES_AT, "Enabled": true }) } else { Value::Null };
+        if *ttl != expected {
+            problems.push(format!("{id} has the TTL {ttl} instead of {expected}"));
+        }
+    }
+    problems
+}
+
+/// Each scheduled function runs on its schedule parameter, reads its
+/// environment from parameters, and its role holds exactly its grants.
+fn check_scheduled(template: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    for scheduled in SCHEDULED {
+        let id = function_id_of(scheduled.name);
+        let properties = resources(template).get(&id).map(|f| f["Properties"].clone()).unwrap_or(Value::Null);
+        let events: Vec<&Value> =
+            properties["Events"].as_object().into_iter().flat_map(|events| events.values()).collect();
+        let on_schedule = events.iter().any(|event| {
+            event["Type"] == "Schedule" && event["Properties"]["Schedule"] == reference(scheduled.schedule)
+        });
+        if events.len() != 1 || !on_schedule {
+            problems.push(format!("{id} is not invoked by exactly its {} schedule", scheduled.schedule));
+        }
+        for (variable, parameter) in scheduled.environment {
+            if properties["Environment"]["Variables"][variable] != reference(parameter) {
+                problems.push(format!("{id}: {variable} is not the {parameter} parameter"));
+            }
+        }
+        let policies = properties["Policies"].as_array().cloned().unwrap_or_default();
+        let unconditional: Vec<Value> = policies
+            .iter()
+            .filter(|policy| policy.get("Fn::If").is_none())
+            .flat_map(|policy| statements(policy).into_iter().cloned().collect::<Vec<_>>())
+            .collect();
+        let expected: BTreeSet<(String, String)> = scheduled
+            .grants
+            .iter()
+            .flat_map(|grant| {
+                let target = match &grant.on {
+                    Target::Table(table) => get_att(&table_id(table), "Arn"),
+                    Target::Index(table) => json!({ "Fn::Sub": format!(
+                        "${{{}.Arn}}/index/{}",
+                        table_id(table),
+                        table.index.map(|index| index.name).unwrap_or_default()
+                    ) }),
+                    Target::Parameter(parameter) => reference(parameter),
+                };
+                grant.actions.iter().map(move |action| ((*action).to_owned(), target.to_string()))
+            })
+            .collect();
+        let granted = grants_of(&unconditional);
+        if granted != expected {
+            problems.push(format!("{id} may {granted:?} instead of {expected:?}"));
+        }
+    }
+    problems
+}
+
 fn assert_no_problems(problems: Vec<String>) {
     assert!(problems.is_empty(), "template.yaml:\n- {}", problems.join("\n- "));
 }
@@ -450,6 +776,40 @@ fn publishing_functions_get_the_amqp_secret_and_nothing_wider() {
             );
         }
     }
+}
+
+#[test]
+fn every_function_queue_and_log_group_has_its_alarm_and_retention() {
+    assert_no_problems(check_operations(&committed(), CHOREOGRAPHY));
+}
+
+#[test]
+fn with_subnets_every_function_runs_in_the_vpc() {
+    assert_no_problems(check_network(&committed()));
+}
+
+#[test]
+fn the_bridge_may_do_exactly_what_its_invoke_mode_needs() {
+    assert_no_problems(check_bridge(&committed(), CHOREOGRAPHY));
+}
+
+#[test]
+fn tables_are_kept_and_processed_records_expire() {
+    assert_no_problems(check_tables(&committed()));
+}
+
+#[test]
+fn scheduled_functions_run_on_their_schedule_with_their_grants() {
+    assert_no_problems(check_scheduled(&committed()));
+}
+
+#[test]
+fn the_relay_reads_the_variables_the_template_sets() {
+    let source = read(&format!("{WORKSPACE}/functions/relay-outbox/src/lib.rs"));
+    let relay = SCHEDULED.iter().find(|function| function.name == "relay-outbox").expect("the relay is scheduled");
+    let (grace, _) =
+        relay.environment.iter().find(|(variable, _)| variable.contains("GRACE")).expect("a grace variable");
+    assert!(source.contains(&format!("\"{grace}\"")), "functions/relay-outbox reads no {grace}");
 }
 
 // ------------------------------------------------------------------ the checks can fail
@@ -534,4 +894,92 @@ fn a_table_of_another_service_is_noticed() {
     statement["Resource"].as_array_mut().expect("table list").push(get_att("StockTable", "Arn"));
     let problems = check_table_permissions(&template, CHOREOGRAPHY).join("\n");
     assert!(problems.contains("ship-order (Shipping) may use"), "{problems}");
+}
+
+#[test]
+fn a_missing_alarm_log_group_or_retention_is_noticed() {
+    let mut template = parse(&sam_template());
+    remove(&mut template, "ShipOrderErrorsAlarm");
+    remove(&mut template, "ReplenishStockDeadLetterAlarm");
+    remove(&mut template, "OrderStatusDeadQueueAlarm");
+    remove(&mut template, "RelayOutboxLogGroup");
+    template["Resources"]["CreateOrderLogGroup"]["Properties"]
+        .as_object_mut()
+        .expect("properties")
+        .remove("RetentionInDays");
+    template["Resources"]["SettleInventoryDeadLetterQueue"]["Properties"]
+        .as_object_mut()
+        .expect("properties")
+        .remove("MessageRetentionPeriod");
+    template["Resources"]["OrderQueryErrorsAlarm"]["Condition"] = json!(USE_SQS);
+    template["Resources"]["BridgeLogGroup"]["Properties"]["RetentionInDays"] = json!(3653);
+    let problems = check_operations(&template, CHOREOGRAPHY).join("\n");
+    for expected in [
+        "ShipOrderFunction's Errors has no alarm",
+        "the dead-letter queue ReplenishStockDeadLetterQueue has no alarm",
+        "choreo.order-status.dead on the broker has no alarm",
+        "RelayOutboxFunction has no log group of its own",
+        "the log group CreateOrderLogGroup does not keep",
+        "the queue SettleInventoryDeadLetterQueue has no MessageRetentionPeriod",
+        "the alarm OrderQueryErrorsAlarm of OrderQueryFunction's Errors has condition",
+        "the log group BridgeLogGroup does not keep",
+    ] {
+        assert!(problems.contains(expected), "{expected:?} not in:\n{problems}");
+    }
+}
+
+#[test]
+fn a_function_outside_the_vpc_is_noticed() {
+    let mut template = parse(&sam_template());
+    template["Resources"]["RelayOutboxFunction"]["Properties"].as_object_mut().expect("properties").remove("VpcConfig");
+    template["Resources"]["ShipOrderFunction"]["Properties"]["Policies"].as_array_mut().expect("policies").remove(1);
+    let problems = check_network(&template).join("\n");
+    assert!(problems.contains("RelayOutboxFunction does not run in the VPC"), "{problems}");
+    assert!(problems.contains("ShipOrderFunction is not granted ec2:CreateNetworkInterface"), "{problems}");
+}
+
+#[test]
+fn a_bridge_with_more_rights_or_another_prefix_is_noticed() {
+    let mut template = parse(&sam_template());
+    let policies = &mut template["Resources"][BRIDGE_TASK_ROLE]["Properties"]["Policies"];
+    let extra = json!({"Fn::If": [BRIDGE_INVOKES_SQS, {"PolicyName": "more", "PolicyDocument": {"Statement": [
+        {"Effect": "Allow", "Action": "sqs:DeleteMessage", "Resource": get_att("ShipOrderQueue", "Arn")}]}}, reference("AWS::NoValue")]});
+    policies.as_array_mut().expect("policies").push(extra);
+    let container = &mut template["Resources"][BRIDGE_TASK_DEFINITION]["Properties"]["ContainerDefinitions"][0];
+    for variable in container["Environment"].as_array_mut().expect("environment") {
+        if variable["Name"] == "CHOREO_FUNCTION_PREFIX" {
+            variable["Value"] = json!("");
+        }
+    }
+    container.as_object_mut().expect("container").remove("Secrets");
+    template["Resources"][BRIDGE_SERVICE].as_object_mut().expect("service").remove("Condition");
+    let problems = check_bridge(&template, CHOREOGRAPHY).join("\n");
+    assert!(problems.contains("BridgeTaskRole under Some(\"BridgeInvokesSqs\") may"), "{problems}");
+    assert!(problems.contains("CHOREO_FUNCTION_PREFIX is not NamePrefix"), "{problems}");
+    assert!(problems.contains("secrets are null instead of AMQP_URL"), "{problems}");
+    assert!(problems.contains("BridgeService exists without the bridge"), "{problems}");
+}
+
+#[test]
+fn a_table_lost_with_the_stack_or_without_ttl_is_noticed() {
+    let mut template = parse(&sam_template());
+    template["Resources"]["StockTable"]["DeletionPolicy"] = json!("Delete");
+    template["Resources"]["ProcessedTable"]["Properties"]
+        .as_object_mut()
+        .expect("properties")
+        .remove("TimeToLiveSpecification");
+    let problems = check_tables(&template).join("\n");
+    assert!(problems.contains("StockTable is not kept"), "{problems}");
+    assert!(problems.contains("ProcessedTable has the TTL null"), "{problems}");
+}
+
+#[test]
+fn a_scheduled_function_with_another_schedule_or_more_rights_is_noticed() {
+    let mut template = parse(&sam_template());
+    let properties = &mut template["Resources"]["RelayOutboxFunction"]["Properties"];
+    properties["Events"]["Schedule"]["Properties"]["Schedule"] = json!("rate(1 day)");
+    properties["Policies"][0]["Statement"][0]["Action"] = json!(["dynamodb:Query", "dynamodb:Scan"]);
+    let problems = check_scheduled(&template).join("\n");
+    assert!(problems.contains("is not invoked by exactly its RelaySchedule schedule"), "{problems}");
+    assert!(problems.contains("dynamodb:Scan"), "{problems}");
 }

@@ -5,18 +5,13 @@ use super::yaml::*;
 use super::*;
 
 pub(super) fn function(spec: &FunctionSpec) -> Node {
-    let mut properties = vec![
-        ("FunctionName", sub(format!("${{NamePrefix}}{}", spec.name))),
-        ("Description", s(describe(spec))),
-        ("CodeUri", s(".")),
-    ];
+    let mut properties = Vec::new();
     if !spec.emits.is_empty() {
         // The function publishes what it emits over AMQP; the URL (with its
         // credentials) stays in Secrets Manager and is read at first use.
         properties.push(("Environment", map([("Variables", map([("AMQP_SECRET_ARN", reference("AmqpSecretArn"))]))])));
     }
-    properties.push(("Policies", policies(spec)));
-    if !spec.routes.is_empty() {
+    let events = (!spec.routes.is_empty()).then(|| {
         let events = spec.routes.iter().map(|route| {
             (
                 route_event_id(route),
@@ -34,7 +29,33 @@ pub(super) fn function(spec: &FunctionSpec) -> Node {
                 ]),
             )
         });
-        properties.push(("Events", Node::Map(events.collect())));
+        Node::Map(events.collect())
+    });
+    serverless_function(spec.name, describe(spec), properties, policies(spec), events)
+}
+
+/// An `AWS::Serverless::Function` built by cargo lambda from the binary
+/// `name`, writing to its own log group, in the VPC when one is given.
+pub(super) fn serverless_function(
+    name: &str,
+    description: String,
+    extra: Vec<(&str, Node)>,
+    policies: Node,
+    events: Option<Node>,
+) -> Node {
+    let vpc = map([("SubnetIds", split_list(SUBNET_IDS)), ("SecurityGroupIds", split_list(SECURITY_GROUP_IDS))]);
+    let mut properties = vec![
+        ("FunctionName", sub(format!("${{NamePrefix}}{name}"))),
+        ("Description", s(description)),
+        ("CodeUri", s(".")),
+        // Merged with Globals' LogFormat; the group exists before the function and keeps LogRetentionDays.
+        ("LoggingConfig", map([("LogGroup", reference(&log_group_id(name)))])),
+        ("VpcConfig", when(IN_VPC, vpc)),
+    ];
+    properties.extend(extra);
+    properties.push(("Policies", policies));
+    if let Some(events) = events {
+        properties.push(("Events", events));
     }
     map([
         ("Type", s("AWS::Serverless::Function")),
@@ -43,7 +64,7 @@ pub(super) fn function(spec: &FunctionSpec) -> Node {
             map([
                 ("BuildMethod", s("rust-cargolambda")),
                 // The workspace root is the CodeUri: cargo lambda builds this binary of it.
-                ("BuildProperties", map([("Binary", s(spec.name))])),
+                ("BuildProperties", map([("Binary", s(name))])),
             ]),
         ),
         ("Properties", map(properties)),
@@ -71,8 +92,9 @@ pub(super) fn describe(spec: &FunctionSpec) -> String {
 /// Least privilege: DynamoDB on the tables of [`table_access`], the AMQP
 /// secret for functions that publish, and, under its condition, what the
 /// event source needs (what SAM's `SQS` / `MQ` events would have granted,
-/// restricted to the function's own queue). They are inline in the role SAM
-/// makes, so they exist before the function and its mappings.
+/// restricted to the function's own queue, plus the broker network access
+/// Amazon MQ mappings need). They are inline in the role SAM makes, so they
+/// exist before the function and its mappings.
 pub(super) fn policies(spec: &FunctionSpec) -> Node {
     let table_arns = |access: Access| -> Vec<Node> {
         table_access(spec)
@@ -93,21 +115,51 @@ pub(super) fn policies(spec: &FunctionSpec) -> Node {
     if !spec.emits.is_empty() {
         statements.push(statement("ReadAmqpUrl", &["secretsmanager:GetSecretValue"], reference("AmqpSecretArn")));
     }
-    let mut policies = vec![map([("Statement", list(statements))])];
+    let mut policies = common_policies(statements);
     if !spec.consumes.is_empty() {
         let sqs = statement(
             "ConsumeOwnQueue",
             &["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"],
             get_att(&queue_id(spec), "Arn"),
         );
-        policies.push(when(USE_SQS, map([("Statement", list([sqs]))])));
         let mq = [
             statement("DescribeBroker", &["mq:DescribeBroker"], reference("MqBrokerArn")),
             statement("ReadBrokerCredentials", &["secretsmanager:GetSecretValue"], reference("MqCredentialsSecretArn")),
+            statement("ReachBroker", MQ_NETWORK_ACTIONS, s("*")),
         ];
+        policies.push(when(USE_SQS, map([("Statement", list([sqs]))])));
         policies.push(when(USE_AMAZON_MQ, map([("Statement", list(mq))])));
     }
     list(policies)
+}
+
+/// What Lambda does with a function's role to run it in a VPC (the actions
+/// of the AWSLambdaVPCAccessExecutionRole managed policy). EC2 authorizes
+/// them on `*` only.
+pub const VPC_ACTIONS: &[&str] = &[
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+];
+
+/// What an Amazon MQ event source mapping does with the function's role to
+/// reach the broker's network, whether or not the function is in a VPC.
+pub const MQ_NETWORK_ACTIONS: &[&str] = &[
+    "ec2:CreateNetworkInterface",
+    "ec2:DeleteNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeVpcs",
+];
+
+/// The policies of any function: its own `statements`, and under `InVpc`
+/// the network interfaces Lambda needs in the VPC.
+pub(super) fn common_policies(statements: Vec<Node>) -> Vec<Node> {
+    let vpc = statement("VpcNetworkInterfaces", VPC_ACTIONS, s("*"));
+    vec![map([("Statement", list(statements))]), when(IN_VPC, map([("Statement", list([vpc]))]))]
 }
 
 pub(super) fn statement(sid: &str, actions: &[&str], resource: Node) -> Node {

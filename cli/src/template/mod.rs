@@ -6,12 +6,24 @@
 //! `choreo template` prints it and `cli/tests/template.rs` checks that the
 //! committed file is exactly this output.
 //!
-//! Two choices are left to whoever deploys the stack, as parameters:
+//! The choices left to whoever deploys the stack are parameters
+//! (`parameters.rs`), with rules that refuse inconsistent ones; the main ones:
 //! - `ApiAuth` (`IAM` | `JWT`): how the HTTP API authorizes its callers. The
 //!   API is never open.
 //! - `EventSource` (`SQS` | `AmazonMQ`): what invokes the consuming functions,
 //!   an SQS queue per function (fed by `choreo bridge --invoke sqs`) or an
 //!   Amazon MQ for RabbitMQ event-source mapping on the function's queue.
+//! - `BridgeImageUri`: when set (EventSource SQS), the bridge runs as an ECS
+//!   Fargate service (`bridge.rs`).
+//! - `SubnetIds` / `SecurityGroupIds`: when set, every function and the
+//!   bridge run in that VPC.
+//!
+//! Besides the saga's steps, the stack runs the scheduled functions of
+//! `scheduled.rs` (the outbox relay), so no long-running process is needed
+//! with EventSource AmazonMQ. Every function gets a log group with retention
+//! and an errors alarm, every dead-letter queue an alarm (`operations.rs`).
+//! `scripts/check-template` lints the template as deployed with each
+//! combination of those choices.
 //!
 //! The routes are `HttpApi` events made from `FunctionSpec::routes`, not an
 //! `AWS::Include` of `openapi.yaml`: that file is OpenAPI 3.1 (API Gateway
@@ -27,16 +39,32 @@
 //! resources, each with its condition.
 
 mod api;
+mod bridge;
 mod functions;
+mod operations;
+mod parameters;
 mod queues;
+mod scheduled;
 mod tables;
 mod yaml;
 
 use self::api::http_api;
+use self::bridge::bridge_resources;
 use self::functions::function;
+use self::operations::{errors_alarm, function_log_group, mq_dead_queue_alarm, sqs_dead_letter_alarm};
+use self::parameters::{conditions, parameters, rules};
 use self::queues::{dead_letter_queue, mq_mapping, queue, sqs_mapping};
+use self::scheduled::scheduled_function;
 use self::tables::dynamodb_table;
 use self::yaml::*;
+
+pub use self::bridge::{
+    BRIDGE_CLUSTER, BRIDGE_CONTAINER, BRIDGE_DOWN_ALARM, BRIDGE_EXECUTION_ROLE, BRIDGE_LOG_GROUP, BRIDGE_SERVICE,
+    BRIDGE_TASK_DEFINITION, BRIDGE_TASK_ROLE,
+};
+pub use self::functions::{MQ_NETWORK_ACTIONS, VPC_ACTIONS};
+pub use self::scheduled::{Grant, RELAY, SCHEDULED, ScheduledFunction, Target};
+pub use self::tables::TABLE_DELETION_POLICY;
 
 use shared::contract::choreography::{CHOREOGRAPHY, FunctionSpec, Route};
 pub use shared::store::dynamodb::TABLES;
@@ -69,6 +97,26 @@ pub const AUTH_IS_JWT: &str = "AuthIsJwt";
 pub const USE_SQS: &str = "UseSqs";
 /// Name of the condition true when `EventSource` is `AmazonMQ`.
 pub const USE_AMAZON_MQ: &str = "UseAmazonMq";
+/// Name of the condition true when `SubnetIds` is set: every function (and the bridge) runs in the VPC.
+pub const IN_VPC: &str = "InVpc";
+/// Name of the condition true when `AlarmTopicArn` is set.
+pub const HAS_ALARM_TOPIC: &str = "HasAlarmTopic";
+/// Name of the condition true when the bridge runs (an image, EventSource SQS).
+pub const RUN_BRIDGE: &str = "RunBridge";
+/// Name of the condition true when `BridgeInvoke` is `sqs`.
+pub const BRIDGE_INVOKES_SQS: &str = "BridgeInvokesSqs";
+/// Name of the condition true when `BridgeInvoke` is `lambda`.
+pub const BRIDGE_INVOKES_LAMBDA: &str = "BridgeInvokesLambda";
+
+/// Parameters named in more than one place.
+pub const RELAY_SCHEDULE: &str = "RelaySchedule";
+pub const RELAY_GRACE: &str = "RelayGraceSeconds";
+pub const BRIDGE_IMAGE: &str = "BridgeImageUri";
+pub const SUBNET_IDS: &str = "SubnetIds";
+pub const SECURITY_GROUP_IDS: &str = "SecurityGroupIds";
+pub const LOG_RETENTION: &str = "LogRetentionDays";
+pub const ALARM_TOPIC: &str = "AlarmTopicArn";
+
 /// Logical id of the HTTP API.
 pub const HTTP_API: &str = "HttpApi";
 /// Security scheme names in the API's OpenAPI body.
@@ -86,11 +134,14 @@ pub fn sam_template_for(choreography: &[FunctionSpec]) -> String {
         ("AWSTemplateFormatVersion", s("2010-09-09")),
         ("Transform", s("AWS::Serverless-2016-10-31")),
         ("Description", s("choreo: an order saga by choreography, Rust functions reacting to RabbitMQ events")),
-        // cfn-lint's W1030 checks a Ref against its parameter's default, and
-        // the Amazon MQ parameters default to "" (unused in SQS mode); the
-        // rule AmazonMqNeedsBrokerAndCredentials refuses "" in AmazonMQ mode,
-        // which W1030 does not take into account.
-        ("Metadata", map([("cfn-lint", map([("config", map([("ignore_checks", list([s("W1030")]))]))]))])),
+        // cfn-lint's W1030 (a Ref) and W1033 (a Fn::Split) check values
+        // against their parameter's default, and the optional parameters
+        // default to "" (unused then: the Amazon MQ ones in SQS mode, the
+        // subnets and security groups without a VPC). The rules refuse "" where
+        // it would be used, which cfn-lint does not take into account.
+        // scripts/check-template also lints the template resolved for each
+        // combination of choices, with real values and without these ignores.
+        ("Metadata", map([("cfn-lint", map([("config", map([("ignore_checks", list([s("W1030"), s("W1033")]))]))]))])),
         ("Parameters", parameters()),
         ("Rules", rules()),
         ("Conditions", conditions()),
@@ -119,7 +170,32 @@ pub fn pascal_case(name: &str) -> String {
 
 /// Logical id of a function's `AWS::Serverless::Function`.
 pub fn function_id(spec: &FunctionSpec) -> String {
-    format!("{}Function", pascal_case(spec.name))
+    function_id_of(spec.name)
+}
+
+/// Logical id of the function named `name` (a step or a scheduled function).
+pub fn function_id_of(name: &str) -> String {
+    format!("{}Function", pascal_case(name))
+}
+
+/// Logical id of the log group of the function named `name`.
+pub fn log_group_id(name: &str) -> String {
+    format!("{}LogGroup", pascal_case(name))
+}
+
+/// Logical id of the alarm on the errors of the function named `name`.
+pub fn errors_alarm_id(name: &str) -> String {
+    format!("{}ErrorsAlarm", pascal_case(name))
+}
+
+/// Logical id of the alarm on a consumer's SQS dead-letter queue (EventSource SQS).
+pub fn dead_letter_alarm_id(spec: &FunctionSpec) -> String {
+    format!("{}DeadLetterAlarm", pascal_case(spec.name))
+}
+
+/// Logical id of the alarm on a consumer's dead queue on the broker (EventSource AmazonMQ).
+pub fn dead_queue_alarm_id(spec: &FunctionSpec) -> String {
+    format!("{}DeadQueueAlarm", pascal_case(spec.name))
 }
 
 /// Logical id of a consuming function's SQS queue (SQS mode).
@@ -176,127 +252,6 @@ pub fn table_access(spec: &FunctionSpec) -> Vec<(&'static TableSpec, Access)> {
 
 // ---------------------------------------------------------------- sections
 
-fn parameters() -> Node {
-    let string = |description: &str, default: Option<&str>| {
-        let mut entries = vec![("Type", s("String")), ("Description", s(description))];
-        if let Some(default) = default {
-            entries.push(("Default", s(default)));
-        }
-        map(entries)
-    };
-    let with = |node: Node, extra: Vec<(&str, Node)>| match node {
-        Node::Map(mut entries) => {
-            entries.extend(extra.into_iter().map(|(key, value)| (key.to_owned(), value)));
-            Node::Map(entries)
-        }
-        other => other,
-    };
-    let number = |description: &str, default: i64, min: i64, max: i64| {
-        map([
-            ("Type", s("Number")),
-            ("Description", s(description)),
-            ("Default", int(default)),
-            ("MinValue", int(min)),
-            ("MaxValue", int(max)),
-        ])
-    };
-    map([
-        (
-            "NamePrefix",
-            with(
-                string("Prefix of the table, queue and function names (one stack per prefix)", Some("choreo-")),
-                vec![("AllowedPattern", s("^[A-Za-z0-9_-]{0,32}$"))],
-            ),
-        ),
-        (
-            "ApiAuth",
-            with(
-                string("How the HTTP API authorizes callers: IAM (SigV4) or JWT", Some("IAM")),
-                vec![("AllowedValues", list([s("IAM"), s("JWT")]))],
-            ),
-        ),
-        ("JwtIssuer", string("Issuer URL of the JWTs (ApiAuth JWT)", Some(""))),
-        ("JwtAudience", string("Audience the JWTs must name (ApiAuth JWT)", Some(""))),
-        ("ThrottlingBurstLimit", number("Requests the API accepts in a burst", 100, 1, 5000)),
-        ("ThrottlingRateLimit", number("Steady requests per second the API accepts", 50, 1, 10000)),
-        (
-            "EventSource",
-            with(
-                string(
-                    "What invokes the consuming functions: an SQS queue each, or Amazon MQ for RabbitMQ",
-                    Some("SQS"),
-                ),
-                vec![("AllowedValues", list([s("SQS"), s("AmazonMQ")]))],
-            ),
-        ),
-        ("BatchSize", number("Messages a consuming function receives at once", 10, 1, 10)),
-        (
-            "AmqpSecretArn",
-            with(
-                string("Secrets Manager secret whose value is the AMQP URL the functions publish with", None),
-                vec![("AllowedPattern", s("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$"))],
-            ),
-        ),
-        ("MqBrokerArn", string("ARN of the Amazon MQ for RabbitMQ broker (EventSource AmazonMQ)", Some(""))),
-        (
-            "MqCredentialsSecretArn",
-            string("Secrets Manager secret with the broker's username and password (EventSource AmazonMQ)", Some("")),
-        ),
-        ("MqVirtualHost", string("RabbitMQ virtual host of the queues (EventSource AmazonMQ)", Some("/"))),
-        ("LogFilter", string("RUST_LOG of every function", Some("info"))),
-        (
-            "ShipCountries",
-            string("SHIP_COUNTRIES: comma-separated ISO codes ship-order delivers to; empty: all but AQ", Some("")),
-        ),
-    ])
-}
-
-fn rules() -> Node {
-    let not_empty = |parameter: &str, description: &str| {
-        map([
-            ("Assert", map([("Fn::Not", list([equals(reference(parameter), s(""))]))])),
-            ("AssertDescription", s(description)),
-        ])
-    };
-    map([
-        (
-            "JwtNeedsIssuerAndAudience",
-            map([
-                ("RuleCondition", equals(reference("ApiAuth"), s("JWT"))),
-                (
-                    "Assertions",
-                    list([
-                        not_empty("JwtIssuer", "ApiAuth JWT needs JwtIssuer"),
-                        not_empty("JwtAudience", "ApiAuth JWT needs JwtAudience"),
-                    ]),
-                ),
-            ]),
-        ),
-        (
-            "AmazonMqNeedsBrokerAndCredentials",
-            map([
-                ("RuleCondition", equals(reference("EventSource"), s("AmazonMQ"))),
-                (
-                    "Assertions",
-                    list([
-                        not_empty("MqBrokerArn", "EventSource AmazonMQ needs MqBrokerArn"),
-                        not_empty("MqCredentialsSecretArn", "EventSource AmazonMQ needs MqCredentialsSecretArn"),
-                    ]),
-                ),
-            ]),
-        ),
-    ])
-}
-
-fn conditions() -> Node {
-    map([
-        (AUTH_IS_IAM, equals(reference("ApiAuth"), s("IAM"))),
-        (AUTH_IS_JWT, equals(reference("ApiAuth"), s("JWT"))),
-        (USE_SQS, equals(reference("EventSource"), s("SQS"))),
-        (USE_AMAZON_MQ, equals(reference("EventSource"), s("AmazonMQ"))),
-    ])
-}
-
 fn globals() -> Node {
     map([(
         "Function",
@@ -317,6 +272,7 @@ fn globals() -> Node {
                         ("CHOREO_STORE", s("dynamodb")),
                         ("CHOREO_TABLE_PREFIX", reference("NamePrefix")),
                         ("SHIP_COUNTRIES", reference("ShipCountries")),
+                        ("CHOREO_PROCESSED_RETENTION", reference("ProcessedRetention")),
                     ]),
                 )]),
             ),
@@ -328,16 +284,27 @@ fn resources(choreography: &[FunctionSpec]) -> Node {
     let mut entries: Vec<(String, Node)> =
         TABLES.iter().map(|table| (table_id(table), dynamodb_table(table))).collect();
     entries.push((HTTP_API.to_owned(), http_api(choreography)));
+    let operated = |entries: &mut Vec<(String, Node)>, name: &str, function: Node| {
+        entries.push((function_id_of(name), function));
+        entries.push((log_group_id(name), function_log_group(name)));
+        entries.push((errors_alarm_id(name), errors_alarm(name)));
+    };
     for spec in choreography {
-        entries.push((function_id(spec), function(spec)));
+        operated(&mut entries, spec.name, function(spec));
         if !spec.consumes.is_empty() {
             let name = pascal_case(spec.name);
             entries.push((dead_letter_queue_id(spec), dead_letter_queue(spec)));
+            entries.push((dead_letter_alarm_id(spec), sqs_dead_letter_alarm(spec)));
             entries.push((queue_id(spec), queue(spec)));
             entries.push((format!("{name}SqsMapping"), sqs_mapping(spec)));
             entries.push((format!("{name}MqMapping"), mq_mapping(spec)));
+            entries.push((dead_queue_alarm_id(spec), mq_dead_queue_alarm(spec)));
         }
     }
+    for scheduled in SCHEDULED {
+        operated(&mut entries, scheduled.name, scheduled_function(scheduled));
+    }
+    entries.extend(bridge_resources(choreography));
     Node::Map(entries)
 }
 
@@ -368,10 +335,16 @@ fn outputs(choreography: &[FunctionSpec]) -> Node {
             ]),
         ));
     }
+    entries.push((
+        "BridgeServiceName".to_owned(),
+        map([
+            ("Condition", s(RUN_BRIDGE)),
+            ("Description", s("ECS service of the bridge (its logs: /ecs/<NamePrefix>bridge)")),
+            ("Value", get_att(BRIDGE_SERVICE, "Name")),
+        ]),
+    ));
     Node::Map(entries)
 }
-
-// ---------------------------------------------------------------- resources
 
 #[cfg(test)]
 mod tests {

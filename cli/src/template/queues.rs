@@ -54,6 +54,8 @@ pub(super) fn sqs_mapping(spec: &FunctionSpec) -> Node {
                 ("BatchSize", reference("BatchSize")),
                 // One failed record goes back alone (SqsBatchResponse), never the batch.
                 ("FunctionResponseTypes", list([s("ReportBatchItemFailures")])),
+                // A cap per queue, so that a backlog cannot take the account's concurrency.
+                ("ScalingConfig", map([("MaximumConcurrency", reference("MaximumConcurrency"))])),
             ]),
         ),
     ])

@@ -49,6 +49,24 @@ pub(super) fn fn_if(condition: &str, then: Node, otherwise: Node) -> Node {
     map([("Fn::If", list([s(condition), then, otherwise]))])
 }
 
+pub(super) fn not(condition: Node) -> Node {
+    map([("Fn::Not", list([condition]))])
+}
+
+pub(super) fn and(conditions: impl IntoIterator<Item = Node>) -> Node {
+    map([("Fn::And", list(conditions))])
+}
+
+/// A reference to a named condition, inside another condition.
+pub(super) fn condition(name: &str) -> Node {
+    map([("Condition", s(name))])
+}
+
+/// `Fn::Split` of a comma-separated parameter into a list.
+pub(super) fn split_list(parameter: &str) -> Node {
+    map([("Fn::Split", list([s(","), reference(parameter)]))])
+}
+
 /// `value` when `condition` holds, nothing otherwise.
 pub(super) fn when(condition: &str, value: Node) -> Node {
     fn_if(condition, value, reference("AWS::NoValue"))
