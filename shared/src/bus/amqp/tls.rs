@@ -393,3 +393,26 @@ impl Reactor for Kit {
         async move { Ok(Io(Box::new(connecting.await?))) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// lapin's URL parser quotes the whole URL in some errors; ours never shows the password.
+    #[tokio::test]
+    async fn an_unparsable_url_is_reported_without_its_password() {
+        for url in [
+            "amqp:guest:hunter2@broker/vh",
+            "amqps://guest:hunter2@broker/vh?heartbeat=soon",
+            "http://guest:hunter2@broker",
+        ] {
+            let trust = Trust { ca_file: None, connector: tokio::sync::OnceCell::new() };
+            let Err(error) = connect(url, ConnectionProperties::default(), &trust, Duration::from_secs(5)).await else {
+                panic!("{url} must not connect");
+            };
+            let shown = format!("{error} {error:?}");
+            assert!(matches!(connect_error(&error), Some(ConnectError::InvalidUrl { .. })), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+    }
+}
