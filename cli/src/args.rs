@@ -203,8 +203,15 @@ pub struct BridgeArgs {
     /// AWS API endpoint instead of AWS (http://127.0.0.1:9000 for `cargo lambda watch`; moto for SQS).
     #[arg(long, env = "CHOREO_AWS_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
-    /// Prepended to each function name for the Invoke API (a deployed stack's prefix).
-    #[arg(long, env = "CHOREO_FUNCTION_PREFIX", default_value = "")]
+    /// Prepended to each function name for the Invoke API: the stack's NamePrefix [default: `choreo-`, the
+    /// template's, on AWS; none with --endpoint, where `cargo lambda watch` names functions by their binary]
+    #[arg(
+        long,
+        env = "CHOREO_FUNCTION_PREFIX",
+        default_value = choreo::template::DEFAULT_NAME_PREFIX,
+        default_value_if("endpoint", clap::builder::ArgPredicate::IsPresent, ""),
+        hide_default_value = true
+    )]
     pub function_prefix: String,
     /// SQS queue of a function, for --invoke sqs; repeat per function [or env CHOREO_SQS_URL_<FUNCTION>, e.g. CHOREO_SQS_URL_SHIP_ORDER]
     #[arg(long = "sqs-queue-url", value_name = "FUNCTION=URL")]
@@ -276,4 +283,26 @@ pub struct CreateArgs {
     /// Base URL of the HTTP API.
     #[arg(long, env = "CHOREO_URL", default_value = "http://127.0.0.1:3000")]
     pub url: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bridge's function prefix, from these flags (and the test's environment, which sets neither variable).
+    fn prefix(flags: &[&str]) -> String {
+        let cli = Cli::try_parse_from([&["choreo", "bridge"], flags].concat()).expect("valid flags");
+        match cli.command {
+            Command::Bridge(args) => args.function_prefix,
+            _ => unreachable!("parsed as the bridge"),
+        }
+    }
+
+    #[test]
+    fn the_function_prefix_is_the_templates_on_aws_and_none_locally() {
+        assert_eq!(prefix(&[]), choreo::template::DEFAULT_NAME_PREFIX);
+        assert_eq!(prefix(&["--endpoint", "http://127.0.0.1:9000"]), "");
+        assert_eq!(prefix(&["--endpoint", "http://127.0.0.1:9000", "--function-prefix", "prod-"]), "prod-");
+        assert_eq!(prefix(&["--function-prefix", ""]), "");
+    }
 }

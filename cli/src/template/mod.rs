@@ -108,6 +108,10 @@ pub const BRIDGE_INVOKES_SQS: &str = "BridgeInvokesSqs";
 /// Name of the condition true when `BridgeInvoke` is `lambda`.
 pub const BRIDGE_INVOKES_LAMBDA: &str = "BridgeInvokesLambda";
 
+/// Default of `NamePrefix`: the functions are `choreo-<name>`, and `choreo
+/// bridge` invokes that name unless told another prefix.
+pub const DEFAULT_NAME_PREFIX: &str = "choreo-";
+
 /// Parameters named in more than one place.
 pub const RELAY_SCHEDULE: &str = "RelaySchedule";
 pub const RELAY_GRACE: &str = "RelayGraceSeconds";

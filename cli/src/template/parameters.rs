@@ -51,7 +51,10 @@ pub(super) fn parameters() -> Node {
         (
             "NamePrefix",
             with(
-                string("Prefix of the table, queue and function names (one stack per prefix)", Some("choreo-")),
+                string(
+                    "Prefix of the table, queue and function names (one stack per prefix)",
+                    Some(DEFAULT_NAME_PREFIX),
+                ),
                 vec![("AllowedPattern", s("^[A-Za-z0-9_-]{0,32}$"))],
             ),
         ),
