@@ -135,7 +135,10 @@ pub(super) fn policies(spec: &FunctionSpec) -> Node {
 
 /// What Lambda does with a function's role to run it in a VPC (the actions
 /// of the AWSLambdaVPCAccessExecutionRole managed policy). EC2 authorizes
-/// them on `*` only.
+/// them on `*` only. SAM also attaches that managed policy to every function
+/// with a `VpcConfig`, and it cannot tell that a conditional one may be
+/// absent: the roles hold these actions even without a VPC. Stated here all
+/// the same, so that the template says what the VPC needs whatever SAM does.
 pub const VPC_ACTIONS: &[&str] = &[
     "ec2:CreateNetworkInterface",
     "ec2:DescribeNetworkInterfaces",

@@ -141,8 +141,9 @@ pub(super) fn parameters() -> Node {
         (
             SUBNET_IDS,
             optional(
-                "Comma-separated subnets: the functions (and the bridge) run in this VPC; they need a route \
-                 to DynamoDB, Secrets Manager and the broker (NAT or VPC endpoints). Empty: no VPC",
+                "Comma-separated subnets: the functions (and the bridge) run in this VPC; they need routes to \
+                 the broker and the AWS APIs they call (DynamoDB, Secrets Manager, SQS, Lambda; for the bridge \
+                 ECR and CloudWatch Logs): a NAT gateway or VPC endpoints. Empty: no VPC",
                 "subnet-[0-9a-f]+(,subnet-[0-9a-f]+)*",
             ),
         ),
