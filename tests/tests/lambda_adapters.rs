@@ -39,8 +39,12 @@ use reserve_inventory::ReserveInventory;
 use settle_inventory::SettleInventory;
 use ship_order::ShipOrder;
 
+use lapin::types::FieldTable;
 use shared::bus::DeliverySettings;
-use shared::bus::amqp::{AmqpLink, CONTENT_TYPE, SAGA_ENDED_QUEUE, Topology};
+use shared::bus::amqp::{
+    ATTEMPT_HEADER, AmqpLink, CONTENT_TYPE, ERROR_HEADER, FUNCTION_HEADER, SAGA_ENDED_QUEUE, Topology,
+    dead_letter_queue,
+};
 use shared::contract::domain::{CancelReason, OrderId, OrderStatus};
 use shared::host::lambda::{Invocation, LambdaHost, PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE};
 use shared::store::{ReservationState, Store};
@@ -141,6 +145,24 @@ fn decode(body: &str) -> Event {
 // ---------------------------------------------------------------------------
 // Broker and host
 
+/// A message as a queue holds it.
+#[derive(Debug)]
+struct Raw {
+    data: Vec<u8>,
+    message_id: Option<String>,
+    headers: FieldTable,
+}
+
+impl Raw {
+    fn text(&self, header: &str) -> Option<String> {
+        self.headers.inner().get(header)?.as_long_string().map(ToString::to_string)
+    }
+
+    fn int(&self, header: &str) -> Option<i64> {
+        self.headers.inner().get(header)?.as_long_long_int()
+    }
+}
+
 /// A step hosted as on Lambda, with its store and its broker.
 struct Host {
     host: LambdaHost,
@@ -158,12 +180,31 @@ impl Host {
             .await
             .unwrap_or_else(|error| panic!("declare the topology in vhost {}: {error}", vhost.name));
         let given = TestStore::with_stock(CATALOG).await;
-        let host = LambdaHost { step, ports: given.ports(), publisher: Some(Arc::clone(&link) as Arc<_>) };
+        let host = LambdaHost { step, ports: given.ports(), broker: Some(Arc::clone(&link)) };
         Self { host, given, link, _vhost: vhost }
     }
 
     async fn invoke(&self, payload: Value) -> Result<Value, StepError> {
         self.host.invoke(payload).await
+    }
+
+    /// Removes every message waiting in `queue`, as it is.
+    async fn take_raw(&self, queue: &str) -> Vec<Raw> {
+        let channel = self.link.channel().await.expect("a channel to read a queue");
+        let mut messages = Vec::new();
+        while let Some(message) =
+            channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("basic.get")
+        {
+            let delivery = message.delivery;
+            let properties = &delivery.properties;
+            messages.push(Raw {
+                message_id: properties.message_id().as_ref().map(ToString::to_string),
+                headers: properties.headers().clone().unwrap_or_default(),
+                data: delivery.data,
+            });
+        }
+        let _ = channel.close(200, "read".into()).await;
+        messages
     }
 
     /// Removes and decodes every message waiting in `queue`, checking each
@@ -386,15 +427,16 @@ async fn rmq_one_message(consumer: Consumer) {
 
     let response = host.invoke(envelope("rmq-one-message.json", consumer.function(), &[&body])).await;
 
-    assert_eq!(response.expect("a handled batch answers Ok"), json!({"handled": 1, "rejected": []}));
+    assert_eq!(response.expect("a handled batch answers Ok"), json!({"handled": 1, "dead_lettered": []}));
     consumer.assert_effect(&host.given, &[order_id]).await;
     host.assert_published(consumer, &[decode(&body)]).await;
     host.assert_outbox_settled().await;
 }
 
 /// WHEN one message of three is a poison message (JSON, but no CloudEvent),
-/// THEN the invocation succeeds, the two others are handled and the poison
-/// one is reported as rejected (so it cannot block the queue).
+/// THEN the invocation succeeds, the two others are handled, and the poison
+/// one is in the function's dead-letter queue with its error (so it neither
+/// blocks the queue nor is lost).
 async fn rmq_batch_with_one_poison_message(consumer: Consumer) {
     let host = Host::new(consumer.step()).await;
     let orders = [OrderId::new(), OrderId::new()];
@@ -406,17 +448,36 @@ async fn rmq_batch_with_one_poison_message(consumer: Consumer) {
     let key = rmq_key(consumer.function());
     let poison_id = batch["rmqMessagesByQueue"][&key][1]["basicProperties"]["messageId"].clone();
 
+    let poison = batch_data(&batch, &key, 1);
+
     let response = host.invoke(batch).await.expect("a poison message must not fail the invocation");
 
     assert_eq!(response["handled"], 2, "{response}");
-    let rejected = response["rejected"].as_array().expect("a list of rejected messages");
-    let [rejected] = &rejected[..] else { panic!("exactly the poison message is rejected: {response}") };
-    assert_eq!((&rejected["queue"], &rejected["message_id"]), (&json!(key), &poison_id));
-    let error = rejected["error"].as_str().unwrap_or_default();
-    assert!(error.contains("not a CloudEvent"), "the rejection says why: {error}");
+    let dead_lettered = response["dead_lettered"].as_array().expect("a list of dead-lettered messages");
+    let [reported] = &dead_lettered[..] else { panic!("exactly the poison message is dead-lettered: {response}") };
+    assert_eq!((&reported["queue"], &reported["message_id"]), (&json!(key), &poison_id));
+    let dead_queue = dead_letter_queue(consumer.function());
+    assert_eq!(reported["dead_letter_queue"], json!(dead_queue));
+    let error = reported["error"].as_str().unwrap_or_default();
+    assert!(error.contains("not a CloudEvent"), "the report says why: {error}");
+    let parked = host.take_raw(&dead_queue).await;
+    let [parked] = &parked[..] else { panic!("exactly the poison message is in {dead_queue}: {parked:?}") };
+    assert_eq!(parked.data, poison, "the dead letter is the message as it came");
+    assert_eq!(parked.message_id.as_deref(), poison_id.as_str());
+    assert_eq!(parked.text(ERROR_HEADER).as_deref(), Some(error), "the dead letter carries the error");
+    assert_eq!(parked.text(FUNCTION_HEADER).as_deref(), Some(consumer.function().name()));
+    assert_eq!(parked.int(ATTEMPT_HEADER), Some(1));
+    let original = (parked.text("x-source"), parked.int("x-retries"));
+    assert_eq!(original, (Some("legacy-shop".to_owned()), Some(2)), "the headers it came with are kept");
     consumer.assert_effect(&host.given, &orders).await;
     host.assert_published(consumer, &bodies.each_ref().map(|body| decode(body))).await;
     host.assert_outbox_settled().await;
+}
+
+/// The decoded body of message `index` of queue `key` in an Amazon MQ batch.
+fn batch_data(batch: &Value, key: &str, index: usize) -> Vec<u8> {
+    let data = batch["rmqMessagesByQueue"][key][index]["data"].as_str().expect("base64 data");
+    BASE64.decode(data).expect("base64")
 }
 
 macro_rules! for_each_consumer {
@@ -494,7 +555,7 @@ async fn amazon_mq_messages_of_two_queues_are_all_handled() {
 
     let response = host.invoke(batch).await;
 
-    assert_eq!(response.expect("a handled batch answers Ok"), json!({"handled": 2, "rejected": []}));
+    assert_eq!(response.expect("a handled batch answers Ok"), json!({"handled": 2, "dead_lettered": []}));
     consumer.assert_effect(&host.given, &orders).await;
     host.assert_published(consumer, &bodies.each_ref().map(|body| decode(body))).await;
     host.assert_outbox_settled().await;
@@ -518,6 +579,8 @@ async fn amazon_mq_retryable_failure_fails_the_invocation() {
     assert!(error.is_retryable(), "{error}");
     assert!(error.to_string().contains(&missing.to_string()), "the error names the order: {error}");
     assert_eq!(Diagnostic::from(error).error_type, RETRYABLE_ERROR_TYPE);
+    let parked = host.take_raw(&dead_letter_queue(consumer.function())).await;
+    assert!(parked.is_empty(), "a retryable failure is not dead-lettered by the function: {parked:?}");
     consumer.assert_effect(&host.given, &[known]).await;
     assert!(host.given.store.order(missing).await.expect("read").is_none());
 
@@ -525,7 +588,7 @@ async fn amazon_mq_retryable_failure_fails_the_invocation() {
     consumer.given(&host.given, missing).await;
     let response = host.invoke(batch).await;
 
-    assert_eq!(response.expect("the retried batch succeeds"), json!({"handled": 2, "rejected": []}));
+    assert_eq!(response.expect("the retried batch succeeds"), json!({"handled": 2, "dead_lettered": []}));
     consumer.assert_effect(&host.given, &[known, missing]).await;
     let cancelled = host.take(SAGA_ENDED_QUEUE).await;
     let reactions: BTreeSet<_> = cancelled.iter().map(|event| (event.id, event.subject, event.causation_id)).collect();
@@ -534,6 +597,23 @@ async fn amazon_mq_retryable_failure_fails_the_invocation() {
     assert_eq!(causes, expected);
     assert_eq!(reactions.len(), 2, "one order.cancelled per order, however often published: {cancelled:?}");
     host.assert_outbox_settled().await;
+}
+
+/// WHEN a poison message arrives and the function cannot reach the broker
+/// to dead-letter it, THEN the invocation fails with a retryable error, so
+/// Amazon MQ redelivers the batch rather than the message being dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amazon_mq_poison_message_that_cannot_be_dead_lettered_fails_the_invocation() {
+    let consumer = Consumer::ShipOrder;
+    let given = TestStore::with_stock(CATALOG).await;
+    let host = LambdaHost { step: consumer.step(), ports: given.ports(), broker: None };
+    let batch = envelope("rmq-one-message.json", consumer.function(), &[r#"{"not":"a CloudEvent"}"#]);
+
+    let error = host.invoke(batch).await.expect_err("nothing may be dropped");
+
+    assert!(error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("could not be dead-lettered"), "{error}");
+    assert_eq!(Diagnostic::from(error).error_type, RETRYABLE_ERROR_TYPE);
 }
 
 /// WHEN one SQS record fails in a way a retry can fix, THEN only that record

@@ -5,17 +5,21 @@
 //!   returned and the bridge publishes them;
 //! - an `SqsEvent`: each record handled alone, failures answered with
 //!   `SqsBatchResponse` so one bad record never fails the batch;
-//! - a `RabbitMqEvent` (Amazon MQ): base64 bodies from one or more queues.
+//! - a `RabbitMqEvent` (Amazon MQ): base64 bodies from one or more queues;
+//!   a record that can never be handled is parked in the dead-letter queue.
 //!
 //! For the last two the function publishes its emitted events itself.
 
 use std::sync::Arc;
 
-use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
+use aws_lambda_events::event::rabbitmq::{RabbitMqEvent, RabbitMqMessage};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
+use crate::bus::amqp::{AmqpLink, amazon_mq, dead_letter_queue, park_dead_letter};
 use crate::bus::{OutboxRef, Publisher, publish_committed};
 use crate::contract::events::Event;
 use crate::{Ports, Step, StepError};
@@ -64,8 +68,10 @@ pub struct LambdaHost {
     pub step: Arc<dyn Step>,
     /// Built once per container and reused while it is warm.
     pub ports: Ports,
-    /// Used for SQS and Amazon MQ invocations; `None` when `AMQP_URL` is unset.
-    pub publisher: Option<Arc<dyn Publisher>>,
+    /// The broker SQS and Amazon MQ invocations publish what they emit to,
+    /// and Amazon MQ records that can never be handled are parked on; `None`
+    /// when neither `AMQP_URL` nor `AMQP_SECRET_ARN` is set.
+    pub broker: Option<Arc<AmqpLink>>,
 }
 
 impl LambdaHost {
@@ -89,12 +95,14 @@ impl LambdaHost {
 
     /// Handles the event and publishes what it emits.
     async fn handle_and_publish(&self, event: &Event) -> Result<usize, StepError> {
-        let publisher = self.publisher.as_deref().ok_or_else(|| {
+        let publisher = self.broker.as_deref().ok_or_else(|| {
             StepError::Retryable("AMQP_URL is not set: this function cannot publish the events it emits".to_owned())
         })?;
         let emitted = self.step.handle(event, &self.ports).await?;
         let origin = OutboxRef { function: self.step.function(), key: event.id.to_string() };
-        publish_committed(&*self.ports.store, publisher, &origin, &emitted).await.map_err(StepError::from)?;
+        publish_committed(&*self.ports.store, publisher as &dyn Publisher, &origin, &emitted)
+            .await
+            .map_err(StepError::from)?;
         Ok(emitted.len())
     }
 
@@ -117,51 +125,84 @@ impl LambdaHost {
         response
     }
 
-    /// Amazon MQ mappings have no partial batch response: a retryable failure
-    /// fails the invocation (the batch comes back; handled messages are
-    /// deduplicated), while a permanent one is logged and skipped so a
-    /// poison message cannot block the queue.
+    /// Amazon MQ mappings have no partial batch response. A retryable
+    /// failure fails the invocation: the broker redelivers the batch (what
+    /// was handled is deduplicated) and the work queue's delivery limit bounds
+    /// how often before it dead-letters the message. A permanent failure
+    /// parks that record in the function's dead-letter queue (confirmed, with
+    /// the consumer runner's headers) and the rest of the batch goes on; if it
+    /// cannot be parked, the invocation fails so that nothing is dropped.
     pub async fn handle_rabbitmq(&self, batch: RabbitMqEvent) -> Result<Value, StepError> {
-        use base64::Engine as _;
-        let (mut handled, mut rejected) = (0usize, Vec::new());
+        let (mut handled, mut dead_lettered) = (0usize, Vec::new());
         let mut retry = None;
         for (queue, messages) in batch.messages_by_queue {
             for message in messages {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(message.data.as_deref().unwrap_or_default())
-                    .map_err(|error| StepError::Permanent(format!("body is not base64: {error}")))
-                    .and_then(|bytes| {
-                        Event::from_json(&bytes).map_err(|error| StepError::Permanent(error.to_string()))
-                    });
-                let outcome = match decoded {
-                    Ok(event) => self.handle_and_publish(&event).await,
-                    Err(error) => Err(error),
-                };
-                match outcome {
-                    Ok(_) => handled += 1,
-                    Err(error) if error.is_retryable() => retry = Some(error),
+                let data = message.data.as_deref().unwrap_or_default();
+                let (body, outcome) = match BASE64.decode(data) {
                     Err(error) => {
-                        let message_id = message.basic_properties.message_id.clone().unwrap_or_default();
-                        tracing::error!(%queue, %message_id, %error, "dropping a message that can never be handled");
-                        rejected.push(
-                            serde_json::json!({"queue": queue, "message_id": message_id, "error": error.to_string()}),
-                        );
+                        (data.as_bytes().to_vec(), Err(StepError::Permanent(format!("body is not base64: {error}"))))
+                    }
+                    Ok(body) => {
+                        let outcome = match Event::from_json(&body) {
+                            Ok(event) => self.handle_and_publish(&event).await,
+                            Err(error) => Err(StepError::Permanent(error.to_string())),
+                        };
+                        (body, outcome)
+                    }
+                };
+                let error = match outcome {
+                    Ok(_) => {
+                        handled += 1;
+                        continue;
+                    }
+                    Err(error) if error.is_retryable() => {
+                        retry = Some(error);
+                        continue;
+                    }
+                    Err(error) => error,
+                };
+                let message_id = message.basic_properties.message_id.clone().unwrap_or_default();
+                match self.park(&message, body, &error).await {
+                    Ok(dead_letter_queue) => {
+                        tracing::error!(%queue, %message_id, %error, %dead_letter_queue, "dead-lettered a message that can never be handled");
+                        dead_lettered.push(serde_json::json!({
+                            "queue": queue, "message_id": message_id, "error": error.to_string(),
+                            "dead_letter_queue": dead_letter_queue,
+                        }));
+                    }
+                    Err(park_error) => {
+                        retry = Some(StepError::Retryable(format!(
+                            "message {message_id} can never be handled ({error}) and could not be dead-lettered: {park_error}"
+                        )));
                     }
                 }
             }
         }
         match retry {
             Some(error) => Err(error),
-            None => Ok(serde_json::json!({"handled": handled, "rejected": rejected})),
+            None => Ok(serde_json::json!({"handled": handled, "dead_lettered": dead_lettered})),
         }
+    }
+
+    /// Puts an Amazon MQ record into this function's dead-letter queue with
+    /// the properties it came with; answers the queue once the broker confirmed.
+    async fn park(&self, message: &RabbitMqMessage, body: Vec<u8>, error: &StepError) -> Result<String, String> {
+        let broker = self.broker.as_deref().ok_or("AMQP_URL is not set")?;
+        let function = self.step.function();
+        let basic = &message.basic_properties;
+        let properties = amazon_mq::amqp_properties(basic);
+        park_dead_letter(broker, function, body, properties, amazon_mq::attempt(basic), &error.to_string())
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(dead_letter_queue(function))
     }
 }
 
 /// `main` of a consuming function: build the ports once per container, then
 /// serve invocations until Lambda stops the container.
-pub async fn run(step: Arc<dyn Step>, publisher: Option<Arc<dyn Publisher>>) -> Result<(), lambda_runtime::Error> {
+pub async fn run(step: Arc<dyn Step>, broker: Option<Arc<AmqpLink>>) -> Result<(), lambda_runtime::Error> {
     let ports = crate::config::ports_from_env().await?;
-    let host = Arc::new(LambdaHost { step, ports, publisher });
+    let host = Arc::new(LambdaHost { step, ports, broker });
     lambda_runtime::run(service_fn(move |invocation: LambdaEvent<Value>| {
         let host = Arc::clone(&host);
         async move { host.invoke(invocation.payload).await }

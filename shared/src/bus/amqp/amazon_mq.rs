@@ -80,7 +80,10 @@ pub fn rabbitmq_message(delivery: &lapin::message::Delivery) -> RabbitMqMessage 
     message
 }
 
-/// The AMQP properties a `RabbitMqMessage` came with.
+/// The AMQP properties to republish a `RabbitMqMessage` with (into its
+/// dead-letter queue): those it came with, except `user_id`, which the
+/// broker checks against the publishing connection's user, and
+/// `expiration`, which would let a parked copy vanish.
 pub fn amqp_properties(basic: &RabbitMqBasicProperties) -> BasicProperties {
     let short = |value: &Option<String>| value.as_deref().map(ShortString::from);
     let mut headers = FieldTable::default();
@@ -97,10 +100,8 @@ pub fn amqp_properties(basic: &RabbitMqBasicProperties) -> BasicProperties {
         (short(&basic.content_encoding), BasicProperties::with_content_encoding),
         (short(&basic.correlation_id), BasicProperties::with_correlation_id),
         (short(&basic.reply_to), BasicProperties::with_reply_to),
-        (short(&basic.expiration), BasicProperties::with_expiration),
         (short(&basic.message_id), BasicProperties::with_message_id),
         (short(&basic.type_), BasicProperties::with_type),
-        (short(&basic.user_id), BasicProperties::with_user_id),
         (short(&basic.app_id), BasicProperties::with_app_id),
         (short(&basic.cluster_id), BasicProperties::with_cluster_id),
     ];
