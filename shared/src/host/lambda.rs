@@ -191,7 +191,9 @@ impl LambdaHost {
         let function = self.step.function();
         let basic = &message.basic_properties;
         let properties = amazon_mq::amqp_properties(basic);
-        park_dead_letter(broker, function, body, properties, amazon_mq::attempt(basic), &error.to_string())
+        // Boxed: the publish's future is deep, and inlined into the Lambda
+        // runtime's it overflows the compiler's layout depth limit.
+        Box::pin(park_dead_letter(broker, function, body, properties, amazon_mq::attempt(basic), &error.to_string()))
             .await
             .map_err(|error| error.to_string())?;
         Ok(dead_letter_queue(function))
