@@ -213,6 +213,10 @@ pub struct BridgeArgs {
         hide_default_value = true
     )]
     pub function_prefix: String,
+    /// What a Lambda invocation carries (--invoke lambda): the CloudEvent, or what Amazon MQ's or SQS's
+    /// event source mapping would send (the functions then publish their own events, as on AWS)
+    #[arg(long, value_enum, env = "CHOREO_EVENT_SHAPE", default_value = "cloudevent")]
+    pub event_shape: choreo::bridge::EventShape,
     /// SQS queue of a function, for --invoke sqs; repeat per function [or env CHOREO_SQS_URL_<FUNCTION>, e.g. CHOREO_SQS_URL_SHIP_ORDER]
     #[arg(long = "sqs-queue-url", value_name = "FUNCTION=URL")]
     pub sqs_queue_urls: Vec<String>,

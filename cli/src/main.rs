@@ -143,7 +143,14 @@ async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
             if !args.sqs_queue_urls.is_empty() {
                 return Err("--sqs-queue-url applies to --invoke sqs only".into());
             }
-            InvokeTarget::Lambda { endpoint: args.endpoint, function_prefix: args.function_prefix }
+            InvokeTarget::Lambda {
+                endpoint: args.endpoint,
+                function_prefix: args.function_prefix,
+                event_shape: args.event_shape,
+            }
+        }
+        InvokeMode::Sqs if args.event_shape != bridge::EventShape::CloudEvent => {
+            return Err("--event-shape applies to --invoke lambda only".into());
         }
         InvokeMode::Sqs => {
             let queue_urls =

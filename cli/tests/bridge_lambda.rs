@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::routing::post;
-use choreo::bridge::{BridgeConfig, BridgeError, InvokeTarget};
+use choreo::bridge::{BridgeConfig, BridgeError, EventShape, InvokeTarget};
 use common::bridge::{Spawned, free_port, inventory_reserved, local_aws, new_order, port_open, workspace_root};
 use common::{Vhost, eventually, init_logging, queue_state};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -45,10 +45,22 @@ struct RunningBridge {
 
 impl RunningBridge {
     fn start(vhost: &Vhost, endpoint: &str, functions: Vec<Function>, settings: DeliverySettings) -> Self {
+        Self::start_with(EventShape::CloudEvent, vhost, endpoint, functions, settings)
+    }
+
+    /// A bridge whose invocations carry `event_shape`.
+    fn start_with(
+        event_shape: EventShape,
+        vhost: &Vhost,
+        endpoint: &str,
+        functions: Vec<Function>,
+        settings: DeliverySettings,
+    ) -> Self {
+        let endpoint = Some(endpoint.to_owned());
         let config = BridgeConfig {
             amqp_url: vhost.url.clone(),
             functions,
-            target: InvokeTarget::Lambda { endpoint: Some(endpoint.to_owned()), function_prefix: String::new() },
+            target: InvokeTarget::Lambda { endpoint, function_prefix: String::new(), event_shape },
             settings,
         };
         let (stop, stopped) = watch::channel(false);
@@ -145,6 +157,24 @@ async fn stock(store: &dyn Store, sku: &str) -> StockLevel {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bridge_runs_sagas_through_cargo_lambda_watch_and_the_real_functions() {
+    sagas_through_cargo_lambda_watch(EventShape::CloudEvent).await;
+}
+
+/// The functions receive each message as Amazon MQ's event source mapping
+/// would hand it over (`RabbitMqEvent`) and publish their own events.
+#[tokio::test(flavor = "multi_thread")]
+async fn bridge_runs_sagas_through_cargo_lambda_watch_as_amazon_mq_events() {
+    sagas_through_cargo_lambda_watch(EventShape::AmazonMq).await;
+}
+
+/// The functions receive each message as an SQS event source mapping would
+/// hand it over (`SqsEvent`) and publish their own events.
+#[tokio::test(flavor = "multi_thread")]
+async fn bridge_runs_sagas_through_cargo_lambda_watch_as_sqs_events() {
+    sagas_through_cargo_lambda_watch(EventShape::Sqs).await;
+}
+
+async fn sagas_through_cargo_lambda_watch(shape: EventShape) {
     init_logging();
     // GIVEN a seeded SQLite file, a vhost with the topology, and `cargo lambda
     // watch` serving the real functions on them
@@ -179,7 +209,8 @@ async fn bridge_runs_sagas_through_cargo_lambda_watch_and_the_real_functions() {
         assert!(said.contains("choreo.Permanent"), "{function} answered {said}\n{}", watch.process.log_tail());
         eprintln!("{function} started in {:?}", started.elapsed());
     }
-    let bridge = RunningBridge::start(&vhost, &watch.endpoint, Function::consumers().collect(), settings.clone());
+    let bridge =
+        RunningBridge::start_with(shape, &vhost, &watch.endpoint, Function::consumers().collect(), settings.clone());
 
     // WHEN two orders are created (as create-order does) and their
     // order.created published: one to France, one to Antarctica

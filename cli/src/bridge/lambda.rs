@@ -1,6 +1,7 @@
-//! `--invoke lambda`: the Lambda Invoke API, with the CloudEvent as payload;
-//! the function answers the events it emitted, or an error document whose
-//! type says whether a retry can help.
+//! `--invoke lambda`: the Lambda Invoke API, with the CloudEvent as payload
+//! (the function answers the events it emitted) or an AWS event shape (see
+//! `event_shape`); a failure is an error document whose type says whether a
+//! retry can help.
 
 use std::collections::BTreeMap;
 
@@ -10,49 +11,73 @@ use shared::bus::amqp::StepInvoker;
 use shared::host::lambda::{PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE};
 use shared::{Event, Function, StepError};
 
-/// Invokes a function synchronously with the CloudEvent as payload.
+use super::event_shape::{EventShape, EventSource, outcome, payload};
+
+/// Invokes a function synchronously with each message, in the chosen shape.
 pub struct LambdaInvoker {
     /// Built once, with the SDK's retries off: the consumer runner retries.
     client: aws_sdk_lambda::Client,
     /// The Lambda function name of each function: prefix + name.
     names: BTreeMap<Function, String>,
+    /// What each invocation carries.
+    shape: EventShape,
+    /// Where the rehearsed event source mapping reads from (AWS shapes).
+    source: EventSource,
 }
 
 impl LambdaInvoker {
-    pub fn new(client: aws_sdk_lambda::Client, function_prefix: &str) -> Self {
+    pub fn new(client: aws_sdk_lambda::Client, function_prefix: &str, shape: EventShape, vhost: &str) -> Self {
         let names =
             Function::all().map(|function| (function, format!("{function_prefix}{}", function.name()))).collect();
-        Self { client, names }
+        let source = EventSource { vhost: vhost.to_owned(), function_prefix: function_prefix.to_owned() };
+        Self { client, names, shape, source }
+    }
+
+    /// One synchronous invocation of `function` with `payload`; answers what
+    /// the function returned, or the `StepError` its failure stands for.
+    async fn invoke(&self, function: Function, payload: Vec<u8>) -> Result<(&str, Vec<u8>), StepError> {
+        let name = self.names.get(&function).map(String::as_str).unwrap_or(function.name());
+        let output =
+            self.client.invoke().function_name(name).payload(Blob::new(payload)).send().await.map_err(|error| {
+                // `cargo lambda watch` answers a function error with HTTP 500
+                // and the error document, where AWS answers 200 and sets
+                // `X-Amz-Function-Error`: read the function's verdict either way.
+                let body = error.raw_response().and_then(|response| response.body().bytes()).unwrap_or_default();
+                if is_error_document(body) {
+                    return function_error(name, "Unhandled", body);
+                }
+                StepError::Retryable(format!("invoking {name}: {}", aws_sdk_lambda::error::DisplayErrorContext(&error)))
+            })?;
+        let answer = output.payload().map(|payload| payload.as_ref().to_vec()).unwrap_or_default();
+        if let Some(kind) = output.function_error() {
+            return Err(function_error(name, kind, &answer));
+        }
+        Ok((name, answer))
     }
 }
 
 #[async_trait]
 impl StepInvoker for LambdaInvoker {
+    /// The CloudEvent shape, whatever the configured one: without the
+    /// delivery there is nothing else to build.
     async fn handle(&self, function: Function, event: &Event) -> Result<Vec<Event>, StepError> {
-        let name = self.names.get(&function).map(String::as_str).unwrap_or(function.name());
-        let output =
-            self.client.invoke().function_name(name).payload(Blob::new(event.to_json())).send().await.map_err(
-                |error| {
-                    // `cargo lambda watch` answers a function error with HTTP 500
-                    // and the error document, where AWS answers 200 and sets
-                    // `X-Amz-Function-Error`: read the function's verdict either way.
-                    let body = error.raw_response().and_then(|response| response.body().bytes()).unwrap_or_default();
-                    if is_error_document(body) {
-                        return function_error(name, "Unhandled", body);
-                    }
-                    StepError::Retryable(format!(
-                        "invoking {name}: {}",
-                        aws_sdk_lambda::error::DisplayErrorContext(&error)
-                    ))
-                },
-            )?;
-        let payload = output.payload().map(|payload| payload.as_ref()).unwrap_or_default();
-        if let Some(kind) = output.function_error() {
-            return Err(function_error(name, kind, payload));
-        }
-        let emitted =
-            emitted_events(function, payload).map_err(|error| StepError::Permanent(format!("{name}: {error}")))?;
+        let (name, answer) = self.invoke(function, event.to_json()).await?;
+        let emitted = outcome(EventShape::CloudEvent, function, name, &answer)?;
         tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, emitted = emitted.len(), "invoked {name}");
+        Ok(emitted)
+    }
+
+    async fn handle_delivery(
+        &self,
+        function: Function,
+        event: &Event,
+        delivery: &lapin::message::Delivery,
+        attempt: u32,
+    ) -> Result<Vec<Event>, StepError> {
+        let payload = payload(self.shape, &self.source, function, event, delivery, attempt)?;
+        let (name, answer) = self.invoke(function, payload).await?;
+        let emitted = outcome(self.shape, function, name, &answer)?;
+        tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, shape = ?self.shape, emitted = emitted.len(), "invoked {name}");
         Ok(emitted)
     }
 }

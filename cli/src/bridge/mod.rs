@@ -2,9 +2,11 @@
 //! function where it is hosted (ARCHITECTURE.md §11.3, §11.4).
 //!
 //! - `--invoke lambda`: the Lambda Invoke API (`cargo lambda watch` locally,
-//!   AWS otherwise). The payload is the CloudEvent; the function answers the
-//!   events it emitted, which the consumer runner publishes (with confirms)
-//!   before it acks the input.
+//!   AWS otherwise). By default the payload is the CloudEvent; the function
+//!   answers the events it emitted, which the consumer runner publishes (with
+//!   confirms) before it acks the input. With `--event-shape amazon-mq` or
+//!   `sqs` the payload is what that AWS event source mapping would send, the
+//!   function publishes by itself, and the input is acked once it succeeded.
 //! - `--invoke sqs`: the CloudEvent is sent to the function's SQS queue; the
 //!   function, invoked by its SQS event source, publishes its own events.
 //!
@@ -12,6 +14,7 @@
 //! [`shared::bus::amqp::run_consumers`]; this module only says how a function is
 //! reached and how its answer maps to [`StepError`].
 
+mod event_shape;
 mod lambda;
 mod sqs;
 
@@ -23,6 +26,7 @@ use shared::bus::DeliverySettings;
 use shared::bus::amqp::{AmqpLink, DeclareError, StepInvoker, Topology, redact, run_consumers};
 use tokio::sync::watch;
 
+pub use self::event_shape::EventShape;
 pub use self::lambda::{LambdaInvoker, emitted_events, function_error};
 pub use self::sqs::{SQS_ID_ATTRIBUTE, SQS_SUBJECT_ATTRIBUTE, SQS_TYPE_ATTRIBUTE, SqsForwarder};
 
@@ -47,6 +51,8 @@ pub enum InvokeTarget {
         endpoint: Option<String>,
         /// Prepended to each function's name (a deployed stack's prefix).
         function_prefix: String,
+        /// What each invocation carries.
+        event_shape: EventShape,
     },
     Sqs {
         /// An SQS API other than AWS's (moto, ElasticMQ).
@@ -168,8 +174,9 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
     if config.functions.is_empty() {
         return Err(BridgeError::Config("no function to bridge".to_owned()));
     }
+    let link = AmqpLink::new(&config.amqp_url, "choreo-bridge");
     let invoker: Arc<dyn StepInvoker> = match &config.target {
-        InvokeTarget::Lambda { endpoint, function_prefix } => {
+        InvokeTarget::Lambda { endpoint, function_prefix, event_shape } => {
             // No retries inside the SDK: a failed invocation goes through
             // the runner's retry queues (with backoff, then a dead letter),
             // and a function error the SDK sees as a 500 (`cargo lambda
@@ -179,8 +186,9 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
                 .retry_config(aws_config::retry::RetryConfig::disabled())
                 .build();
             let client = aws_sdk_lambda::Client::from_conf(lambda);
-            tracing::info!(endpoint = endpoint.as_deref().unwrap_or("AWS"), prefix = %function_prefix, "invoking functions over the Lambda Invoke API");
-            Arc::new(LambdaInvoker::new(client, function_prefix))
+            tracing::info!(endpoint = endpoint.as_deref().unwrap_or("AWS"), prefix = %function_prefix, shape = ?event_shape, "invoking functions over the Lambda Invoke API");
+            let vhost = link.vhost().await.map_err(|error| BridgeError::Broker(error.to_string()))?;
+            Arc::new(LambdaInvoker::new(client, function_prefix, *event_shape, &vhost))
         }
         InvokeTarget::Sqs { endpoint, queue_urls } => {
             let missing: Vec<Function> =
@@ -196,7 +204,6 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
             Arc::new(SqsForwarder::new(client, queue_urls.clone()))
         }
     };
-    let link = AmqpLink::new(&config.amqp_url, "choreo-bridge");
     // Fail fast with a clear message when the broker is not there at start
     // (or holds queues to migrate); after that, `run_consumers` reconnects by itself.
     link.declare(&Topology::derive(&config.settings)).await.map_err(|error| {

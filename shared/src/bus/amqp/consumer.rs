@@ -30,6 +30,20 @@ use crate::step::StepError;
 #[async_trait]
 pub trait StepInvoker: Send + Sync + 'static {
     async fn handle(&self, function: Function, event: &Event) -> Result<Vec<Event>, StepError>;
+
+    /// What the runner calls for each message: `event` is its decoded body,
+    /// `delivery` the message as the broker delivered it and `attempt` the
+    /// runner's count. Only an invoker that hands the whole message on (the
+    /// bridge's AWS event shapes) needs more than [`StepInvoker::handle`].
+    async fn handle_delivery(
+        &self,
+        function: Function,
+        event: &Event,
+        _delivery: &lapin::message::Delivery,
+        _attempt: u32,
+    ) -> Result<Vec<Event>, StepError> {
+        self.handle(function, event).await
+    }
 }
 
 /// Consumes the queues of `functions` until `shutdown` turns true; reconnects
@@ -188,7 +202,7 @@ async fn process(
     let attempt = header_int(&delivery, ATTEMPT_HEADER).and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
     let outcome = match Event::from_json(&delivery.data) {
         Err(error) => Err(StepError::Permanent(format!("undecodable message: {error}"))),
-        Ok(event) => match invoker.handle(function, &event).await {
+        Ok(event) => match invoker.handle_delivery(function, &event, &delivery, attempt).await {
             Ok(emitted) if emitted.is_empty() => Ok(()),
             Ok(emitted) => link.publish_events(&emitted).await.map_err(|error| match error {
                 PublishError::Unroutable { .. } => StepError::Permanent(error.to_string()),
