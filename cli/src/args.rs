@@ -124,6 +124,10 @@ pub enum StockCommand {
     Import {
         /// The file: per SKU, the units available now and its max_replenish.
         file: PathBuf,
+        /// Create the DynamoDB tables that do not exist yet (a local DynamoDB or
+        /// moto; on AWS the stack creates them).
+        #[arg(long)]
+        create_tables: bool,
         /// The store to import into.
         #[command(flatten)]
         store: StoreArgs,

@@ -189,9 +189,10 @@ async fn relay(amqp: String, store: StoreArgs) -> Result<(), AnyError> {
 
 async fn stock(command: StockCommand) -> Result<(), AnyError> {
     match command {
-        StockCommand::Import { file, store } => {
+        StockCommand::Import { file, create_tables, store } => {
             let settings = store.settings()?;
-            let report = choreo::stock::import_file(&*settings.open().await?, &file).await?;
+            let opened = if create_tables { settings.open_creating_tables().await? } else { settings.open().await? };
+            let report = choreo::stock::import_file(&*opened, &file).await?;
             println!(
                 "{}",
                 json!({"file": file.display().to_string(), "store": settings.to_string(), "added": report.added, "updated": report.updated, "unchanged": report.unchanged})
