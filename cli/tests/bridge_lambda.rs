@@ -13,7 +13,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::routing::post;
 use choreo::bridge::{BridgeConfig, BridgeError, EventShape, InvokeTarget};
-use common::bridge::{Spawned, free_port, inventory_reserved, local_aws, new_order, port_open, workspace_root};
+use common::bridge::{inventory_reserved, local_aws, new_order, start_cargo_lambda_watch};
 use common::{Vhost, eventually, init_logging, queue_state};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::json;
@@ -97,59 +96,6 @@ async fn assert_queues_empty(link: &AmqpLink, functions: &[Function], settings: 
     }
 }
 
-// ------------------------------------------------------------ cargo lambda watch
-
-/// `cargo lambda watch` on a free port in the workspace root, with `env`.
-struct Watch {
-    endpoint: String,
-    process: Spawned,
-}
-
-async fn start_cargo_lambda_watch(dir: &std::path::Path, env: &[(&str, &str)]) -> Watch {
-    let version = Command::new("cargo").args(["lambda", "--version"]).output();
-    assert!(
-        version.as_ref().is_ok_and(|output| output.status.success()),
-        "`cargo lambda` is missing: install it with `pip install cargo-lambda` ({version:?})"
-    );
-    // `cargo lambda watch` runs `cargo run --bin <function>` at the first
-    // invocation of each function; building them all here first, with the
-    // same command line, lets those runs reuse the build (and spares the
-    // invocations a compile on 2 cores). Every wait of this test ends well
-    // within nextest's 10-minute limit (.config/nextest.toml), so the guards
-    // always get to stop what it started.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Command::new(cargo);
-    build.current_dir(workspace_root()).args(["build", "--manifest-path", "Cargo.toml"]);
-    for function in Function::consumers() {
-        build.args(["--bin", function.name()]);
-    }
-    let mut building = Spawned::start("cargo build (functions)", build, &dir.join("build.log"));
-    let built = building.exit_within(Duration::from_secs(420)).await;
-    assert!(built.is_some_and(|status| status.success()), "building the functions failed\n{}", building.log_tail());
-
-    let port = free_port();
-    let mut command = Command::new("cargo");
-    command.current_dir(workspace_root()).args([
-        "lambda",
-        "watch",
-        "--ignore-changes", // others may edit the sources meanwhile: no rebuilds mid-test
-        "-A",
-        "127.0.0.1",
-        "-P",
-        &port.to_string(),
-    ]);
-    for name in ["SHIP_COUNTRIES", "CHOREO_STORE", "CHOREO_DB", "AMQP_URL"] {
-        command.env_remove(name);
-    }
-    command.envs(env.iter().copied()).env("RUST_LOG", "info");
-    let process = Spawned::start("cargo lambda watch", command, &dir.join("watch.log"));
-    eventually("cargo lambda watch to listen", Duration::from_secs(60), || async {
-        port_open(port).then_some(()).ok_or_else(|| process.log_tail())
-    })
-    .await;
-    Watch { endpoint: format!("http://127.0.0.1:{port}"), process }
-}
-
 async fn stock(store: &dyn Store, sku: &str) -> StockLevel {
     let sku = Sku::parse(sku).expect("a valid SKU");
     store.stock(std::slice::from_ref(&sku)).await.expect("the store answers").pop().expect("a catalog SKU")
@@ -189,7 +135,9 @@ async fn sagas_through_cargo_lambda_watch(shape: EventShape) {
     let link = vhost.link("test-publisher");
     link.declare(&Topology::derive(&settings)).await.expect("declare the topology");
     let db_path = db.to_str().expect("a UTF-8 path");
-    let watch = start_cargo_lambda_watch(dir.path(), &[("CHOREO_DB", db_path), ("AMQP_URL", &vhost.url)]).await;
+    let functions: Vec<&str> = Function::consumers().map(Function::name).collect();
+    let watch =
+        start_cargo_lambda_watch(dir.path(), &functions, &[("CHOREO_DB", db_path), ("AMQP_URL", &vhost.url)]).await;
 
     // Start each function once (an invalid payload: each says so, as a
     // permanent error), so the saga below is timed without the starts.

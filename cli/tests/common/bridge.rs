@@ -161,3 +161,75 @@ pub fn inventory_reserved(sku: &str, quantity: u64) -> Event {
         Payload::InventoryReserved(InventoryReserved { items: order.items, shipping_address: order.shipping_address }),
     )
 }
+
+// ------------------------------------------------------------ cargo lambda watch
+
+/// The variables the functions read: removed from the test's own environment
+/// before `env` is applied, so a developer's settings never leak into a test.
+const CHOREO_VARIABLES: &[&str] = &[
+    "SHIP_COUNTRIES",
+    "CHOREO_STORE",
+    "CHOREO_DB",
+    "CHOREO_TABLE_PREFIX",
+    "AMQP_URL",
+    "AMQP_SECRET_ARN",
+    "AMQP_CA_FILE",
+    "AWS_ENDPOINT_URL",
+    "RELAY_GRACE_SECONDS",
+];
+
+/// `cargo lambda watch` on a free port in the workspace root, with `env`.
+pub struct Watch {
+    /// The Invoke API (and function URLs under `/lambda-url/<function>/`).
+    pub endpoint: String,
+    /// The `cargo lambda watch` process, stopped when dropped.
+    pub process: Spawned,
+}
+
+/// Builds `functions` first (so no invocation waits for a compile), then
+/// starts `cargo lambda watch` with only the choreo variables of `env`.
+pub async fn start_cargo_lambda_watch(dir: &Path, functions: &[&str], env: &[(&str, &str)]) -> Watch {
+    let version = Command::new("cargo").args(["lambda", "--version"]).output();
+    assert!(
+        version.as_ref().is_ok_and(|output| output.status.success()),
+        "`cargo lambda` is missing: install it with `pip install cargo-lambda` ({version:?})"
+    );
+    // `cargo lambda watch` runs `cargo run --bin <function>` at the first
+    // invocation of each function; building them all here first, with the
+    // same command line, lets those runs reuse the build (and spares the
+    // invocations a compile on 2 cores). Every wait of this test ends well
+    // within nextest's 10-minute limit (.config/nextest.toml), so the guards
+    // always get to stop what it started.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace_root()).args(["build", "--manifest-path", "Cargo.toml"]);
+    for function in functions {
+        build.args(["--bin", function]);
+    }
+    let mut building = Spawned::start("cargo build (functions)", build, &dir.join("build.log"));
+    let built = building.exit_within(Duration::from_secs(420)).await;
+    assert!(built.is_some_and(|status| status.success()), "building the functions failed\n{}", building.log_tail());
+
+    let port = free_port();
+    let mut command = Command::new("cargo");
+    command.current_dir(workspace_root()).args([
+        "lambda",
+        "watch",
+        "--ignore-changes", // others may edit the sources meanwhile: no rebuilds mid-test
+        "-A",
+        "127.0.0.1",
+        "-P",
+        &port.to_string(),
+    ]);
+    for name in CHOREO_VARIABLES {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied()).env("RUST_LOG", "info");
+    let process = Spawned::start("cargo lambda watch", command, &dir.join("watch.log"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !port_open(port) {
+        assert!(Instant::now() < deadline, "cargo lambda watch did not listen within 60 s\n{}", process.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Watch { endpoint: format!("http://127.0.0.1:{port}"), process }
+}
