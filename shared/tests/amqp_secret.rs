@@ -9,7 +9,10 @@ use shared::bus::amqp::{AmqpLink, Topology};
 #[tokio::test]
 async fn the_broker_url_is_read_from_the_secret_at_first_use() {
     let moto = std::env::var("MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-    let broker = std::env::var("AMQP_URL").unwrap_or_else(|_| shared::bus::amqp::DEFAULT_AMQP_URL.into());
+    // A vhost of its own (made from AMQP_URL before it is unset below): the
+    // default one may hold queues an older choreo declared otherwise.
+    let vhost = shared::testkit::broker::Vhost::new("secret");
+    let broker = vhost.url.clone();
     // SAFETY: this binary's only test; nothing else reads the environment concurrently.
     unsafe {
         std::env::set_var("AWS_ENDPOINT_URL", &moto);
