@@ -2,7 +2,7 @@
 //! with the processed record inside the writer's transaction.
 
 use chrono::Utc;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 use super::threads::unavailable;
 use super::{as_i64, from_json, to_json};
@@ -13,35 +13,21 @@ use crate::store::{Commit, CommitOutcome, StoreError, Write};
 /// versioned write) or a stock delta cannot apply.
 pub(super) fn apply(tx: &Connection, write: &Write) -> rusqlite::Result<bool> {
     let changed = match write {
-        Write::Stock(level) if level.version == 0 => tx
-            .prepare_cached(
-                "INSERT INTO stock (sku, seeded, available, reserved, shipped, replenished, max_replenish, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1) ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![
-                level.sku.as_str(),
-                as_i64(level.seeded),
-                as_i64(level.available),
-                as_i64(level.reserved),
-                as_i64(level.shipped),
-                as_i64(level.replenished),
-                as_i64(level.max_replenish)
-            ])?,
-        Write::Stock(level) => tx
-            .prepare_cached(
-                "UPDATE stock SET seeded = ?2, available = ?3, reserved = ?4, shipped = ?5, replenished = ?6,
-                 max_replenish = ?7, version = version + 1 WHERE sku = ?1 AND version = ?8",
-            )?
-            .execute(params![
-                level.sku.as_str(),
-                as_i64(level.seeded),
-                as_i64(level.available),
-                as_i64(level.reserved),
-                as_i64(level.shipped),
-                as_i64(level.replenished),
-                as_i64(level.max_replenish),
-                as_i64(level.version)
-            ])?,
+        Write::Stock(level) => {
+            let counters =
+                [level.seeded, level.available, level.reserved, level.shipped, level.replenished, level.max_replenish]
+                    .map(as_i64);
+            let [seeded, available, reserved, shipped, replenished, max_replenish] = &counters;
+            let fields: [(&str, &dyn ToSql); 6] = [
+                ("seeded", seeded),
+                ("available", available),
+                ("reserved", reserved),
+                ("shipped", shipped),
+                ("replenished", replenished),
+                ("max_replenish", max_replenish),
+            ];
+            put_versioned(tx, "stock", ("sku", &level.sku.as_str()), &fields, level.version)?
+        }
         // Relative: applies to the current counters, whatever their version,
         // unless a counter would go negative (or the SKU does not exist).
         Write::StockDelta(delta) => tx
@@ -53,52 +39,57 @@ pub(super) fn apply(tx: &Connection, write: &Write) -> rusqlite::Result<bool> {
             )?
             .execute(params![delta.sku.as_str(), delta.available, delta.reserved, delta.shipped, delta.replenished])?,
         Write::Reservation(reservation) => {
-            let (id, items, state) =
-                (reservation.order_id.to_string(), to_json(&reservation.items), reservation.state.as_str());
-            if reservation.version == 0 {
-                tx.prepare_cached(
-                    "INSERT INTO reservations (order_id, items, state, version) VALUES (?1, ?2, ?3, 1)
-                     ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![id, items, state])?
-            } else {
-                tx.prepare_cached(
-                    "UPDATE reservations SET items = ?2, state = ?3, version = version + 1
-                     WHERE order_id = ?1 AND version = ?4",
-                )?
-                .execute(params![id, items, state, as_i64(reservation.version)])?
-            }
+            let (id, items) = (reservation.order_id.to_string(), to_json(&reservation.items));
+            let fields: [(&str, &dyn ToSql); 2] = [("items", &items), ("state", &reservation.state.as_str())];
+            put_versioned(tx, "reservations", ("order_id", &id), &fields, reservation.version)?
         }
         Write::Order(order) => {
             let (id, body) = (order.order_id.to_string(), to_json(order));
-            if order.version == 0 {
-                tx.prepare_cached(
-                    "INSERT INTO orders (order_id, body, version) VALUES (?1, ?2, 1) ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![id, body])?
-            } else {
-                tx.prepare_cached(
-                    "UPDATE orders SET body = ?2, version = version + 1 WHERE order_id = ?1 AND version = ?3",
-                )?
-                .execute(params![id, body, as_i64(order.version)])?
-            }
+            put_versioned(tx, "orders", ("order_id", &id), &[("body", &body)], order.version)?
         }
         Write::Shipment(shipment) => {
-            let (id, tracking) = (shipment.order_id.to_string(), &shipment.tracking_number);
-            if shipment.version == 0 {
-                tx.prepare_cached(
-                    "INSERT INTO shipments (order_id, tracking_number, version) VALUES (?1, ?2, 1) ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![id, tracking])?
-            } else {
-                tx.prepare_cached(
-                    "UPDATE shipments SET tracking_number = ?2, version = version + 1 WHERE order_id = ?1 AND version = ?3",
-                )?
-                .execute(params![id, tracking, as_i64(shipment.version)])?
-            }
+            let id = shipment.order_id.to_string();
+            let fields: [(&str, &dyn ToSql); 1] = [("tracking_number", &shipment.tracking_number)];
+            put_versioned(tx, "shipments", ("order_id", &id), &fields, shipment.version)?
         }
     };
     Ok(changed == 1)
+}
+
+/// A versioned write, as the port states it: read version 0 inserts the
+/// record if it is absent; a later one rewrites it only while it is still at
+/// that version. Either way the stored version becomes the read one + 1.
+/// Answers the rows changed (0: the record moved, or exists already).
+fn put_versioned(
+    tx: &Connection,
+    table: &str,
+    (key_column, key): (&str, &dyn ToSql),
+    fields: &[(&str, &dyn ToSql)],
+    read_version: u64,
+) -> rusqlite::Result<usize> {
+    let columns: Vec<&str> = fields.iter().map(|(column, _)| *column).collect();
+    let mut values: Vec<&dyn ToSql> = std::iter::once(key).chain(fields.iter().map(|(_, value)| *value)).collect();
+    let sql = if read_version == 0 {
+        let placeholders: Vec<String> = (1..=values.len()).map(|index| format!("?{index}")).collect();
+        format!(
+            "INSERT INTO {table} ({key_column}, {}, version) VALUES ({}, 1) ON CONFLICT DO NOTHING",
+            columns.join(", "),
+            placeholders.join(", ")
+        )
+    } else {
+        let sets: Vec<String> =
+            columns.iter().enumerate().map(|(index, column)| format!("{column} = ?{}", index + 2)).collect();
+        format!(
+            "UPDATE {table} SET {}, version = version + 1 WHERE {key_column} = ?1 AND version = ?{}",
+            sets.join(", "),
+            values.len() + 1
+        )
+    };
+    let version = as_i64(read_version);
+    if read_version != 0 {
+        values.push(&version);
+    }
+    tx.prepare_cached(&sql)?.execute(values.as_slice())
 }
 
 pub(super) fn decode_events(text: &str) -> Result<Vec<Event>, StoreError> {
