@@ -227,6 +227,10 @@ pub struct BridgeArgs {
     /// Bridge only these functions, comma-separated [default: every function that consumes events]
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub functions: Vec<String>,
+    /// Seconds one Invoke or SQS SendMessage may take before it counts as a retryable failure (keep it above the
+    /// functions' timeout)
+    #[arg(long, env = "CHOREO_CALL_TIMEOUT_SECS", default_value_t = choreo::bridge::DEFAULT_CALL_TIMEOUT.as_secs(), value_name = "SECS")]
+    pub call_timeout_secs: u64,
     /// How queues are consumed and retried.
     #[command(flatten)]
     pub queues: QueueArgs,

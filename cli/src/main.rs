@@ -158,7 +158,9 @@ async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
             InvokeTarget::Sqs { endpoint: args.endpoint, queue_urls }
         }
     };
-    let config = BridgeConfig { amqp_url: args.amqp, functions, target, settings: args.queues.settings() };
+    let call_timeout = std::time::Duration::from_secs(args.call_timeout_secs);
+    let config =
+        BridgeConfig { amqp_url: args.amqp, functions, target, settings: args.queues.settings(), call_timeout };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

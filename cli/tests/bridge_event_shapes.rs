@@ -76,6 +76,7 @@ async fn bridge_one_message(shape: EventShape, answer: Answer, expected: usize) 
         functions: vec![Function::ShipOrder],
         target: InvokeTarget::Lambda { endpoint: Some(endpoint), function_prefix: String::new(), event_shape: shape },
         settings: settings.clone(),
+        call_timeout: choreo::bridge::DEFAULT_CALL_TIMEOUT,
     };
     let (stop, stopped) = watch::channel(false);
     let bridge = tokio::spawn(choreo::bridge::run(config, stopped));

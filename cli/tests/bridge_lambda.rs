@@ -61,6 +61,7 @@ impl RunningBridge {
             functions,
             target: InvokeTarget::Lambda { endpoint, function_prefix: String::new(), event_shape },
             settings,
+            call_timeout: choreo::bridge::DEFAULT_CALL_TIMEOUT,
         };
         let (stop, stopped) = watch::channel(false);
         Self { stop, task: tokio::spawn(choreo::bridge::run(config, stopped)) }

@@ -4,6 +4,7 @@
 //! retry can help.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_lambda::primitives::Blob;
@@ -23,31 +24,42 @@ pub struct LambdaInvoker {
     shape: EventShape,
     /// Where the rehearsed event source mapping reads from (AWS shapes).
     source: EventSource,
+    /// Bound on one invocation; past it the call is a retryable failure.
+    timeout: Duration,
 }
 
 impl LambdaInvoker {
-    pub fn new(client: aws_sdk_lambda::Client, function_prefix: &str, shape: EventShape, vhost: &str) -> Self {
+    pub fn new(
+        client: aws_sdk_lambda::Client,
+        function_prefix: &str,
+        shape: EventShape,
+        vhost: &str,
+        timeout: Duration,
+    ) -> Self {
         let names =
             Function::all().map(|function| (function, format!("{function_prefix}{}", function.name()))).collect();
         let source = EventSource { vhost: vhost.to_owned(), function_prefix: function_prefix.to_owned() };
-        Self { client, names, shape, source }
+        Self { client, names, shape, source, timeout }
     }
 
     /// One synchronous invocation of `function` with `payload`; answers what
     /// the function returned, or the `StepError` its failure stands for.
     async fn invoke(&self, function: Function, payload: Vec<u8>) -> Result<(&str, Vec<u8>), StepError> {
         let name = self.names.get(&function).map(String::as_str).unwrap_or(function.name());
-        let output =
-            self.client.invoke().function_name(name).payload(Blob::new(payload)).send().await.map_err(|error| {
-                // `cargo lambda watch` answers a function error with HTTP 500
-                // and the error document, where AWS answers 200 and sets
-                // `X-Amz-Function-Error`: read the function's verdict either way.
-                let body = error.raw_response().and_then(|response| response.body().bytes()).unwrap_or_default();
-                if is_error_document(body) {
-                    return function_error(name, "Unhandled", body);
-                }
-                StepError::Retryable(format!("invoking {name}: {}", aws_sdk_lambda::error::DisplayErrorContext(&error)))
-            })?;
+        let call = self.client.invoke().function_name(name).payload(Blob::new(payload)).send();
+        let sent = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| StepError::Retryable(format!("invoking {name}: no answer within {:?}", self.timeout)))?;
+        let output = sent.map_err(|error| {
+            // `cargo lambda watch` answers a function error with HTTP 500
+            // and the error document, where AWS answers 200 and sets
+            // `X-Amz-Function-Error`: read the function's verdict either way.
+            let body = error.raw_response().and_then(|response| response.body().bytes()).unwrap_or_default();
+            if is_error_document(body) {
+                return function_error(name, "Unhandled", body);
+            }
+            StepError::Retryable(format!("invoking {name}: {}", aws_sdk_lambda::error::DisplayErrorContext(&error)))
+        })?;
         let answer = output.payload().map(|payload| payload.as_ref().to_vec()).unwrap_or_default();
         if let Some(kind) = output.function_error() {
             return Err(function_error(name, kind, &answer));

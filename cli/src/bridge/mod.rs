@@ -20,6 +20,7 @@ mod sqs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use shared::Function;
 use shared::bus::DeliverySettings;
@@ -29,6 +30,14 @@ use tokio::sync::watch;
 pub use self::event_shape::EventShape;
 pub use self::lambda::{LambdaInvoker, emitted_events, function_error};
 pub use self::sqs::{SQS_ID_ATTRIBUTE, SQS_SUBJECT_ATTRIBUTE, SQS_TYPE_ATTRIBUTE, SqsForwarder};
+
+/// How long one Invoke or SendMessage may take by default: longer than a
+/// function's own timeout (the template's is 30 s), so that only a call that
+/// hangs (a lost connection, an unanswering endpoint) is cut short. A call
+/// cut short is a retryable failure, retried through the retry queues; a
+/// call with no bound would hold its message until the broker's
+/// `consumer_timeout` cancels the whole consumer.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Prefix of the environment variables naming a function's SQS queue URL:
 /// `CHOREO_SQS_URL_RESERVE_INVENTORY` for `reserve-inventory`.
@@ -73,6 +82,8 @@ pub struct BridgeConfig {
     pub target: InvokeTarget,
     /// Prefetch, concurrency and retry policy of the consumer runner.
     pub settings: DeliverySettings,
+    /// Bound on each Invoke or SendMessage call ([`DEFAULT_CALL_TIMEOUT`]).
+    pub call_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +199,7 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
             let client = aws_sdk_lambda::Client::from_conf(lambda);
             tracing::info!(endpoint = endpoint.as_deref().unwrap_or("AWS"), prefix = %function_prefix, shape = ?event_shape, "invoking functions over the Lambda Invoke API");
             let vhost = link.vhost().await.map_err(|error| BridgeError::Broker(error.to_string()))?;
-            Arc::new(LambdaInvoker::new(client, function_prefix, *event_shape, &vhost))
+            Arc::new(LambdaInvoker::new(client, function_prefix, *event_shape, &vhost, config.call_timeout))
         }
         InvokeTarget::Sqs { endpoint, queue_urls } => {
             let missing: Vec<Function> =
@@ -201,7 +212,7 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
                 endpoint = endpoint.as_deref().unwrap_or("AWS"),
                 "forwarding events to the functions' SQS queues"
             );
-            Arc::new(SqsForwarder::new(client, queue_urls.clone()))
+            Arc::new(SqsForwarder::new(client, queue_urls.clone(), config.call_timeout))
         }
     };
     // Fail fast with a clear message when the broker is not there at start

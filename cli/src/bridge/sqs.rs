@@ -2,6 +2,7 @@
 //! invoked by its SQS event source, publishes what it emits by itself.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::MessageAttributeValue;
@@ -20,11 +21,13 @@ pub struct SqsForwarder {
     client: aws_sdk_sqs::Client,
     /// The queue of each bridged function.
     queue_urls: BTreeMap<Function, String>,
+    /// Bound on one SendMessage; past it the call is a retryable failure.
+    timeout: Duration,
 }
 
 impl SqsForwarder {
-    pub fn new(client: aws_sdk_sqs::Client, queue_urls: BTreeMap<Function, String>) -> Self {
-        Self { client, queue_urls }
+    pub fn new(client: aws_sdk_sqs::Client, queue_urls: BTreeMap<Function, String>, timeout: Duration) -> Self {
+        Self { client, queue_urls, timeout }
     }
 }
 
@@ -57,7 +60,10 @@ impl StepInvoker for SqsForwarder {
             request =
                 request.message_group_id(event.subject.to_string()).message_deduplication_id(event.id.to_string());
         }
-        request.send().await.map_err(|error| {
+        let sent = tokio::time::timeout(self.timeout, request.send())
+            .await
+            .map_err(|_| StepError::Retryable(format!("sending to {url}: no answer within {:?}", self.timeout)))?;
+        sent.map_err(|error| {
             StepError::Retryable(format!("sending to {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(&error)))
         })?;
         tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, "forwarded to SQS");

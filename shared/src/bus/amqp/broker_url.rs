@@ -1,5 +1,12 @@
 //! Where the broker URL comes from, and how it is shown: never with its password.
 
+use std::time::Duration;
+
+/// How long reading the URL's secret may take: a Secrets Manager that does
+/// not answer must fail the connection attempt (which is retried with
+/// backoff), not hang the process.
+const SECRET_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where the broker URL comes from.
 pub(super) enum BrokerUrl {
     Plain(String),
@@ -29,6 +36,12 @@ impl BrokerUrl {
 }
 
 async fn read_secret(arn: &str) -> Result<String, String> {
+    tokio::time::timeout(SECRET_TIMEOUT, fetch_secret(arn))
+        .await
+        .unwrap_or_else(|_| Err(format!("Secrets Manager did not answer within {SECRET_TIMEOUT:?}")))
+}
+
+async fn fetch_secret(arn: &str) -> Result<String, String> {
     let config = crate::config::aws_sdk_config().await;
     let secret = aws_sdk_secretsmanager::Client::new(&config)
         .get_secret_value()

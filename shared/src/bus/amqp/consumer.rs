@@ -14,6 +14,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::ATTEMPT_HEADER;
+
+/// The header a quorum queue sets on a message it delivers again: how many
+/// times it was returned.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 use super::dead_letters::{park_dead_letter, with_bookkeeping};
 use super::link::AmqpLink;
 use super::migration::DeclareError;
@@ -57,18 +61,23 @@ pub async fn run_consumers(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), lapin::Error> {
     let topology = Topology::derive(&settings);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = MIN_BACKOFF;
     loop {
         if *shutdown.borrow() {
             break;
         }
+        let started = tokio::time::Instant::now();
         let session = match link.declare(&topology).await {
             Ok(()) => {
-                backoff = Duration::from_millis(100);
                 consume_session(&link, &functions, &invoker, &settings, &mut shutdown).await.map_err(DeclareError::from)
             }
             Err(error) => Err(error),
         };
+        // A session that ran for a while was healthy: start the backoff over.
+        // One that ends at once (a queue deleted again and again) backs off.
+        if started.elapsed() >= HEALTHY_SESSION {
+            backoff = MIN_BACKOFF;
+        }
         match session {
             Ok(()) => break, // clean shutdown
             Err(error) => {
@@ -76,14 +85,14 @@ pub async fn run_consumers(
                 // runner resumes by itself once the queues are migrated.
                 match &error {
                     DeclareError::Mismatch { .. } => tracing::error!(%error, ?backoff, "cannot declare the topology"),
-                    DeclareError::Amqp(_) => tracing::warn!(%error, ?backoff, "broker connection lost; reconnecting"),
+                    DeclareError::Amqp(_) => tracing::warn!(%error, ?backoff, "consuming stopped; starting over"),
                 }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => {}
                 }
                 // The runner may be stopped while the broker is away.
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -91,7 +100,22 @@ pub async fn run_consumers(
     Ok(())
 }
 
-/// One connection's worth of consuming. `Ok` on shutdown, `Err` on broker loss.
+/// First and longest wait before a session starts over.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A session that lasted this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+/// How long cancelling one consumer may take (its channel may be gone).
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause before a message that could not be settled is requeued.
+const MAX_REQUEUE_PAUSE: Duration = Duration::from_secs(5);
+
+/// One session of consuming: every queue on a channel of its own. `Ok` on
+/// shutdown; `Err` as soon as any one consumer or channel ends (the broker
+/// cancelled it because its queue was deleted or a node failed over, closed
+/// its channel, or the connection was lost): the others are then cancelled
+/// and drained too, and the caller starts a new session with backoff, so
+/// that no queue is left unconsumed.
 async fn consume_session(
     link: &Arc<AmqpLink>,
     functions: &[Function],
@@ -123,23 +147,28 @@ async fn consume_session(
         let _ = shutdown.wait_for(|stop| *stop).await.map(drop);
     };
     let outcome = tokio::select! {
-        () = stopping => {
-            // Stop deliveries; each queue task then drains what it holds.
-            for (channel, tag) in &channels {
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-            }
-            Ok(())
+        () = stopping => Ok(()),
+        Some(result) = consumers.join_next() => {
+            let error = match result {
+                Ok(Err(error)) => error,
+                // Cancelled by the broker, or the task failed.
+                _ => lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)),
+            };
+            tracing::warn!(%error, "a consumer ended; stopping the others to start over");
+            Err(error)
         }
-        Some(result) = consumers.join_next() => match result {
-            Ok(Err(error)) => Err(error),
-            _ => Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed))),
-        },
     };
-    // Wait for in-hand messages (on shutdown) or for the other queue tasks to
-    // notice the broken connection.
+    // Stop deliveries on every channel; each queue task then drains what it
+    // holds (every call a step makes is bounded in time), so this ends.
+    for (channel, tag) in &channels {
+        if channel.status().connected() {
+            let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+            let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await;
+        }
+    }
     while consumers.join_next().await.is_some() {}
     for (channel, _) in channels {
-        let _ = channel.close(200, "bye".into()).await;
+        let _ = tokio::time::timeout(CANCEL_TIMEOUT, channel.close(200, "bye".into())).await;
     }
     outcome
 }
@@ -185,6 +214,10 @@ pub(super) fn header_int(delivery: &lapin::message::Delivery, name: &str) -> Opt
         AMQPValue::LongLongInt(number) => Some(number),
         AMQPValue::LongInt(number) => Some(i64::from(number)),
         AMQPValue::ShortInt(number) => Some(i64::from(number)),
+        AMQPValue::ShortShortInt(number) => Some(i64::from(number)),
+        AMQPValue::LongUInt(number) => Some(i64::from(number)),
+        AMQPValue::ShortUInt(number) => Some(i64::from(number)),
+        AMQPValue::ShortShortUInt(number) => Some(i64::from(number)),
         _ => None,
     }
 }
@@ -199,7 +232,7 @@ async fn process(
     settings: &DeliverySettings,
     delivery: lapin::message::Delivery,
 ) {
-    let attempt = header_int(&delivery, ATTEMPT_HEADER).and_then(|n| u32::try_from(n).ok()).unwrap_or(1);
+    let attempt = attempt_of(&delivery, settings.max_retries);
     let outcome = match Event::from_json(&delivery.data) {
         Err(error) => Err(StepError::Permanent(format!("undecodable message: {error}"))),
         Ok(event) => match invoker.handle_delivery(function, &event, &delivery, attempt).await {
@@ -231,8 +264,28 @@ async fn process(
             }
         }
         Err(error) => {
-            tracing::warn!(%error, step = %function, "could not settle a message; returning it to the queue");
+            // Not at once: the cause (a broker under an alarm, a queue being
+            // migrated) needs time, and the message would come straight back.
+            // The work queue's delivery limit dead-letters it after
+            // `max_retries` such returns, so this cannot go on forever.
+            let returns = header_int(&delivery, DELIVERY_COUNT_HEADER).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+            let pause = settings.retry_delay(returns.saturating_add(1)).min(MAX_REQUEUE_PAUSE);
+            tracing::warn!(%error, step = %function, ?pause, returns, "could not settle a message; returning it to the queue");
+            tokio::time::sleep(pause).await;
             let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
     }
+}
+
+/// The attempt a delivery stands for, from its `x-choreo-attempt` header,
+/// always within `1..=max_retries + 1`: the header may come from anyone who
+/// can publish (an old runner, a hand-made message). Missing or unreadable
+/// means a first attempt; zero or negative is a first attempt too (there is
+/// no `retry.0`); beyond the last retry means the retries are spent.
+pub(super) fn attempt_of(delivery: &lapin::message::Delivery, max_retries: u32) -> u32 {
+    let last = i64::from(max_retries).saturating_add(1);
+    let header = header_int(delivery, ATTEMPT_HEADER)
+        .or_else(|| header_text(delivery, ATTEMPT_HEADER).and_then(|text| text.trim().parse::<i64>().ok()));
+    // Only `max_retries == u32::MAX` puts `last` beyond a u32.
+    u32::try_from(header.unwrap_or(1).clamp(1, last)).unwrap_or(u32::MAX)
 }

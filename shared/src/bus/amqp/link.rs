@@ -1,6 +1,9 @@
-//! One AMQP connection per process, reopened after it is lost, with one
-//! confirming channel for publishing: every publish is `mandatory` and waits
-//! for the broker's confirm.
+//! Two AMQP connections per process, each reopened after it is lost: one for
+//! consuming (and declaring, reading), one with a confirming channel for
+//! publishing, where every publish is `mandatory` and waits for the broker's
+//! confirm. Under a memory or disk alarm RabbitMQ blocks the connections that
+//! publish; were acks on the same connection, they could not flow, consumers
+//! could not free the memory, and the alarm would never clear.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,8 +47,8 @@ fn unavailable(error: lapin::Error) -> PublishError {
     PublishError::Unavailable(error.to_string())
 }
 
-/// One AMQP connection for the whole process, reopened after it is lost, and
-/// one confirming channel for publishing.
+/// The process's consuming connection and its publishing connection (with
+/// one confirming channel), each reopened after it is lost.
 pub struct AmqpLink {
     /// Where the broker URL comes from.
     url: BrokerUrl,
@@ -53,15 +56,22 @@ pub struct AmqpLink {
     name: String,
     /// Roots for `amqps://` (`AMQP_CA_FILE` is read when the link is made).
     trust: Trust,
-    /// The open connection and its publishing channel, if any.
+    /// The open publishing connection and its channel, if any.
     session: Mutex<Option<Arc<Session>>>,
+    /// The open consuming connection, if any (consumers, acks, declares, gets).
+    consuming: Mutex<Option<Arc<Connection>>>,
 }
 
 struct Session {
-    /// The one connection of the process.
+    /// The connection that only publishes (the one an alarm blocks).
     connection: Connection,
     /// The confirming channel events are published on.
     publisher: Channel,
+}
+
+/// The name the broker shows for the publishing connection of a link named `name`.
+fn publishing_name(name: &str) -> String {
+    format!("{name} (publish)")
 }
 
 impl AmqpLink {
@@ -72,6 +82,7 @@ impl AmqpLink {
             name: name.to_owned(),
             trust: Trust::from_env(),
             session: Mutex::new(None),
+            consuming: Mutex::new(None),
         })
     }
 
@@ -84,7 +95,13 @@ impl AmqpLink {
             (None, Some(arn)) => BrokerUrl::Secret { arn, resolved: tokio::sync::OnceCell::new() },
             (None, None) => return None,
         };
-        Some(Arc::new(Self { url, name: name.to_owned(), trust: Trust::from_env(), session: Mutex::new(None) }))
+        Some(Arc::new(Self {
+            url,
+            name: name.to_owned(),
+            trust: Trust::from_env(),
+            session: Mutex::new(None),
+            consuming: Mutex::new(None),
+        }))
     }
 
     async fn session(&self) -> Result<Arc<Session>, lapin::Error> {
@@ -95,8 +112,7 @@ impl AmqpLink {
         {
             return Ok(Arc::clone(session));
         }
-        let properties = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
-        let connection = tls::connect(self.url.get().await?, properties, &self.trust, CONNECT_TIMEOUT).await?;
+        let connection = self.connect(&publishing_name(&self.name)).await?;
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         let session = Arc::new(Session { connection, publisher });
@@ -104,16 +120,36 @@ impl AmqpLink {
         Ok(session)
     }
 
-    /// A connection of its own, opened as the link opens its shared one (TLS,
-    /// trust, timeout): for callers that must not share it (`choreo bench --raw`).
-    pub async fn dedicated_connection(&self) -> Result<Connection, lapin::Error> {
-        let properties = ConnectionProperties::default().with_connection_name(self.name.as_str().into());
+    /// Opens a connection named `name`: every connection of the link goes
+    /// through here (TLS, trust, timeout).
+    async fn connect(&self, name: &str) -> Result<Connection, lapin::Error> {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
         tls::connect(self.url.get().await?, properties, &self.trust, CONNECT_TIMEOUT).await
     }
 
-    /// A new channel on the shared connection (consumers, admin work).
+    /// A connection of its own, opened as the link opens its shared ones (TLS,
+    /// trust, timeout): for callers that must not share it (`choreo bench --raw`).
+    pub async fn dedicated_connection(&self) -> Result<Connection, lapin::Error> {
+        self.connect(&self.name).await
+    }
+
+    /// The consuming connection, opened or reopened as needed.
+    async fn consuming(&self) -> Result<Arc<Connection>, lapin::Error> {
+        let mut guard = self.consuming.lock().await;
+        if let Some(connection) = guard.as_ref()
+            && connection.status().connected()
+        {
+            return Ok(Arc::clone(connection));
+        }
+        let connection = Arc::new(self.connect(&self.name).await?);
+        *guard = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    /// A new channel on the consuming connection (consumers, admin work),
+    /// never on the publishing one, which an alarm may block.
     pub async fn channel(&self) -> Result<Channel, lapin::Error> {
-        self.session().await?.connection.create_channel().await
+        self.consuming().await?.create_channel().await
     }
 
     /// Declares the whole topology; a queue that exists with other
@@ -128,16 +164,22 @@ impl AmqpLink {
         Ok(url.parse::<lapin::uri::AMQPUri>().map_or_else(|_| "/".to_owned(), |uri| uri.vhost))
     }
 
-    /// Closes the connection (on shutdown).
+    /// Closes both connections (on shutdown).
     pub async fn close(&self) {
         if let Some(session) = self.session.lock().await.take() {
             let _ = session.publisher.close(200, "bye".into()).await;
             let _ = session.connection.close(200, "bye".into()).await;
         }
+        if let Some(connection) = self.consuming.lock().await.take() {
+            let _ = connection.close(200, "bye".into()).await;
+        }
     }
 
+    /// Whether either connection is open.
     pub async fn is_connected(&self) -> bool {
-        self.session.lock().await.as_ref().is_some_and(|session| session.connection.status().connected())
+        let publishing =
+            self.session.lock().await.as_ref().is_some_and(|session| session.connection.status().connected());
+        publishing || self.consuming.lock().await.as_ref().is_some_and(|connection| connection.status().connected())
     }
 
     /// Publishes raw messages with `mandatory` and waits for all confirms
