@@ -10,6 +10,7 @@
 //! key was already processed. That one shape maps onto a SQLite transaction
 //! and onto a DynamoDB `TransactWriteItems` with condition expressions.
 
+mod dead_letters;
 pub mod dynamodb;
 mod outbox;
 mod records;
@@ -24,6 +25,7 @@ use crate::contract::choreography::Function;
 use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
 
+pub use dead_letters::{LetterState, StoredDeadLetter};
 pub use outbox::{OutboxCursor, OutboxPage, UndecodableEntry};
 pub use records::{
     HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, Shipment, StockDelta, StockLevel,
@@ -163,6 +165,37 @@ pub trait Store: Send + Sync + 'static {
     /// answers 0. Unpublished and set-aside records are never pruned.
     async fn prune_processed(&self) -> Result<usize, StoreError>;
 
+    // --- dead letters of the in-process bus (see `dead_letters.rs`) ---
+    /// Rule: parks `letter` durably, one per (function, event id): parking it
+    /// again replaces its error and attempts and makes it `Parked` again.
+    /// Answers once the letter is durable. Test doubles may keep the default,
+    /// which keeps nothing and says so.
+    async fn park_dead_letter(&self, letter: &StoredDeadLetter) -> Result<(), StoreError> {
+        Err(no_dead_letters(&letter.event.id.to_string()))
+    }
+    /// Rule: at most `limit` letters in `state`, oldest parked first.
+    async fn dead_letters(&self, state: LetterState, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let _ = (state, limit);
+        Err(no_dead_letters("any"))
+    }
+    /// Rule: turns the `Parked` letters of `function` (every function when
+    /// `None`), only the one of event `event_id` when given, `Replaying`;
+    /// answers how many. Letters already replaying are left (and not counted).
+    async fn replay_dead_letters(
+        &self,
+        function: Option<Function>,
+        event_id: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let _ = function;
+        Err(no_dead_letters(event_id.unwrap_or("any")))
+    }
+    /// Rule: the letter of (`function`, `event_id`) was handled after its
+    /// replay: it leaves the store. An unknown letter is no error.
+    async fn discard_dead_letter(&self, function: Function, event_id: &str) -> Result<(), StoreError> {
+        let _ = function;
+        Err(no_dead_letters(event_id))
+    }
+
     // --- inventory ---
     /// Stock of the SKUs that exist; unknown SKUs are simply absent.
     async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError>;
@@ -182,4 +215,9 @@ pub trait Store: Send + Sync + 'static {
 
     // --- shipping ---
     async fn shipment(&self, order_id: OrderId) -> Result<Option<Shipment>, StoreError>;
+}
+
+/// What the default dead-letter methods answer: this store keeps none.
+fn no_dead_letters(event_id: &str) -> StoreError {
+    StoreError::Unavailable(format!("this store keeps no dead letters (event {event_id})"))
 }

@@ -4,6 +4,7 @@
 //! port is kept).
 
 mod codec;
+mod dead_letters;
 mod errors;
 mod tables;
 mod transaction;
@@ -25,8 +26,8 @@ use crate::contract::choreography::Function;
 use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
 use crate::store::{
-    Commit, CommitOutcome, DEFAULT_PROCESSED_RETENTION, OrderRecord, OutboxCursor, OutboxEntry, OutboxPage,
-    Reservation, SeedStock, Shipment, StockLevel, Store, StoreError, UndecodableEntry,
+    Commit, CommitOutcome, DEFAULT_PROCESSED_RETENTION, LetterState, OrderRecord, OutboxCursor, OutboxEntry,
+    OutboxPage, Reservation, SeedStock, Shipment, StockLevel, Store, StoreError, StoredDeadLetter, UndecodableEntry,
 };
 
 use self::tables::PENDING;
@@ -293,6 +294,26 @@ impl Store for DynamoStore {
             Err(error) if error.code() == Some("ConditionalCheckFailedException") => Ok(()), // unknown key: nothing to mark
             Err(error) => Err(sdk_error(&format!("UpdateItem {}", self.processed), error)),
         }
+    }
+
+    async fn park_dead_letter(&self, letter: &StoredDeadLetter) -> Result<(), StoreError> {
+        self.put_dead_letter(letter).await
+    }
+
+    async fn dead_letters(&self, state: LetterState, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        self.query_dead_letters(state, limit).await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        function: Option<Function>,
+        event_id: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        self.request_replay(function, event_id).await
+    }
+
+    async fn discard_dead_letter(&self, function: Function, event_id: &str) -> Result<(), StoreError> {
+        self.delete_dead_letter(function, event_id).await
     }
 
     async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {

@@ -3,6 +3,7 @@
 //! wait for the writer. It runs on threads of its own (`threads`); a commit's
 //! SQL is in `writes`.
 
+mod dead_letters;
 mod outbox;
 mod threads;
 mod writes;
@@ -21,8 +22,8 @@ use crate::contract::choreography::Function;
 use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
 use crate::store::{
-    Commit, CommitOutcome, DEFAULT_PROCESSED_RETENTION, OrderRecord, OutboxCursor, OutboxPage, Reservation,
-    ReservationState, SeedStock, Shipment, StockLevel, Store, StoreError, Write,
+    Commit, CommitOutcome, DEFAULT_PROCESSED_RETENTION, LetterState, OrderRecord, OutboxCursor, OutboxPage,
+    Reservation, ReservationState, SeedStock, Shipment, StockLevel, Store, StoreError, StoredDeadLetter, Write,
 };
 
 const SCHEMA: &str = "
@@ -65,7 +66,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and its schema, with the
     /// default retention of processed records.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self { threads: Threads::open(path, SCHEMA)?, retention: DEFAULT_PROCESSED_RETENTION })
+        Ok(Self {
+            threads: Threads::open(path, &format!("{SCHEMA}{}", dead_letters::SCHEMA))?,
+            retention: DEFAULT_PROCESSED_RETENTION,
+        })
     }
 
     /// The same store, keeping published processed records for `retention`.
@@ -179,6 +183,31 @@ impl Store for SqliteStore {
                 },
             )
             .await
+    }
+
+    async fn park_dead_letter(&self, letter: &StoredDeadLetter) -> Result<(), StoreError> {
+        let letter = letter.clone();
+        self.threads.write(|()| true, move |connection| dead_letters::park(connection, &letter)).await
+    }
+
+    async fn dead_letters(&self, state: LetterState, limit: usize) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        self.threads.read(move |connection| dead_letters::list(connection, state, limit)).await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        function: Option<Function>,
+        event_id: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let event_id = event_id.map(str::to_owned);
+        self.threads
+            .write(|_| true, move |connection| dead_letters::request_replay(connection, function, event_id.as_deref()))
+            .await
+    }
+
+    async fn discard_dead_letter(&self, function: Function, event_id: &str) -> Result<(), StoreError> {
+        let event_id = event_id.to_owned();
+        self.threads.write(|()| true, move |connection| dead_letters::discard(connection, function, &event_id)).await
     }
 
     async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
