@@ -238,20 +238,29 @@ pub struct BridgeArgs {
 
 #[derive(Subcommand)]
 pub enum DlqCommand {
-    /// Print dead letters (they stay in their queues).
+    /// Print dead letters (they stay where they are): RabbitMQ's with --amqp
+    /// (or AMQP_URL), else those `choreo up` parked in the configured store.
     List {
-        /// RabbitMQ holding the dead-letter queues.
-        #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
-        amqp: String,
+        /// RabbitMQ holding the dead-letter queues [default: the store's dead letters]
+        #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+        amqp: Option<String>,
+        /// The store `choreo up` (in-process bus) parks its dead letters in.
+        #[command(flatten)]
+        store: StoreArgs,
         /// Most messages shown per function.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Send dead letters back to their function's queue.
+    /// Send dead letters back to their function: RabbitMQ's to its queue
+    /// with --amqp (or AMQP_URL), else the store's, which the running
+    /// `choreo up` (or its next start) delivers again.
     Replay {
-        /// RabbitMQ holding the dead-letter queues.
-        #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
-        amqp: String,
+        /// RabbitMQ holding the dead-letter queues [default: the store's dead letters]
+        #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+        amqp: Option<String>,
+        /// The store `choreo up` (in-process bus) parks its dead letters in.
+        #[command(flatten)]
+        store: StoreArgs,
         /// Only this function's dead letters.
         #[arg(long)]
         function: Option<String>,

@@ -211,26 +211,43 @@ async fn stock(command: StockCommand) -> Result<(), AnyError> {
 
 async fn dlq(command: DlqCommand) -> Result<(), AnyError> {
     match command {
-        DlqCommand::List { amqp, limit } => {
+        DlqCommand::List { amqp: Some(amqp), limit, .. } => {
             let link = AmqpLink::new(&amqp, "choreo-dlq");
             let letters = shared::bus::amqp::list_dead_letters(&link, limit).await?;
             link.close().await;
-            for letter in &letters {
-                println!("{}", serde_json::to_string(letter)?);
-            }
-            eprintln!("{} dead letter(s)", letters.len());
+            print_dead_letters(&letters)?;
         }
-        DlqCommand::Replay { amqp, function, message_id } => {
+        DlqCommand::List { amqp: None, store, limit } => {
+            let store = store.settings()?.open().await?;
+            print_dead_letters(&shared::bus::inprocess::list_stored_dead_letters(&*store, limit).await?)?;
+        }
+        DlqCommand::Replay { amqp, store, function, message_id } => {
             let function = match function {
                 Some(name) => Some(Function::from_name(&name).ok_or_else(|| format!("no function named '{name}'"))?),
                 None => None,
             };
-            let link = AmqpLink::new(&amqp, "choreo-dlq");
-            let replayed = shared::bus::amqp::replay_dead_letters(&link, function, message_id.as_deref()).await?;
-            link.close().await;
+            let replayed = match amqp {
+                Some(amqp) => {
+                    let link = AmqpLink::new(&amqp, "choreo-dlq");
+                    let replayed =
+                        shared::bus::amqp::replay_dead_letters(&link, function, message_id.as_deref()).await?;
+                    link.close().await;
+                    replayed
+                }
+                // Marked for replay in the store; `choreo up` delivers them.
+                None => store.settings()?.open().await?.replay_dead_letters(function, message_id.as_deref()).await?,
+            };
             println!("replayed {replayed} dead letter(s)");
         }
     }
+    Ok(())
+}
+
+fn print_dead_letters(letters: &[shared::bus::amqp::DeadMessage]) -> Result<(), AnyError> {
+    for letter in letters {
+        println!("{}", serde_json::to_string(letter)?);
+    }
+    eprintln!("{} dead letter(s)", letters.len());
     Ok(())
 }
 

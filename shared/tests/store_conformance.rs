@@ -22,8 +22,8 @@ use shared::step::{Decision, StepError, reaction, run_idempotent};
 use shared::store::dynamodb::{DynamoStore, PROCESSED, STOCK, TABLES};
 use shared::store::sqlite::SqliteStore;
 use shared::store::{
-    Commit, CommitOutcome, HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, Shipment, StockDelta,
-    StockLevel, Store, StoreError, Write,
+    Commit, CommitOutcome, HistoryEntry, LetterState, OrderRecord, Reservation, ReservationState, SeedStock, Shipment,
+    StockDelta, StockLevel, Store, StoreError, StoredDeadLetter, Write,
 };
 use shared::testkit::{event, item, order_created, pending_order, sku};
 use shared::{Event, EventType, Function, Payload};
@@ -78,6 +78,7 @@ conformance! {
     the_outbox_reads_in_pages_that_together_hold_every_entry,
     a_set_aside_entry_leaves_the_outbox_for_good,
     put_stock_is_a_versioned_write,
+    dead_letters_are_parked_durably_replayed_for_their_function_and_discarded,
     a_stock_import_adds_and_updates_skus_and_is_idempotent,
     a_stock_import_that_would_count_out_replenished_units_changes_nothing,
     a_stock_import_never_overwrites_a_concurrent_reservation: atomic,
@@ -920,6 +921,77 @@ async fn a_set_aside_entry_leaves_the_outbox_for_good(store: Arc<dyn Store>) {
     store.set_aside("no-such-function", "nothing", "unknown").await.expect("set aside an unknown entry");
     assert_eq!(store.processed(Function::ReserveInventory, "good").await.expect("read"), Some(events));
     assert_eq!(store.unpublished(horizon).await.expect("read the outbox"), []);
+}
+
+// ---------------------------------------------------------------- dead letters
+
+fn letter(function: Function, event: &Event, error: &str, attempts: u32) -> StoredDeadLetter {
+    StoredDeadLetter { function, event: event.clone(), error: error.to_owned(), attempts }
+}
+
+/// (function, event id, error, attempts) of each letter in `state`.
+async fn letters_in(store: &Arc<dyn Store>, state: LetterState) -> Vec<(Function, String, String, u32)> {
+    let letters = store.dead_letters(state, 100).await.expect("list dead letters");
+    letters
+        .into_iter()
+        .map(|letter| (letter.function, letter.event.id.to_string(), letter.error, letter.attempts))
+        .collect()
+}
+
+async fn dead_letters_are_parked_durably_replayed_for_their_function_and_discarded(store: Arc<dyn Store>) {
+    // GIVEN two dead letters, one per function, parked one after the other
+    let created = new_order(&[("A-1", 1)]);
+    let reserved = reserved_by(&created);
+    store.park_dead_letter(&letter(Function::ReserveInventory, &created, "boom", 4)).await.expect("park");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.park_dead_letter(&letter(Function::OrderStatus, &reserved, "bang", 1)).await.expect("park");
+    let (first, second) = (created.id.to_string(), reserved.id.to_string());
+
+    // THEN both are listed as parked, oldest first, with their event, error and attempts
+    let parked = store.dead_letters(LetterState::Parked, 100).await.expect("list");
+    assert_eq!(
+        parked,
+        [letter(Function::ReserveInventory, &created, "boom", 4), letter(Function::OrderStatus, &reserved, "bang", 1)]
+    );
+    assert_eq!(store.dead_letters(LetterState::Parked, 1).await.expect("list one").len(), 1, "the limit holds");
+    // AND they are not in the outbox: the relay never publishes them to every consumer
+    assert_eq!(store.unpublished(Utc::now() + Duration::from_secs(60)).await.expect("read the outbox"), []);
+
+    // WHEN the first is parked again (it failed again): one letter, the new error
+    store.park_dead_letter(&letter(Function::ReserveInventory, &created, "boom again", 5)).await.expect("park again");
+    let parked = letters_in(&store, LetterState::Parked).await;
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert!(parked.contains(&(Function::ReserveInventory, first.clone(), "boom again".into(), 5)), "{parked:?}");
+
+    // WHEN a replay is requested for reserve-inventory only (twice: the second finds nothing parked)
+    assert_eq!(store.replay_dead_letters(Some(Function::ReserveInventory), None).await.expect("replay"), 1);
+    assert_eq!(store.replay_dead_letters(Some(Function::ReserveInventory), None).await.expect("replay again"), 0);
+    // THEN its letter is a pending delivery for that one function, the other stays parked
+    assert_eq!(
+        letters_in(&store, LetterState::Replaying).await,
+        [(Function::ReserveInventory, first.clone(), "boom again".into(), 5)]
+    );
+    assert_eq!(
+        letters_in(&store, LetterState::Parked).await,
+        [(Function::OrderStatus, second.clone(), "bang".into(), 1)]
+    );
+
+    // WHEN the replayed letter was handled, it is discarded (twice: unknown is no error)
+    store.discard_dead_letter(Function::ReserveInventory, &first).await.expect("discard");
+    store.discard_dead_letter(Function::ReserveInventory, &first).await.expect("discard again");
+    assert_eq!(letters_in(&store, LetterState::Replaying).await, []);
+
+    // AND a replay by event id takes only that letter, whatever its function
+    assert_eq!(store.replay_dead_letters(None, Some("no-such-event")).await.expect("replay none"), 0);
+    assert_eq!(store.replay_dead_letters(None, Some(&second)).await.expect("replay by id"), 1);
+    assert_eq!(letters_in(&store, LetterState::Parked).await, []);
+    // AND a replayed letter that fails again is parked again
+    store.park_dead_letter(&letter(Function::OrderStatus, &reserved, "bang again", 1)).await.expect("park again");
+    assert_eq!(letters_in(&store, LetterState::Replaying).await, []);
+    assert_eq!(
+        letters_in(&store, LetterState::Parked).await,
+        [(Function::OrderStatus, second, "bang again".into(), 1)]
+    );
 }
 
 // ---------------------------------------------------------------- stock import

@@ -5,21 +5,41 @@
 //! emitted batch is marked published only once every consumer has handled
 //! it, and `choreo up` re-publishes unmarked batches when it starts. A hard
 //! kill therefore resumes every saga instead of stranding it.
+//!
+//! A dead letter is parked in the store (`Store::park_dead_letter`), and
+//! only once it is durable does it count as handled, so an event's outbox
+//! entry is marked published only when every consumer either handled it or
+//! has its dead letter on disk. `choreo dlq list|replay` read and replay
+//! those letters from any process: a replay marks the letter `Replaying` in
+//! the store, and the bus polls for such letters (every [`REPLAY_POLL`]) and
+//! delivers each to its one function again, discarding the letter once it is
+//! handled (see `store::dead_letters` for why this needs no other channel).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
+use super::amqp::DeadMessage;
 use super::{
     DeliverySettings, Handover, OutboxRef, PublishError, Publisher, StepObserver, log_step, publish_committed,
 };
 use crate::contract::choreography::{TERMINAL_EVENTS, consumers_of};
+use crate::store::{LetterState, Store, StoreError, StoredDeadLetter};
 use crate::{Event, Function, Ports, Step, StepError};
 
-/// An event that could not be handled.
+/// How often the bus looks for dead letters whose replay was requested.
+pub const REPLAY_POLL: Duration = Duration::from_millis(500);
+/// Most replayed letters taken per poll.
+const REPLAY_BATCH: usize = 100;
+/// Most dead letters `InProcessBus::dead_letters` remembers (the store keeps them all).
+const REMEMBERED: usize = 1000;
+
+/// An event that could not be handled (this run's record of it; the store
+/// holds the durable copy).
 #[derive(Clone, Debug)]
 pub struct DeadLetter {
     /// The function that could not handle it.
@@ -37,6 +57,8 @@ struct Delivery {
     attempt: u32,
     /// The outbox batch it belongs to, marked published after its last delivery.
     origin: Option<Arc<PendingBatch>>,
+    /// Whether it replays a stored dead letter, discarded once handled.
+    replay: bool,
 }
 
 /// An outbox entry whose deliveries are still being handled.
@@ -60,8 +82,10 @@ struct Shared {
     in_flight: AtomicUsize,
     /// Woken when `in_flight` drops to zero (`InProcessBus::idle`).
     idle: Notify,
-    /// Events that failed for good; the bus has no queue to park them in.
-    dead_letters: Mutex<Vec<DeadLetter>>,
+    /// The last dead letters of this run (tests look at them); durable in the store.
+    dead_letters: Mutex<VecDeque<DeadLetter>>,
+    /// Replayed letters being delivered, so that a poll does not deliver one twice.
+    replaying: Mutex<HashSet<(Function, String)>>,
 }
 
 #[derive(Clone)]
@@ -92,12 +116,14 @@ impl InProcessBus {
             observer,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
-            dead_letters: Mutex::new(Vec::new()),
+            dead_letters: Mutex::new(VecDeque::new()),
+            replaying: Mutex::new(HashSet::new()),
         });
         let bus = Self { shared };
         for (step, receiver) in receivers {
             tokio::spawn(bus.clone().consume(step, receiver));
         }
+        tokio::spawn(poll_replays(Arc::downgrade(&bus.shared)));
         bus
     }
 
@@ -116,8 +142,9 @@ impl InProcessBus {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 
+    /// The dead letters parked during this run (the last [`REMEMBERED`]).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.shared.dead_letters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.shared.dead_letters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
     }
 
     /// Routes events to the queues bound to their types, like a topic exchange.
@@ -137,7 +164,7 @@ impl InProcessBus {
             origin.remaining.store(routes.len(), Ordering::SeqCst);
         }
         for (function, event) in &routes {
-            let delivery = Delivery { event: (*event).clone(), attempt: 1, origin: origin.clone() };
+            let delivery = Delivery { event: (*event).clone(), attempt: 1, origin: origin.clone(), replay: false };
             self.enqueue(*function, delivery)?;
         }
         Ok(routes.len())
@@ -209,16 +236,77 @@ impl InProcessBus {
                 });
                 return;
             }
-            Err(error) => self.dead_letter(function, event, &error),
+            Err(error) => {
+                if let Err(store_error) = self.dead_letter(function, &delivery, &error).await {
+                    // Not durable, so not handled: the entry stays in the
+                    // outbox (a replayed letter stays `Replaying`) and is
+                    // delivered again, at the next start or the next poll.
+                    tracing::error!(order_id = %event.subject, step = %function, %error, %store_error, "could not park a dead letter; its event will be delivered again");
+                    self.end_replay(function, &delivery, false).await;
+                    self.finished();
+                    return;
+                }
+                // Parked again (with its new error), so no longer replaying.
+                self.end_replay(function, &delivery, false).await;
+                self.settle(delivery.origin).await;
+                self.finished();
+                return;
+            }
         }
+        self.end_replay(function, &delivery, true).await;
         self.settle(delivery.origin).await;
         self.finished();
     }
 
-    fn dead_letter(&self, function: Function, event: &Event, error: &StepError) {
+    /// A replayed letter's delivery is over: once `handled`, the letter
+    /// leaves the store; either way it leaves the set of letters in hand.
+    async fn end_replay(&self, function: Function, delivery: &Delivery, handled: bool) {
+        if !delivery.replay {
+            return;
+        }
+        let event_id = delivery.event.id.to_string();
+        if handled && let Err(error) = self.shared.ports.store.discard_dead_letter(function, &event_id).await {
+            // It stays `Replaying`: the next poll delivers it again and the step dedupes.
+            tracing::warn!(step = %function, event_id, %error, "could not discard a replayed dead letter");
+        }
+        self.shared.replaying.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&(function, event_id));
+    }
+
+    /// Delivers the letters whose replay was requested and that are not in
+    /// hand already, each to its one function, as a first attempt.
+    async fn deliver_replays(&self) -> Result<usize, StoreError> {
+        let letters = self.shared.ports.store.dead_letters(LetterState::Replaying, REPLAY_BATCH).await?;
+        let mut delivered = 0;
+        for letter in letters {
+            let key = (letter.function, letter.event.id.to_string());
+            if !self.shared.replaying.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key.clone()) {
+                continue;
+            }
+            let delivery = Delivery { event: letter.event, attempt: 1, origin: None, replay: true };
+            tracing::info!(step = %letter.function, event_id = key.1, "replaying a dead letter");
+            if self.enqueue(letter.function, delivery).is_err() {
+                self.shared.replaying.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&key);
+                continue;
+            }
+            delivered += 1;
+        }
+        Ok(delivered)
+    }
+
+    /// Parks the delivery's event in the store as `function`'s dead letter;
+    /// answers once it is durable.
+    async fn dead_letter(&self, function: Function, delivery: &Delivery, error: &StepError) -> Result<(), StoreError> {
+        let event = &delivery.event;
         tracing::error!(order_id = %event.subject, step = %function, event = %event.event_type(), %error, "dead-lettered");
-        let letter = DeadLetter { function, event: event.clone(), error: error.to_string() };
-        self.shared.dead_letters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(letter);
+        let letter =
+            StoredDeadLetter { function, event: event.clone(), error: error.to_string(), attempts: delivery.attempt };
+        self.shared.ports.store.park_dead_letter(&letter).await?;
+        let mut remembered = self.shared.dead_letters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if remembered.len() == REMEMBERED {
+            remembered.pop_front();
+        }
+        remembered.push_back(DeadLetter { function, event: event.clone(), error: error.to_string() });
+        Ok(())
     }
 
     /// Marks the batch published once its last delivery is handled.
@@ -232,6 +320,47 @@ impl InProcessBus {
             }
         }
     }
+}
+
+/// Polls the store for replayed dead letters while the bus lives.
+async fn poll_replays(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(REPLAY_POLL).await;
+        let Some(shared) = shared.upgrade() else { return };
+        if let Err(error) = (InProcessBus { shared }).deliver_replays().await {
+            tracing::warn!(%error, "could not read the dead letters to replay; trying again");
+        }
+    }
+}
+
+/// A stored dead letter as `choreo dlq list` prints it, the same fields as
+/// a RabbitMQ dead letter.
+pub fn dead_message(letter: &StoredDeadLetter) -> DeadMessage {
+    DeadMessage {
+        function: letter.function.name().to_owned(),
+        message_id: Some(letter.event.id.to_string()),
+        event_type: Some(letter.event.event_type().to_string()),
+        order_id: Some(letter.event.subject.to_string()),
+        error: Some(letter.error.clone()),
+        attempts: Some(i64::from(letter.attempts)),
+        body: String::from_utf8_lossy(&letter.event.to_json()).into_owned(),
+    }
+}
+
+/// The parked dead letters of the in-process bus, at most `limit` per function.
+pub async fn list_stored_dead_letters(store: &dyn Store, limit: usize) -> Result<Vec<DeadMessage>, StoreError> {
+    let functions = Function::consumers().count();
+    let letters = store.dead_letters(LetterState::Parked, limit.saturating_mul(functions)).await?;
+    let mut shown: HashMap<Function, usize> = HashMap::new();
+    Ok(letters
+        .iter()
+        .filter(|letter| {
+            let count = shown.entry(letter.function).or_default();
+            *count += 1;
+            *count <= limit
+        })
+        .map(dead_message)
+        .collect())
 }
 
 #[async_trait]
