@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use shared::{Function, Step};
 
-/// The step that handles `function`'s events; `None` for the HTTP-only functions.
+/// The step that handles `function`'s events; `None` for the HTTP-only
+/// functions and the scheduled sweeper (`shared::saga`), which consume nothing.
 pub fn step_for(function: Function) -> Option<Arc<dyn Step>> {
     Some(match function {
         Function::ReserveInventory => Arc::new(reserve_inventory::ReserveInventory),
@@ -14,7 +15,7 @@ pub fn step_for(function: Function) -> Option<Arc<dyn Step>> {
         Function::ShipOrder => Arc::new(ship_order::ShipOrder),
         Function::SettleInventory => Arc::new(settle_inventory::SettleInventory),
         Function::OrderStatus => Arc::new(order_status::UpdateOrderStatus),
-        Function::CreateOrder | Function::OrderQuery => return None,
+        Function::CreateOrder | Function::OrderQuery | Function::SagaDeadline => return None,
     })
 }
 

@@ -10,12 +10,14 @@
 //!   adapters, RabbitMQ and the in-process bus of `choreo up`.
 //! - `host`: how a step is hosted — on Lambda (every event shape) and over
 //!   HTTP (problem+json plumbing shared by the HTTP functions).
+//! - `saga`: saga supervision — the deadline sweeper and where a saga stands.
 //! - `config`, `telemetry`: settings from the environment, logging.
 
 pub mod bus;
 pub mod config;
 pub mod contract;
 pub mod host;
+pub mod saga;
 pub mod step;
 pub mod store;
 pub mod telemetry;

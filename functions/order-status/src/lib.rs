@@ -32,9 +32,17 @@ impl Step for UpdateOrderStatus {
             Payload::OrderShipped(shipped) => Change::Ship(&shipped.tracking_number),
             Payload::InventoryRejected(rejected) => Change::Cancel(rejected.reason, &rejected.detail),
             Payload::ReplenishmentFailed(failed) => Change::Cancel(failed.reason, &failed.detail),
-            Payload::InventoryReleased(released) => {
-                Change::Cancel(released.reason, "the carrier could not ship it; the reserved stock was released")
-            }
+            // A release after the saga deadline (ARCHITECTURE.md §7.9) cancels
+            // like any other; once terminal, later events change nothing.
+            Payload::InventoryReleased(released) => Change::Cancel(
+                released.reason,
+                match released.reason {
+                    CancelReason::TimedOut => {
+                        "the saga deadline passed before it shipped; any reserved stock was released"
+                    }
+                    _ => "the carrier could not ship it; the reserved stock was released",
+                },
+            ),
             _ => return Err(shared::step::not_consumed(FUNCTION, event)),
         };
         let store = &*ports.store;

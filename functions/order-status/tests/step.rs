@@ -171,6 +171,55 @@ async fn released_stock_after_a_failed_shipment_cancels_the_order() {
     .await;
 }
 
+fn timed_out(order_id: OrderId) -> Event {
+    let data = InventoryReleased { items: vec![], reason: CancelReason::TimedOut };
+    event(order_id, Payload::InventoryReleased(data))
+}
+
+#[tokio::test]
+async fn the_saga_deadline_cancels_the_order_as_timed_out() {
+    assert_failure_cancels(
+        timed_out,
+        CancelReason::TimedOut,
+        "the saga deadline passed before it shipped; any reserved stock was released",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_deadline_after_the_order_shipped_leaves_it_shipped() {
+    // GIVEN an order that shipped just before its deadline
+    let (given, created) = given_pending_order().await;
+    UpdateOrderStatus.handle(&reserved(created.subject), &given.ports()).await.unwrap();
+    UpdateOrderStatus.handle(&shipped(created.subject), &given.ports()).await.unwrap();
+
+    // WHEN a timed-out release arrives anyway
+    let emitted = UpdateOrderStatus.handle(&timed_out(created.subject), &given.ports()).await.unwrap();
+
+    // THEN nothing is emitted: it is never both shipped and cancelled
+    assert_eq!(emitted, []);
+    let order = order(&given, created.subject).await;
+    assert_eq!((order.status, order.cancel_reason), (OrderStatus::Shipped, None));
+}
+
+#[tokio::test]
+async fn events_after_a_timeout_change_nothing() {
+    // GIVEN an order cancelled by its deadline
+    let (given, created) = given_pending_order().await;
+    UpdateOrderStatus.handle(&timed_out(created.subject), &given.ports()).await.unwrap();
+
+    // WHEN a late reservation, a second timed-out release and a late order.shipped arrive
+    for late in [reserved(created.subject), timed_out(created.subject), shipped(created.subject)] {
+        let emitted = UpdateOrderStatus.handle(&late, &given.ports()).await.unwrap();
+
+        // THEN nothing is emitted and it stays cancelled as timed out
+        assert_eq!(emitted, [], "on {}", late.event_type());
+        let order = order(&given, created.subject).await;
+        assert_eq!((order.status, order.cancel_reason), (OrderStatus::Cancelled, Some(CancelReason::TimedOut)));
+        assert_eq!(order.tracking_number, None);
+    }
+}
+
 #[tokio::test]
 async fn late_progress_never_moves_a_shipped_order_backwards() {
     // GIVEN an order that has shipped (its order.shipped overtook the rest)

@@ -1,6 +1,15 @@
 //! `settle-inventory`: once an order ships its reserved units leave the
 //! warehouse (reserved → shipped); when shipping fails they go back on the
 //! shelf (reserved → available), the saga's compensation.
+//!
+//! A `shipment.failed` for the saga deadline (`timed_out`, ARCHITECTURE.md
+//! §7.9) may find no reservation (the order never got one, or not yet) or
+//! one released already: there is nothing to release, but it still answers
+//! `inventory.released` (no lines) so that `order-status` cancels the order.
+//! A reservation made after that (a late `stock.replenished`) sends its own
+//! `inventory.reserved` to `ship-order`, whose tombstone answers it with
+//! another `shipment.failed`, and that one releases it: stock held for a
+//! timed-out order is always given back.
 
 use shared::contract::domain::{CancelReason, Item, Sku, units_per_sku};
 use shared::contract::events::InventoryReleased;
@@ -19,9 +28,9 @@ impl Step for SettleInventory {
     }
 
     async fn handle(&self, event: &Event, ports: &Ports) -> Result<Vec<Event>, StepError> {
-        let (items, outcome): (&[Item], _) = match &event.payload {
-            Payload::OrderShipped(shipped) => (&shipped.items, ReservationState::Shipped),
-            Payload::ShipmentFailed(failed) => (&failed.items, ReservationState::Released),
+        let (items, outcome, reason): (&[Item], _, _) = match &event.payload {
+            Payload::OrderShipped(shipped) => (&shipped.items, ReservationState::Shipped, None),
+            Payload::ShipmentFailed(failed) => (&failed.items, ReservationState::Released, Some(failed.reason)),
             _ => return Err(shared::step::not_consumed(FUNCTION, event)),
         };
         let store = &*ports.store;
@@ -33,13 +42,27 @@ impl Step for SettleInventory {
             // it still reserved from settling it twice (its commit conflicts).
             let skus: Vec<Sku> = units_per_sku(items).into_keys().collect();
             let levels = store.stock(&skus).await?;
-            let Some(mut reservation) = store.reservation(event.subject).await? else {
-                return Err(StepError::Permanent(format!("order {} holds no reservation to settle", event.subject)));
+            let timed_out = reason == Some(CancelReason::TimedOut);
+            let mut reservation = match store.reservation(event.subject).await? {
+                Some(held) if held.state == ReservationState::Reserved => held,
+                // Nothing held (yet), or released already: nothing to
+                // release, and the order is cancelled all the same.
+                None if timed_out => return Ok(cancel_only(event)),
+                Some(settled) if timed_out && settled.state == ReservationState::Released => {
+                    return Ok(cancel_only(event));
+                }
+                None => {
+                    return Err(StepError::Permanent(format!(
+                        "order {} holds no reservation to settle",
+                        event.subject
+                    )));
+                }
+                Some(settled) => {
+                    // Shipped stays shipped, whatever arrives late.
+                    tracing::warn!(order_id = %event.subject, state = ?settled.state, "reservation already settled");
+                    return Ok(Decision::default());
+                }
             };
-            if reservation.state != ReservationState::Reserved {
-                tracing::warn!(order_id = %event.subject, state = ?reservation.state, "reservation already settled");
-                return Ok(Decision::default());
-            }
             let units = units_per_sku(&reservation.items);
             if units.keys().ne(skus.iter()) {
                 return Err(StepError::Permanent(format!(
@@ -66,19 +89,22 @@ impl Step for SettleInventory {
             }
             reservation.state = outcome;
             writes.push(Write::Reservation(reservation));
-            let emit = match outcome {
-                ReservationState::Shipped => vec![],
-                _ => vec![reaction(
-                    FUNCTION,
-                    event,
-                    Payload::InventoryReleased(InventoryReleased {
-                        items: items.to_vec(),
-                        reason: CancelReason::ShipmentFailed,
-                    }),
-                )],
+            let emit = match reason {
+                None => vec![],
+                Some(reason) => vec![released(event, items.to_vec(), reason)],
             };
             Ok(Decision { writes, emit })
         })
         .await
     }
+}
+
+/// For a timed-out order with nothing held: `inventory.released` of no lines.
+fn cancel_only(event: &Event) -> Decision {
+    Decision { writes: vec![], emit: vec![released(event, vec![], CancelReason::TimedOut)] }
+}
+
+/// `inventory.released` of `items` (none: nothing was held) for `reason`.
+fn released(event: &Event, items: Vec<Item>, reason: CancelReason) -> Event {
+    reaction(FUNCTION, event, Payload::InventoryReleased(InventoryReleased { items, reason }))
 }

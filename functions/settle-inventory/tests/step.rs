@@ -13,8 +13,15 @@ fn shipped(order_id: OrderId, items: Vec<Item>) -> Event {
     event(order_id, Payload::OrderShipped(OrderShipped { items, tracking_number: "CHR0123456789AB".into() }))
 }
 
+/// `shipment.failed` for the saga deadline (ship-order's answer to `order.deadline_reached`).
+fn timed_out(order_id: OrderId, items: Vec<Item>) -> Event {
+    let reason = CancelReason::TimedOut;
+    event(order_id, Payload::ShipmentFailed(ShipmentFailed { items, detail: "deadline".into(), reason }))
+}
+
 fn shipment_failed(order_id: OrderId, items: Vec<Item>) -> Event {
-    event(order_id, Payload::ShipmentFailed(ShipmentFailed { items, detail: "we do not ship to AQ".into() }))
+    let reason = CancelReason::ShipmentFailed;
+    event(order_id, Payload::ShipmentFailed(ShipmentFailed { items, detail: "we do not ship to AQ".into(), reason }))
 }
 
 async fn reservation_state(given: &TestStore, order_id: OrderId) -> ReservationState {
@@ -158,4 +165,105 @@ async fn an_event_it_does_not_consume_is_a_permanent_error() {
 
     // THEN it is dead-lettered, not retried
     assert!(matches!(result, Err(StepError::Permanent(_))), "{result:?}");
+}
+
+// ------------------------------------------------------------ saga deadline
+
+#[tokio::test]
+async fn a_timed_out_order_gets_its_reserved_units_back() {
+    // GIVEN an order holds 3 of A when its deadline passes
+    let given = TestStore::with_stock(&[("A", 10, 0)]).await;
+    let order_id = OrderId::new();
+    let items = vec![item("A", 3)];
+    given.given_reservation(order_id, &items).await;
+
+    // WHEN ship-order's shipment.failed (timed_out) arrives
+    let emitted = SettleInventory.handle(&timed_out(order_id, items.clone()), &given.ports()).await.unwrap();
+
+    // THEN the units are released and the release says why
+    let released = InventoryReleased { items, reason: CancelReason::TimedOut };
+    assert_eq!(payloads(&emitted), [&Payload::InventoryReleased(released)]);
+    let a = given.stock("A").await;
+    assert_eq!((a.available, a.reserved, a.shipped), (10, 0, 0));
+    assert_eq!(reservation_state(&given, order_id).await, ReservationState::Released);
+    given.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_timed_out_order_with_nothing_reserved_is_cancelled_all_the_same() {
+    // GIVEN an order that holds no reservation (still waiting for stock)
+    let given = TestStore::with_stock(&[("A", 10, 0)]).await;
+    let order_id = OrderId::new();
+
+    // WHEN its deadline's shipment.failed arrives
+    let emitted = SettleInventory.handle(&timed_out(order_id, vec![item("A", 3)]), &given.ports()).await.unwrap();
+
+    // THEN nothing is released, but inventory.released (no lines) carries
+    // the cancellation on to order-status
+    let released = InventoryReleased { items: vec![], reason: CancelReason::TimedOut };
+    assert_eq!(payloads(&emitted), [&Payload::InventoryReleased(released)]);
+    let a = given.stock("A").await;
+    assert_eq!((a.available, a.reserved, a.shipped), (10, 0, 0));
+}
+
+#[tokio::test]
+async fn a_reservation_made_after_the_deadline_is_released_by_the_late_failure() {
+    // GIVEN the deadline found nothing reserved, then a late stock.replenished
+    // let reserve-inventory reserve 3 of A after all
+    let given = TestStore::with_stock(&[("A", 10, 0)]).await;
+    let order_id = OrderId::new();
+    let items = vec![item("A", 3)];
+    SettleInventory.handle(&timed_out(order_id, items.clone()), &given.ports()).await.unwrap();
+    given.given_reservation(order_id, &items).await;
+    assert_eq!(given.stock("A").await.reserved, 3);
+
+    // WHEN ship-order answers that reservation with shipment.failed (its tombstone)
+    let emitted = SettleInventory.handle(&timed_out(order_id, items.clone()), &given.ports()).await.unwrap();
+
+    // THEN the late reservation is released: stock is conserved and free again
+    assert!(matches!(payloads(&emitted)[..], [Payload::InventoryReleased(_)]), "{emitted:?}");
+    let a = given.stock("A").await;
+    assert_eq!((a.available, a.reserved, a.shipped), (10, 0, 0));
+    assert_eq!(reservation_state(&given, order_id).await, ReservationState::Released);
+    given.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_second_timed_out_failure_releases_nothing_more() {
+    // GIVEN the deadline released the order's 3 units
+    let given = TestStore::with_stock(&[("A", 10, 0)]).await;
+    let order_id = OrderId::new();
+    let items = vec![item("A", 3)];
+    given.given_reservation(order_id, &items).await;
+    SettleInventory.handle(&timed_out(order_id, items.clone()), &given.ports()).await.unwrap();
+
+    // WHEN another shipment.failed (timed_out) arrives (the deadline fired
+    // twice, or a late inventory.reserved met the tombstone)
+    let emitted = SettleInventory.handle(&timed_out(order_id, items), &given.ports()).await.unwrap();
+
+    // THEN only the cancellation is repeated, nothing is released twice
+    let released = InventoryReleased { items: vec![], reason: CancelReason::TimedOut };
+    assert_eq!(payloads(&emitted), [&Payload::InventoryReleased(released)]);
+    let a = given.stock("A").await;
+    assert_eq!((a.available, a.reserved, a.shipped), (10, 0, 0));
+    given.assert_conserved().await;
+}
+
+#[tokio::test]
+async fn a_timed_out_failure_after_the_order_shipped_changes_nothing() {
+    // GIVEN the order shipped (its reservation is settled as shipped)
+    let given = TestStore::with_stock(&[("A", 10, 0)]).await;
+    let order_id = OrderId::new();
+    let items = vec![item("A", 3)];
+    given.given_reservation(order_id, &items).await;
+    SettleInventory.handle(&shipped(order_id, items.clone()), &given.ports()).await.unwrap();
+
+    // WHEN a shipment.failed (timed_out) arrives anyway
+    let emitted = SettleInventory.handle(&timed_out(order_id, items), &given.ports()).await.unwrap();
+
+    // THEN nothing is emitted and the units stay shipped
+    assert_eq!(emitted, []);
+    let a = given.stock("A").await;
+    assert_eq!((a.available, a.reserved, a.shipped), (7, 0, 3));
+    given.assert_conserved().await;
 }

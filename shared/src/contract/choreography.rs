@@ -22,6 +22,7 @@ pub enum Function {
     SettleInventory,
     OrderStatus,
     OrderQuery,
+    SagaDeadline,
 }
 
 /// Which service owns the tables a function writes (ARCHITECTURE.md §3).
@@ -91,7 +92,9 @@ pub const CHOREOGRAPHY: &[FunctionSpec] = &[
         name: "ship-order",
         service: Service::Shipping,
         routes: &[],
-        consumes: &[InventoryReserved],
+        // The deadline goes to shipping, the one place that decides whether
+        // goods leave: it either shipped already or never will (§7.9).
+        consumes: &[InventoryReserved, OrderDeadlineReached],
         emits: &[OrderShipped, ShipmentFailed],
     },
     FunctionSpec {
@@ -128,6 +131,18 @@ pub const CHOREOGRAPHY: &[FunctionSpec] = &[
         consumes: &[],
         emits: &[],
     },
+    // The saga-deadline sweeper (`shared::saga`): no route, no queue; it runs
+    // on a schedule (inside `choreo up`, and on AWS in each pass of the
+    // relay-outbox function) and emits a deadline for each order still not
+    // terminal past it. It reads orders, so it belongs to their service.
+    FunctionSpec {
+        function: Function::SagaDeadline,
+        name: "saga-deadline",
+        service: Service::Orders,
+        routes: &[],
+        consumes: &[],
+        emits: &[OrderDeadlineReached],
+    },
 ];
 
 impl Function {
@@ -138,6 +153,15 @@ impl Function {
     /// Functions that a bus delivers events to (each owns one queue).
     pub fn consumers() -> impl Iterator<Item = Function> {
         Self::all().filter(|function| !function.spec().consumes.is_empty())
+    }
+
+    /// Functions that neither serve routes nor consume events, yet emit:
+    /// they act on a schedule, hosted by another process (`saga-deadline`
+    /// runs inside `choreo up` and the relay-outbox function), so they have
+    /// no binary, queue or Lambda of their own.
+    pub fn is_scheduled(self) -> bool {
+        let spec = self.spec();
+        spec.routes.is_empty() && spec.consumes.is_empty() && !spec.emits.is_empty()
     }
 
     pub fn spec(self) -> &'static FunctionSpec {
@@ -181,7 +205,7 @@ pub fn consumers_of(event_type: EventType) -> impl Iterator<Item = Function> {
 /// The table as a Mermaid flowchart (`choreo graph`, README).
 pub fn mermaid() -> String {
     let id = |function: Function| function.name().replace('-', "_");
-    let mut out = String::from("flowchart LR\n    client([HTTP client])\n");
+    let mut out = String::from("flowchart LR\n    client([HTTP client])\n    clock([schedule])\n");
     for spec in CHOREOGRAPHY {
         let _ = writeln!(out, "    {}[{}]", id(spec.function), spec.name);
     }
@@ -189,6 +213,9 @@ pub fn mermaid() -> String {
     for spec in CHOREOGRAPHY {
         for route in spec.routes {
             let _ = writeln!(out, "    client -- \"{} {}\" --> {}", route.method, route.path, id(spec.function));
+        }
+        if spec.function.is_scheduled() {
+            let _ = writeln!(out, "    clock -.-> {}", id(spec.function));
         }
     }
     for spec in CHOREOGRAPHY {
@@ -256,5 +283,14 @@ mod tests {
         let routes: usize = CHOREOGRAPHY.iter().map(|spec| spec.routes.len()).sum();
         let terminal = TERMINAL_EVENTS.len();
         assert_eq!(graph.matches(" --> ").count(), deliveries + routes + terminal);
+        assert!(graph.contains("clock -.-> saga_deadline"));
+        assert!(graph.contains("saga_deadline -- order.deadline_reached --> ship_order"));
+    }
+
+    #[test]
+    fn only_the_sweeper_is_scheduled() {
+        let scheduled: Vec<Function> = Function::all().filter(|function| function.is_scheduled()).collect();
+        assert_eq!(scheduled, [Function::SagaDeadline]);
+        assert!(Function::consumers().all(|function| !function.is_scheduled()));
     }
 }

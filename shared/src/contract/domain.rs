@@ -379,6 +379,10 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Every status, in saga order.
+    pub const ALL: &'static [OrderStatus] =
+        &[Self::Pending, Self::AwaitingStock, Self::Reserved, Self::Shipped, Self::Cancelled];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "PENDING",
@@ -390,9 +394,7 @@ impl OrderStatus {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Pending, Self::AwaitingStock, Self::Reserved, Self::Shipped, Self::Cancelled]
-            .into_iter()
-            .find(|status| status.as_str() == text)
+        Self::ALL.iter().copied().find(|status| status.as_str() == text)
     }
 
     pub fn is_terminal(self) -> bool {
@@ -419,6 +421,8 @@ pub enum CancelReason {
     UnknownSku,
     OutOfStock,
     ShipmentFailed,
+    /// The saga deadline passed before the order shipped (ARCHITECTURE.md §7.9).
+    TimedOut,
 }
 
 impl CancelReason {
@@ -427,11 +431,14 @@ impl CancelReason {
             Self::UnknownSku => "unknown_sku",
             Self::OutOfStock => "out_of_stock",
             Self::ShipmentFailed => "shipment_failed",
+            Self::TimedOut => "timed_out",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::UnknownSku, Self::OutOfStock, Self::ShipmentFailed].into_iter().find(|reason| reason.as_str() == text)
+        [Self::UnknownSku, Self::OutOfStock, Self::ShipmentFailed, Self::TimedOut]
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
     }
 }
 

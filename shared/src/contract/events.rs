@@ -60,6 +60,7 @@ declare_events! {
     ShipmentFailed(ShipmentFailed) = "shipment.failed",
     InventoryReleased(InventoryReleased) = "inventory.released",
     OrderCancelled(OrderCancelled) = "order.cancelled",
+    OrderDeadlineReached(OrderDeadlineReached) = "order.deadline_reached",
 }
 
 impl std::fmt::Display for EventType {
@@ -153,6 +154,16 @@ pub struct ShipmentFailed {
     pub items: Vec<Item>,
     /// For people: why the carrier could not ship.
     pub detail: String,
+    /// Why it will never ship, passed on to `inventory.released` and the
+    /// order's `cancel_reason`: `shipment_failed` (the carrier) or
+    /// `timed_out` (the saga deadline passed first). Absent in events of
+    /// older versions, which only failed for the carrier.
+    #[serde(default = "carrier_failure")]
+    pub reason: CancelReason,
+}
+
+fn carrier_failure() -> CancelReason {
+    CancelReason::ShipmentFailed
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +180,17 @@ pub struct OrderCancelled {
     pub reason: CancelReason,
     /// For people, from the step that failed.
     pub detail: String,
+}
+
+/// The saga deadline of an order passed while it was not terminal (emitted by
+/// the `saga-deadline` sweeper, ARCHITECTURE.md §7.9). `ship-order`, the one
+/// place that decides whether goods leave, settles the race with shipping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderDeadlineReached {
+    /// The order's lines, so that `shipment.failed` can name what to release.
+    pub items: Vec<Item>,
+    /// When the deadline passed: the order's creation plus the saga deadline.
+    pub deadline: DateTime<Utc>,
 }
 
 /// A CloudEvent (ARCHITECTURE.md §5) with its data typed.
@@ -381,10 +403,25 @@ mod tests {
             Function::ShipOrder,
             OrderId::new(),
             None,
-            Payload::ShipmentFailed(ShipmentFailed { items: vec![item], detail: "no".into() }),
+            Payload::ShipmentFailed(ShipmentFailed {
+                items: vec![item],
+                detail: "no".into(),
+                reason: CancelReason::ShipmentFailed,
+            }),
         );
         let text = String::from_utf8(event.to_json()).unwrap().replace("\"A-1\"", "\"a 1\"");
         assert!(matches!(Event::from_json(text.as_bytes()), Err(EventDecodeError::Data { .. })));
         assert!(Country::parse("AQ").is_ok());
+    }
+
+    #[test]
+    fn a_shipment_failed_of_an_older_version_failed_for_the_carrier() {
+        let item = Item { sku: Sku::parse("A-1").unwrap(), quantity: Quantity::parse(1).unwrap() };
+        let failed = ShipmentFailed { items: vec![item], detail: "no".into(), reason: CancelReason::TimedOut };
+        let mut json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(json["reason"], "timed_out");
+        json.as_object_mut().unwrap().remove("reason");
+        let older: ShipmentFailed = serde_json::from_value(json).unwrap();
+        assert_eq!(older.reason, CancelReason::ShipmentFailed);
     }
 }

@@ -12,6 +12,7 @@
 
 mod dead_letters;
 pub mod dynamodb;
+mod open_orders;
 mod outbox;
 mod records;
 mod retention;
@@ -26,6 +27,9 @@ use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
 
 pub use dead_letters::{LetterState, StoredDeadLetter};
+pub use open_orders::{
+    OPEN_ORDERS_PAGE, OpenOrdersPage, all_open_orders, created_at, created_before_bound, open_statuses,
+};
 pub use outbox::{OutboxCursor, OutboxPage, UndecodableEntry};
 pub use records::{
     HistoryEntry, OrderRecord, Reservation, ReservationState, SeedStock, Shipment, StockDelta, StockLevel,
@@ -212,6 +216,21 @@ pub trait Store: Send + Sync + 'static {
 
     // --- orders ---
     async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError>;
+    /// Rule: at most `limit` orders whose status is not terminal and that
+    /// were created before `created_before` (by their id's v7 time, see
+    /// `open_orders.rs`), starting after order `after` (the `next` of the
+    /// previous page); `next` is `None` on the last page. Pages may hold
+    /// fewer than `limit` orders and still have a `next`. Test doubles may
+    /// keep the default, which lists nothing and says so.
+    async fn open_orders_page(
+        &self,
+        created_before: DateTime<Utc>,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Result<OpenOrdersPage, StoreError> {
+        let _ = (created_before, after, limit);
+        Err(StoreError::Unavailable("this store cannot list open orders".to_owned()))
+    }
 
     // --- shipping ---
     async fn shipment(&self, order_id: OrderId) -> Result<Option<Shipment>, StoreError>;

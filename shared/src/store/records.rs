@@ -167,15 +167,36 @@ impl OrderRecord {
     }
 }
 
-/// A parcel handed to the carrier (shipping service).
+/// A parcel handed to the carrier (shipping service), or the tombstone of
+/// an order whose saga deadline passed first and so never ships.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipment {
-    /// The shipped order (the record's key): its existence makes shipping happen once.
+    /// The order (the record's key): its existence decides, once, whether
+    /// the goods leave: shipped, or timed out and never shipped.
     pub order_id: OrderId,
-    /// The carrier's number, also sent in `order.shipped`.
+    /// The carrier's number, also sent in `order.shipped`;
+    /// [`Shipment::TIMED_OUT`] for a tombstone (no number is ever that).
     pub tracking_number: String,
     /// The version read (0: not stored yet).
     pub version: u64,
+}
+
+impl Shipment {
+    /// The tracking number a tombstone holds. Kept in the same column so
+    /// that both stores hold tombstones without a schema change; real
+    /// numbers are `CHR` and hex digits.
+    pub const TIMED_OUT: &'static str = "-timed-out-";
+
+    /// The tombstone `ship-order` writes when the deadline wins the race
+    /// (not stored yet): a later `inventory.reserved` must not ship.
+    pub fn timed_out(order_id: OrderId) -> Self {
+        Self { order_id, tracking_number: Self::TIMED_OUT.to_owned(), version: 0 }
+    }
+
+    /// Whether this record is a tombstone rather than a parcel.
+    pub fn is_timed_out(&self) -> bool {
+        self.tracking_number == Self::TIMED_OUT
+    }
 }
 
 /// A relative change of one SKU's stock counters. Unlike the versioned

@@ -23,7 +23,8 @@ use crate::contract::domain::{
 };
 use crate::contract::events::{
     Event, EventType, InventoryInsufficient, InventoryRejected, InventoryReleased, InventoryReserved, OrderCancelled,
-    OrderCreated, OrderShipped, Payload, ReplenishmentFailed, ShipmentFailed, SkuUnits, StockReplenished,
+    OrderCreated, OrderDeadlineReached, OrderShipped, Payload, ReplenishmentFailed, ShipmentFailed, SkuUnits,
+    StockReplenished,
 };
 use crate::step::{Ports, ShipCountries};
 use crate::store::sqlite::SqliteStore;
@@ -131,12 +132,17 @@ pub fn sample_payload(event_type: EventType) -> Payload {
         EventType::OrderShipped => {
             Payload::OrderShipped(OrderShipped { items, tracking_number: "TRACK-SAMPLE".to_owned() })
         }
-        EventType::ShipmentFailed => Payload::ShipmentFailed(ShipmentFailed { items, detail: detail() }),
+        EventType::ShipmentFailed => {
+            Payload::ShipmentFailed(ShipmentFailed { items, detail: detail(), reason: CancelReason::ShipmentFailed })
+        }
         EventType::InventoryReleased => {
             Payload::InventoryReleased(InventoryReleased { items, reason: CancelReason::ShipmentFailed })
         }
         EventType::OrderCancelled => {
             Payload::OrderCancelled(OrderCancelled { reason: CancelReason::ShipmentFailed, detail: detail() })
+        }
+        EventType::OrderDeadlineReached => {
+            Payload::OrderDeadlineReached(OrderDeadlineReached { items, deadline: chrono::Utc::now() })
         }
     }
 }

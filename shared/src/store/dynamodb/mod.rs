@@ -6,6 +6,7 @@
 mod codec;
 mod dead_letters;
 mod errors;
+mod open_orders;
 mod tables;
 mod transaction;
 
@@ -449,6 +450,15 @@ impl Store for DynamoStore {
     async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
         let item = self.get(&self.orders, ORDERS.partition_key, order_id.to_string()).await?;
         item.map(|item| order(&self.orders, &item)).transpose()
+    }
+
+    async fn open_orders_page(
+        &self,
+        created_before: DateTime<Utc>,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Result<crate::store::OpenOrdersPage, StoreError> {
+        self.scan_open_orders(created_before, after, limit).await
     }
 
     async fn shipment(&self, order_id: OrderId) -> Result<Option<Shipment>, StoreError> {

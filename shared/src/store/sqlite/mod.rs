@@ -4,6 +4,7 @@
 //! SQL is in `writes`.
 
 mod dead_letters;
+mod open_orders;
 mod outbox;
 mod threads;
 mod writes;
@@ -67,7 +68,7 @@ impl SqliteStore {
     /// default retention of processed records.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            threads: Threads::open(path, &format!("{SCHEMA}{}", dead_letters::SCHEMA))?,
+            threads: Threads::open(path, &format!("{SCHEMA}{}{}", dead_letters::SCHEMA, open_orders::schema()))?,
             retention: DEFAULT_PROCESSED_RETENTION,
         })
     }
@@ -310,6 +311,15 @@ impl Store for SqliteStore {
                 .transpose()
             })
             .await
+    }
+
+    async fn open_orders_page(
+        &self,
+        created_before: DateTime<Utc>,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Result<crate::store::OpenOrdersPage, StoreError> {
+        self.threads.read(move |connection| open_orders::page(connection, created_before, after, limit)).await
     }
 
     async fn shipment(&self, order_id: OrderId) -> Result<Option<Shipment>, StoreError> {

@@ -1,0 +1,12 @@
+//! Saga supervision (ARCHITECTURE.md §7.9): the deadline sweeper, which
+//! makes sure no order waits forever, and the reading of where a saga
+//! stands (`progress`), which `choreo sagas stuck|redrive` show and cure.
+
+mod deadline;
+mod progress;
+
+pub use self::deadline::{
+    DEADLINE_VAR, DEFAULT_SAGA_DEADLINE, DeadlineError, SweepReport, deadline_from, parse_duration, sweep_deadlines,
+    sweep_every, sweep_forever,
+};
+pub use self::progress::{Progress, Waiting, progress_of};

@@ -1,0 +1,84 @@
+//! Open orders on SQLite: a partial index holds only the orders still in
+//! flight, keyed by id (which sorts by creation time, `store/open_orders.rs`),
+//! so the sweep reads the few open orders, never the finished ones.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+
+use super::threads::unavailable;
+use super::{corrupt, from_json};
+use crate::contract::domain::OrderId;
+use crate::store::{OpenOrdersPage, OrderRecord, StoreError, created_before_bound, open_statuses};
+
+/// The condition an open order meets, on the status inside the JSON body:
+/// the same text in the index and in the query, so that SQLite uses the
+/// partial index.
+fn is_open() -> String {
+    let statuses: Vec<String> = open_statuses().map(|status| format!("'{}'", status.as_str())).collect();
+    format!("json_extract(body, '$.status') IN ({})", statuses.join(", "))
+}
+
+/// The index, created with the rest of the schema (existing files get it too).
+pub(super) fn schema() -> String {
+    format!("CREATE INDEX IF NOT EXISTS orders_open ON orders (order_id) WHERE {};\n", is_open())
+}
+
+pub(super) fn page(
+    connection: &Connection,
+    created_before: DateTime<Utc>,
+    after: Option<OrderId>,
+    limit: usize,
+) -> Result<OpenOrdersPage, StoreError> {
+    let sql = format!(
+        "SELECT body, version, order_id FROM orders INDEXED BY orders_open
+         WHERE {} AND order_id < ?1 AND order_id > ?2 ORDER BY order_id LIMIT ?3",
+        is_open()
+    );
+    let after = after.map(|order_id| order_id.to_string()).unwrap_or_default();
+    let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<(String, i64, String)> = connection
+        .prepare_cached(&sql)
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![created_before_bound(created_before), after, wanted], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .and_then(Iterator::collect)
+        })
+        .map_err(unavailable)?;
+    let full = rows.len() >= limit && limit > 0;
+    let orders = rows
+        .into_iter()
+        .map(|(body, version, _)| {
+            let mut order: OrderRecord = from_json(&body)?;
+            order.version = u64::try_from(version).map_err(corrupt)?;
+            Ok(order)
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let next = if full { orders.last().map(|order| order.order_id) } else { None };
+    Ok(OpenOrdersPage { orders, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_reads_the_partial_index() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE orders (order_id TEXT PRIMARY KEY, body TEXT NOT NULL, version INTEGER NOT NULL);",
+            )
+            .unwrap();
+        connection.execute_batch(&schema()).unwrap();
+        let plan: String = connection
+            .query_row(
+                &format!("EXPLAIN QUERY PLAN SELECT order_id FROM orders WHERE {} AND order_id < 'z'", is_open()),
+                [],
+                |row| row.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("orders_open"), "{plan}");
+    }
+}
