@@ -29,7 +29,16 @@ impl Step for ReplenishStock {
             // One write per SKU, even if a malformed event names a SKU twice.
             let mut wanted: BTreeMap<&Sku, u64> = BTreeMap::new();
             for short in &insufficient.shortfall {
-                *wanted.entry(&short.sku).or_default() += short.units;
+                let total = wanted.entry(&short.sku).or_default();
+                // Event data is untrusted: a sum past u64 is a malformed event, not a wrap to a small order.
+                *total = total.checked_add(short.units).ok_or_else(|| {
+                    StepError::Permanent(format!(
+                        "{} is malformed: its shortfall of {} adds up to more than {} units",
+                        event.event_type(),
+                        short.sku,
+                        u64::MAX
+                    ))
+                })?;
             }
             let skus: Vec<Sku> = wanted.keys().map(|&sku| sku.clone()).collect();
             let levels = store.stock(&skus).await?;

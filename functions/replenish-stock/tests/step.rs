@@ -140,3 +140,22 @@ async fn an_event_it_does_not_consume_is_a_permanent_error() {
     // THEN it is dead-lettered, not retried
     assert!(matches!(result, Err(StepError::Permanent(_))), "{result:?}");
 }
+
+#[tokio::test]
+async fn a_shortfall_summing_past_u64_is_a_permanent_error_and_changes_nothing() {
+    // GIVEN A can be replenished
+    let given = TestStore::with_stock(&[("A", 0, 5)]).await;
+
+    // WHEN a malformed event names A twice, u64::MAX units then 1 more
+    let result = ReplenishStock.handle(&insufficient(vec![short("A", u64::MAX), short("A", 1)]), &given.ports()).await;
+
+    // THEN it is a permanent error naming the overflow (not a wrap to 0 units)
+    let Err(StepError::Permanent(message)) = &result else { panic!("expected a permanent error, got {result:?}") };
+    assert!(
+        message.contains("inventory.insufficient is malformed") && message.contains("of A adds up to more than"),
+        "{message}"
+    );
+    // and no stock arrived
+    let a = given.stock("A").await;
+    assert_eq!((a.available, a.replenished), (0, 0));
+}
