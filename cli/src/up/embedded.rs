@@ -7,8 +7,9 @@ use std::time::Duration;
 use axum::Router;
 use shared::Ports;
 use shared::bus::inprocess::InProcessBus;
-use shared::bus::relay_outbox;
+use shared::bus::{relay_forever, relay_outbox};
 use shared::store::Store;
+use tokio::sync::watch;
 
 use super::{StartError, UpConfig, app_router, open_seeded_store};
 
@@ -20,6 +21,8 @@ pub struct Embedded {
     pub bus: InProcessBus,
     /// The HTTP API to serve.
     pub router: Router,
+    /// Kept so that the relay runs as long as this system (it stops when dropped).
+    _relay_stop: watch::Sender<bool>,
 }
 
 impl Embedded {
@@ -32,9 +35,11 @@ impl Embedded {
         if resumed.events > 0 {
             tracing::info!(events = resumed.events, "re-published events a previous run left in the outbox");
         }
-        // No relay runs here (the bus settles its own entries): prune beside it.
-        tokio::spawn(shared::store::prune_forever(Arc::clone(&store), std::future::pending()));
+        // The bus settles its own entries; the relay publishes those a full
+        // queue refused (and prunes processed records meanwhile).
+        let (relay_stop, stop) = watch::channel(false);
+        tokio::spawn(relay_forever(Arc::clone(&store), Arc::new(bus.clone()), stop));
         let router = app_router(Arc::clone(&store), Arc::new(bus.clone()));
-        Ok(Self { store, bus, router })
+        Ok(Self { store, bus, router, _relay_stop: relay_stop })
     }
 }

@@ -4,9 +4,11 @@
 //! (`embedded`) or RabbitMQ (`over_amqp`); both share what is here.
 
 mod embedded;
+mod limits;
 mod over_amqp;
 
 pub use self::embedded::Embedded;
+pub use self::limits::{HttpLimits, with_limits};
 pub use self::over_amqp::{AmqpSystem, LinkedSteps};
 
 use std::future::Future;
@@ -69,10 +71,11 @@ async fn open_seeded_store(config: &UpConfig) -> Result<Arc<dyn Store>, StartErr
 }
 
 /// The whole HTTP API: the routes of both HTTP functions, the same routers
-/// their Lambda `main`s serve, plus problem+json fallbacks.
+/// their Lambda `main`s serve, plus problem+json fallbacks, behind the
+/// default [`HttpLimits`].
 pub fn app_router(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>) -> Router {
     let orders = create_order::router(create_order::CreateOrderState { store: Arc::clone(&store), publisher });
-    shared::host::http::with_fallbacks(orders.merge(order_query::router(store)))
+    with_limits(shared::host::http::with_fallbacks(orders.merge(order_query::router(store))), HttpLimits::default())
 }
 
 /// Serves `router` until `shutdown` resolves, then finishes open requests.

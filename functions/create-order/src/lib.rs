@@ -116,6 +116,11 @@ async fn post_order(
         _ => return Err(Problem::bad_request("send one Idempotency-Key of 1 to 255 visible ASCII characters")),
     };
     let order = NewOrder::parse(&body).map_err(Problem::validation)?;
+    // Refused before storing anything: a 503 means the order does not exist,
+    // so a client retrying without an Idempotency-Key never makes two.
+    if !state.publisher.has_room() {
+        return Err(Problem::overloaded("too many orders in progress; nothing was stored, retry later", 1));
+    }
     let accepted = match create(&*state.store, order, idempotency_key.as_deref()).await {
         Ok(accepted) => accepted,
         Err(error @ CreateError::KeyReused(_)) => {

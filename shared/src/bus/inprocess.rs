@@ -14,6 +14,13 @@
 //! the store, and the bus polls for such letters (every [`REPLAY_POLL`]) and
 //! delivers each to its one function again, discarding the letter once it is
 //! handled (see `store::dead_letters` for why this needs no other channel).
+//!
+//! Queues are bounded ([`QUEUE_CAPACITY`] deliveries each), so a burst
+//! cannot grow memory without end. A batch is routed all or nothing: when a
+//! queue is full the publish fails as unavailable and the outbox keeps the
+//! events for `choreo up`'s relay, which tries again a few seconds later.
+//! HTTP learns of a saturated bus before storing an order (`has_room`), and
+//! answers 503 with `Retry-After` instead.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::amqp::DeadMessage;
@@ -37,6 +45,13 @@ pub const REPLAY_POLL: Duration = Duration::from_millis(500);
 const REPLAY_BATCH: usize = 100;
 /// Most dead letters `InProcessBus::dead_letters` remembers (the store keeps them all).
 const REMEMBERED: usize = 1000;
+/// Deliveries each function's queue holds, beyond those being handled.
+pub const QUEUE_CAPACITY: usize = 4096;
+/// Share of every queue kept free for the events of sagas already under
+/// way: a new order is refused when a queue has less room than this, so that
+/// steps rarely find the next queue full (their events would then wait in
+/// the outbox for the relay).
+const HEADROOM_DIVISOR: usize = 4;
 
 /// An event that could not be handled (this run's record of it; the store
 /// holds the durable copy).
@@ -71,7 +86,12 @@ struct PendingBatch {
 
 struct Shared {
     /// The queue of each consuming function.
-    queues: HashMap<Function, mpsc::UnboundedSender<Delivery>>,
+    queues: HashMap<Function, mpsc::Sender<Delivery>>,
+    /// Each queue's capacity.
+    capacity: usize,
+    /// Outbox entries whose deliveries are queued or being handled: publishing
+    /// one again (the relay, a duplicate step run) would only deliver twice.
+    pending: Mutex<HashSet<(Function, String)>>,
     /// What every step is handed.
     ports: Ports,
     /// Workers per queue and the retry policy.
@@ -102,15 +122,29 @@ impl InProcessBus {
         settings: DeliverySettings,
         observer: Option<StepObserver>,
     ) -> Self {
+        Self::start_bounded(steps, ports, settings, observer, QUEUE_CAPACITY)
+    }
+
+    /// [`InProcessBus::start`] with queues of `capacity` deliveries (at least 1).
+    pub fn start_bounded(
+        steps: Vec<Arc<dyn Step>>,
+        ports: Ports,
+        settings: DeliverySettings,
+        observer: Option<StepObserver>,
+        capacity: usize,
+    ) -> Self {
+        let capacity = capacity.max(1);
         let mut queues = HashMap::new();
         let mut receivers = Vec::new();
         for step in steps {
-            let (sender, receiver) = mpsc::unbounded_channel();
+            let (sender, receiver) = mpsc::channel(capacity);
             queues.insert(step.function(), sender);
             receivers.push((step, receiver));
         }
         let shared = Arc::new(Shared {
             queues,
+            capacity,
+            pending: Mutex::new(HashSet::new()),
             ports,
             settings,
             observer,
@@ -160,25 +194,47 @@ impl InProcessBus {
             }
             routes.extend(consumers.into_iter().map(|function| (function, event)));
         }
+        // All or nothing: a slot in every queue first, so that a full queue
+        // never leaves a batch half delivered.
+        let mut slots = Vec::with_capacity(routes.len());
+        for (function, event) in &routes {
+            let queue = self.shared.queues.get(function).ok_or_else(|| PublishError::Unroutable {
+                event_type: event.event_type().to_string(),
+                event_id: event.id.to_string(),
+            })?;
+            slots.push((queue.try_reserve().map_err(|error| self.refused(*function, &error))?, *event));
+        }
         if let Some(origin) = &origin {
             origin.remaining.store(routes.len(), Ordering::SeqCst);
         }
-        for (function, event) in &routes {
-            let delivery = Delivery { event: (*event).clone(), attempt: 1, origin: origin.clone(), replay: false };
-            self.enqueue(*function, delivery)?;
+        for (slot, event) in slots {
+            self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+            slot.send(Delivery { event: event.clone(), attempt: 1, origin: origin.clone(), replay: false });
         }
         Ok(routes.len())
     }
 
+    /// Why a queue refused a delivery.
+    fn refused<T>(&self, function: Function, error: &TrySendError<T>) -> PublishError {
+        match error {
+            TrySendError::Full(_) => PublishError::Unavailable(format!(
+                "the in-process queue of {function} is full ({} deliveries); the outbox keeps the events",
+                self.shared.capacity
+            )),
+            TrySendError::Closed(_) => PublishError::Unavailable("the in-process bus is shutting down".into()),
+        }
+    }
+
+    /// Queues one delivery if there is room, without waiting.
     fn enqueue(&self, function: Function, delivery: Delivery) -> Result<(), PublishError> {
         let queue = self.shared.queues.get(&function).ok_or_else(|| PublishError::Unroutable {
             event_type: delivery.event.event_type().to_string(),
             event_id: delivery.event.id.to_string(),
         })?;
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        queue.send(delivery).map_err(|_| {
+        queue.try_send(delivery).map_err(|error| {
             self.finished();
-            PublishError::Unavailable("the in-process bus is shutting down".into())
+            self.refused(function, &error)
         })
     }
 
@@ -188,7 +244,7 @@ impl InProcessBus {
         }
     }
 
-    async fn consume(self, step: Arc<dyn Step>, mut queue: mpsc::UnboundedReceiver<Delivery>) {
+    async fn consume(self, step: Arc<dyn Step>, mut queue: mpsc::Receiver<Delivery>) {
         let workers = Arc::new(Semaphore::new(self.shared.settings.concurrency));
         while let Some(delivery) = queue.recv().await {
             // The semaphore is never closed, so acquiring only waits.
@@ -214,8 +270,9 @@ impl InProcessBus {
                     let origin = OutboxRef { function, key: event.id.to_string() };
                     let store = &*self.shared.ports.store;
                     if let Err(error) = publish_committed(store, self, &origin, &emitted).await {
-                        // Only a topology error gets here; the outbox keeps the events.
-                        tracing::error!(%error, step = %function, "could not route emitted events");
+                        // A full queue or a topology error; the outbox keeps
+                        // the events and the relay tries again.
+                        tracing::warn!(%error, step = %function, "could not route emitted events; the outbox keeps them");
                     }
                 }
             }
@@ -227,8 +284,9 @@ impl InProcessBus {
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     // Still counted in flight: the retry takes over this delivery.
+                    // Waiting for room is safe here: this task is no worker.
                     if let Some(queue) = bus.shared.queues.get(&function)
-                        && queue.send(retry).is_ok()
+                        && queue.send(retry).await.is_ok()
                     {
                         return;
                     }
@@ -242,6 +300,10 @@ impl InProcessBus {
                     // outbox (a replayed letter stays `Replaying`) and is
                     // delivered again, at the next start or the next poll.
                     tracing::error!(order_id = %event.subject, step = %function, %error, %store_error, "could not park a dead letter; its event will be delivered again");
+                    if let Some(batch) = &delivery.origin {
+                        // Never settled now: let the relay publish it again.
+                        self.unpend(&batch.origin);
+                    }
                     self.end_replay(function, &delivery, false).await;
                     self.finished();
                     return;
@@ -315,10 +377,16 @@ impl InProcessBus {
         if batch.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
             let store = &self.shared.ports.store;
             if let Err(error) = store.mark_published(batch.origin.function, &batch.origin.key).await {
-                // Harmless: the batch is re-published at the next start and consumers dedupe.
+                // Harmless: the relay re-publishes the batch and consumers dedupe.
                 tracing::warn!(%error, "could not mark an outbox entry published");
             }
+            self.unpend(&batch.origin);
         }
+    }
+
+    fn unpend(&self, origin: &OutboxRef) {
+        let key = (origin.function, origin.key.clone());
+        self.shared.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&key);
     }
 }
 
@@ -366,10 +434,28 @@ pub async fn list_stored_dead_letters(store: &dyn Store, limit: usize) -> Result
 #[async_trait]
 impl Publisher for InProcessBus {
     async fn publish(&self, origin: &OutboxRef, events: &[Event]) -> Result<Handover, PublishError> {
-        let batch = Arc::new(PendingBatch { origin: origin.clone(), remaining: AtomicUsize::new(usize::MAX) });
-        match self.route(events, Some(batch))? {
-            0 => Ok(Handover::Confirmed),
-            _ => Ok(Handover::Deferred),
+        let key = (origin.function, origin.key.clone());
+        if !self.shared.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key) {
+            // Its deliveries are under way; their end settles the entry.
+            return Ok(Handover::Deferred);
         }
+        let batch = Arc::new(PendingBatch { origin: origin.clone(), remaining: AtomicUsize::new(usize::MAX) });
+        match self.route(events, Some(batch)) {
+            Ok(0) => {
+                self.unpend(origin);
+                Ok(Handover::Confirmed)
+            }
+            Ok(_) => Ok(Handover::Deferred),
+            Err(error) => {
+                self.unpend(origin);
+                Err(error)
+            }
+        }
+    }
+
+    /// Room for a new saga: every queue has more than its headroom free.
+    fn has_room(&self) -> bool {
+        let headroom = self.shared.capacity / HEADROOM_DIVISOR;
+        self.shared.queues.values().all(|queue| queue.capacity() > headroom)
     }
 }

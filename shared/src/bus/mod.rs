@@ -51,6 +51,13 @@ pub enum Handover {
 #[async_trait]
 pub trait Publisher: Send + Sync + 'static {
     async fn publish(&self, origin: &OutboxRef, events: &[Event]) -> Result<Handover, PublishError>;
+
+    /// Whether a new saga can be taken on now. A bounded bus that is full
+    /// answers `false`, so that HTTP refuses an order (503) before storing
+    /// it; a broker applies its own flow control, so the default is `true`.
+    fn has_room(&self) -> bool {
+        true
+    }
 }
 
 /// The publisher of a process with no broker configured: every publish fails

@@ -28,6 +28,9 @@ pub struct Problem {
     /// Every bad field of a validation error; left out otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Seconds after which a retry may succeed, sent as `Retry-After`; not in the body.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -38,6 +41,33 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: vec![],
+            retry_after: None,
+        }
+    }
+
+    /// 503 with `Retry-After`: the service is saturated, nothing was done,
+    /// the same request may succeed after `retry_after_seconds`.
+    pub fn overloaded(detail: impl Into<String>, retry_after_seconds: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_seconds),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded", detail)
+        }
+    }
+
+    /// 503 with `Retry-After`: the request took longer than `limit` and was
+    /// abandoned; whatever it committed stands (retry with the same Idempotency-Key).
+    pub fn timed_out(limit: std::time::Duration, retry_after_seconds: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_seconds),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
+                format!(
+                    "the request took longer than {} ms; retry it (with the same Idempotency-Key for an order)",
+                    limit.as_millis()
+                ),
+            )
         }
     }
 
@@ -69,7 +99,11 @@ impl IntoResponse for Problem {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // A struct of strings and numbers: serializing cannot fail.
         let body = serde_json::to_vec(&self).expect("problem serializes");
-        (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
+        let mut response = (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
