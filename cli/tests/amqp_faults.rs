@@ -395,17 +395,18 @@ async fn an_attempt_header_of_zero_is_a_first_attempt() {
 async fn a_message_that_cannot_be_settled_is_requeued_after_a_pause_and_dead_lettered_at_the_delivery_limit() {
     let vhost = Vhost::new("faults-requeue");
     let link = vhost.link("faults-test");
-    let settings = settings();
+    // A pause long enough to tell from the broker's own redelivery time.
+    let settings = DeliverySettings { retry_base: Duration::from_millis(400), ..settings() };
     link.declare(&Topology::derive(&settings)).await.expect("declare the topology");
-    let channel = link.channel().await.expect("a channel");
-    let retry = retry_queue(Function::ShipOrder, 1);
-    channel.queue_delete(retry.as_str().into(), QueueDeleteOptions::default()).await.expect("delete retry.1");
-    let _ = channel.close(200, "deleted".into()).await;
-
     let step = Scripted::new(|_| Err(StepError::Retryable("the carrier is down".into())));
     let runner = Runner::start(&vhost.url, vec![Function::ShipOrder], Arc::clone(&step), settings.clone());
     let ship = Function::ShipOrder.queue();
     wait_consumers(&link, &ship, 1).await;
+    // After the runner declared its topology: nothing declares it again.
+    let channel = link.channel().await.expect("a channel");
+    let retry = retry_queue(Function::ShipOrder, 1);
+    channel.queue_delete(retry.as_str().into(), QueueDeleteOptions::default()).await.expect("delete retry.1");
+    let _ = channel.close(200, "deleted".into()).await;
     let event = inventory_reserved("SKU-1", 1);
     send(&link, &ship, &event, FieldTable::default()).await;
 
