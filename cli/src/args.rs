@@ -59,6 +59,12 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Find sagas that have not finished, and hand their waiting events back.
+    Sagas {
+        /// What to do with the sagas.
+        #[command(subcommand)]
+        command: SagasCommand,
+    },
     /// Create or show orders through the HTTP API.
     Order {
         /// What to do with orders.
@@ -90,6 +96,50 @@ pub struct UpArgs {
     /// How queues are consumed and retried.
     #[command(flatten)]
     pub queues: QueueArgs,
+    /// Orders unfinished this long after they were placed are cancelled as timed_out, e.g. 15m, 2h, 30s.
+    #[arg(long, env = "CHOREO_SAGA_DEADLINE", default_value = "15m", value_parser = parse_duration)]
+    pub saga_deadline: Duration,
+}
+
+/// A duration such as `15m`, `30s`, `2h` or `500ms` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    shared::saga::parse_duration(text)
+}
+
+#[derive(Subcommand)]
+pub enum SagasCommand {
+    /// List every unfinished order older than --older-than: its last event, the functions it waits on, and the
+    /// dead letters holding it (RabbitMQ's with --amqp or AMQP_URL, else those `choreo up` parked in the store).
+    Stuck {
+        /// Only orders placed at least this long ago.
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        older_than: Duration,
+        /// RabbitMQ whose dead-letter queues are searched [default: the store's dead letters]
+        #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+        amqp: Option<String>,
+        /// The store the steps use.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Hand the events a saga waits on back to their functions (safe: steps are idempotent): published to
+    /// RabbitMQ with --amqp (or AMQP_URL), else replayed by the running `choreo up` from the store.
+    Redrive {
+        /// The order whose saga to redrive.
+        #[arg(required_unless_present = "all_stuck", conflicts_with = "all_stuck")]
+        order_id: Option<String>,
+        /// Every saga `sagas stuck --older-than` lists.
+        #[arg(long)]
+        all_stuck: bool,
+        /// With --all-stuck: only orders placed at least this long ago.
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        older_than: Duration,
+        /// RabbitMQ to publish to [default: replay through the store]
+        #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+        amqp: Option<String>,
+        /// The store the steps use.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Which store to use, as the functions read it (`CHOREO_STORE`, …).

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod bridge;
 pub mod client;
+pub mod sagas;
 pub mod steps;
 pub mod stock;
 pub mod template;

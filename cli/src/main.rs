@@ -14,7 +14,9 @@ use shared::Function;
 use shared::bus::amqp::{AmqpLink, Topology, redact};
 use shared::step::ShipCountries;
 
-use self::args::{BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, StockCommand, StoreArgs, UpArgs};
+use self::args::{
+    BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, SagasCommand, StockCommand, StoreArgs, UpArgs,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -48,6 +50,7 @@ async fn main() -> ExitCode {
         Command::Dlq { command } => dlq(command).await,
         Command::Bench(args) => bench(args).await,
         Command::Order { command } => order(command).await,
+        Command::Sagas { command } => sagas(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,7 +85,7 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
     };
     let address = SocketAddr::new(args.host, args.port);
     if let Some(url) = &args.amqp {
-        let system = AmqpSystem::start(config, url).await?;
+        let system = AmqpSystem::start_with_deadline(config, url, args.saga_deadline).await?;
         let listener = bind(address).await?;
         println!(
             "choreo is up: http://{} (store {}; RabbitMQ {}; Ctrl-C stops)",
@@ -95,7 +98,7 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         system.shutdown().await;
         return Ok(());
     }
-    let system = Embedded::start(config).await?;
+    let system = Embedded::start_with_deadline(config, args.saga_deadline).await?;
     let listener = bind(address).await?;
     println!("choreo is up: http://{} (store {}; Ctrl-C stops)", listener.local_addr()?, store);
     serve(listener, system.router, shutdown_signal()).await?;
@@ -248,6 +251,60 @@ fn print_dead_letters(letters: &[shared::bus::amqp::DeadMessage]) -> Result<(), 
         println!("{}", serde_json::to_string(letter)?);
     }
     eprintln!("{} dead letter(s)", letters.len());
+    Ok(())
+}
+
+async fn sagas(command: SagasCommand) -> Result<(), AnyError> {
+    use choreo::sagas::{RedriveTo, describe, progress_of_order, redrive, stuck_progress};
+    match command {
+        SagasCommand::Stuck { older_than, amqp, store } => {
+            let store = store.settings()?.open().await?;
+            let sagas = stuck_progress(&*store, older_than).await?;
+            // Every dead letter, to find each saga's (a handful per function at most).
+            let dead = match &amqp {
+                Some(amqp) => {
+                    let link = AmqpLink::new(amqp, "choreo-sagas");
+                    let letters = shared::bus::amqp::list_dead_letters(&link, 10_000).await;
+                    link.close().await;
+                    letters?
+                }
+                None => {
+                    shared::bus::inprocess::list_stored_dead_letters(&*store, 10_000).await.unwrap_or_else(|error| {
+                        tracing::warn!(%error, "cannot read the store's dead letters");
+                        vec![]
+                    })
+                }
+            };
+            for saga in &sagas {
+                println!("{}", serde_json::to_string(&describe(saga, &dead))?);
+            }
+            eprintln!("{} stuck saga(s)", sagas.len());
+        }
+        SagasCommand::Redrive { order_id, all_stuck, older_than, amqp, store } => {
+            let store = store.settings()?.open().await?;
+            let sagas = match order_id {
+                Some(id) if !all_stuck => {
+                    let order_id = shared::contract::domain::OrderId::parse(&id)
+                        .map_err(|_| format!("'{id}' is not an order id"))?;
+                    vec![progress_of_order(&*store, order_id).await?.ok_or_else(|| format!("no order {id}"))?]
+                }
+                _ => stuck_progress(&*store, older_than).await?,
+            };
+            let link = amqp.as_deref().map(|amqp| AmqpLink::new(amqp, "choreo-sagas"));
+            let to = match &link {
+                Some(link) => RedriveTo::Broker(&**link),
+                None => RedriveTo::Store,
+            };
+            let mut handed = 0;
+            for saga in &sagas {
+                handed += redrive(&*store, saga, &to).await?;
+            }
+            if let Some(link) = link {
+                link.close().await;
+            }
+            println!("redrove {} saga(s): {handed} event deliveries handed back", sagas.len());
+        }
+    }
     Ok(())
 }
 

@@ -16,8 +16,9 @@ use choreo::bridge::sqs_url_env_var;
 use choreo::template::{
     BRIDGE_CONTAINER, BRIDGE_EXECUTION_ROLE, BRIDGE_INVOKES_LAMBDA, BRIDGE_INVOKES_SQS, BRIDGE_SERVICE,
     BRIDGE_TASK_DEFINITION, BRIDGE_TASK_ROLE, HAS_ALARM_TOPIC, HTTP_API, IN_VPC, MQ_NETWORK_ACTIONS, QUERIED_TABLES,
-    READ_ACTIONS, RUN_BRIDGE, SCHEDULED, TABLE_DELETION_POLICY, TABLES, Target, USE_AMAZON_MQ, USE_SQS, VPC_ACTIONS,
-    dead_letter_queue_id, function_id, function_id_of, is_query, queue_id, sam_template, sam_template_for, table_id,
+    READ_ACTIONS, RUN_BRIDGE, SAGA_DEADLINE, SCHEDULED, TABLE_DELETION_POLICY, TABLES, Target, USE_AMAZON_MQ, USE_SQS,
+    VPC_ACTIONS, dead_letter_queue_id, function_id, function_id_of, is_query, queue_id, sam_template, sam_template_for,
+    table_id,
 };
 use serde_json::{Value, json};
 use shared::bus::amqp::dead_letter_queue;
@@ -90,7 +91,17 @@ fn check_functions(template: &Value, choreography: &[FunctionSpec]) -> Vec<Strin
     if globals["Architectures"] != json!(["arm64"]) {
         problems.push("Globals.Function.Architectures is not [arm64]".to_owned());
     }
-    let names = choreography.iter().map(|spec| spec.name).chain(SCHEDULED.iter().map(|function| function.name));
+    // A scheduled row runs inside the scheduled function hosting it.
+    for spec in choreography.iter().filter(|spec| spec.is_scheduled()) {
+        if !SCHEDULED.iter().any(|scheduled| scheduled.hosts.contains(&spec.function)) {
+            problems.push(format!("{} is scheduled but no scheduled function hosts it", spec.name));
+        }
+    }
+    let names = choreography
+        .iter()
+        .filter(|spec| !spec.is_scheduled())
+        .map(|spec| spec.name)
+        .chain(SCHEDULED.iter().map(|function| function.name));
     for name in names {
         let id = function_id_of(name);
         let Some(resource) = resources(template).get(&id) else {
@@ -120,6 +131,7 @@ fn check_functions(template: &Value, choreography: &[FunctionSpec]) -> Vec<Strin
     }
     let declared: BTreeSet<String> = choreography
         .iter()
+        .filter(|spec| !spec.is_scheduled())
         .map(function_id)
         .chain(SCHEDULED.iter().map(|function| function_id_of(function.name)))
         .collect();
@@ -762,7 +774,7 @@ fn each_function_reaches_only_its_services_tables() {
 #[test]
 fn publishing_functions_get_the_amqp_secret_and_nothing_wider() {
     let template = committed();
-    for spec in CHOREOGRAPHY {
+    for spec in CHOREOGRAPHY.iter().filter(|spec| !spec.is_scheduled()) {
         let function = &resources(&template)[&function_id(spec)]["Properties"];
         let secret = &function["Environment"]["Variables"]["AMQP_SECRET_ARN"];
         assert_eq!(!secret.is_null(), !spec.emits.is_empty(), "{}: AMQP_SECRET_ARN", spec.name);
@@ -810,6 +822,37 @@ fn the_relay_reads_the_variables_the_template_sets() {
     let (grace, _) =
         relay.environment.iter().find(|(variable, _)| variable.contains("GRACE")).expect("a grace variable");
     assert!(source.contains(&format!("\"{grace}\"")), "functions/relay-outbox reads no {grace}");
+}
+
+#[test]
+fn the_relay_runs_the_saga_deadline_sweep_with_the_deadline_parameter() {
+    let relay = SCHEDULED.iter().find(|function| function.name == "relay-outbox").expect("the relay is scheduled");
+    assert_eq!(relay.hosts, [Function::SagaDeadline]);
+    assert!(relay.environment.contains(&(shared::saga::DEADLINE_VAR, SAGA_DEADLINE)), "{:?}", relay.environment);
+    let template = committed();
+    assert_eq!(template["Parameters"][SAGA_DEADLINE]["Default"], "15m");
+    // the sweeper is no Lambda of its own
+    assert!(!resources(&template).contains_key(&function_id(Function::SagaDeadline.spec())));
+    // and the relay may scan the orders and record each deadline, nothing more on them
+    let source = read(&format!("{WORKSPACE}/functions/relay-outbox/src/lib.rs"));
+    assert!(source.contains("sweep_deadlines"), "functions/relay-outbox does not sweep");
+}
+
+#[test]
+fn a_scheduled_row_nobody_hosts_is_noticed() {
+    // GIVEN a table where create-order turned into a scheduled emitter
+    let altered: Vec<FunctionSpec> = CHOREOGRAPHY
+        .iter()
+        .map(|spec| FunctionSpec {
+            routes: if spec.function == Function::CreateOrder { &[] } else { spec.routes },
+            ..*spec
+        })
+        .collect();
+    // WHEN its template is checked
+    let problems = check_functions(&parse(&sam_template_for(&altered)), &altered).join("\n");
+    // THEN its missing host is reported, and the sweeper's row, hosted by the relay, is not
+    assert!(problems.contains("create-order is scheduled but no scheduled function hosts it"), "{problems}");
+    assert!(!problems.contains("saga-deadline is scheduled"), "{problems}");
 }
 
 // ------------------------------------------------------------------ the checks can fail

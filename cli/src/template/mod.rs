@@ -115,6 +115,8 @@ pub const DEFAULT_NAME_PREFIX: &str = "choreo-";
 /// Parameters named in more than one place.
 pub const RELAY_SCHEDULE: &str = "RelaySchedule";
 pub const RELAY_GRACE: &str = "RelayGraceSeconds";
+/// Parameter with the saga deadline (`CHOREO_SAGA_DEADLINE` of the relay, which runs the sweep).
+pub const SAGA_DEADLINE: &str = "SagaDeadline";
 pub const BRIDGE_IMAGE: &str = "BridgeImageUri";
 pub const SUBNET_IDS: &str = "SubnetIds";
 pub const SECURITY_GROUP_IDS: &str = "SecurityGroupIds";
@@ -293,7 +295,9 @@ fn resources(choreography: &[FunctionSpec]) -> Node {
         entries.push((log_group_id(name), function_log_group(name)));
         entries.push((errors_alarm_id(name), errors_alarm(name)));
     };
-    for spec in choreography {
+    // A scheduled row (the saga-deadline sweeper) runs inside the scheduled
+    // function that hosts it (`scheduled.rs`), not as a Lambda of its own.
+    for spec in choreography.iter().filter(|spec| !spec.is_scheduled()) {
         operated(&mut entries, spec.name, function(spec));
         if !spec.consumes.is_empty() {
             let name = pascal_case(spec.name);

@@ -104,6 +104,17 @@ pub(super) fn parameters() -> Node {
         ),
         (RELAY_GRACE, number("Seconds an outbox entry stays unpublished before the relay publishes it", 60, 5, 86400)),
         (
+            SAGA_DEADLINE,
+            with(
+                string(
+                    "How long an order may stay unfinished before it is cancelled as timed_out, e.g. 15m or 2h \
+                     (the relay-outbox function sweeps on its schedule)",
+                    Some("15m"),
+                ),
+                vec![("AllowedPattern", s("^[0-9]+(ms|s|m|h|d)?$"))],
+            ),
+        ),
+        (
             "ProcessedRetention",
             with(
                 string(

@@ -1,20 +1,26 @@
 //! Functions a schedule invokes: plumbing around the saga, declared here.
 //!
-//! Why not a row of the choreography table (`Function`, `CHOREOGRAPHY`):
-//! that table is the saga's steps and the events between them.
-//! `Function::all()` feeds the bridge (which invokes every step), the broker
-//! bindings, the queues and `choreo graph`; a row consumes and emits events
-//! under its own CloudEvents source. The relay does none of that: it has no
-//! queue, no route and no event of its own (it re-publishes other steps'
-//! events under their sources), and a row with empty `consumes`/`emits`
-//! would read as a query function and be given the query tables. So it is
-//! declared once here, next to the template that deploys it; its crate
-//! (`functions/<name>`) is checked against this declaration by the tests.
+//! Why the relay is not a row of the choreography table (`Function`,
+//! `CHOREOGRAPHY`): that table is the saga's steps and the events between
+//! them. `Function::all()` feeds the bridge (which invokes every step), the
+//! broker bindings, the queues and `choreo graph`; a row consumes and emits
+//! events under its own CloudEvents source. The relay does none of that: it
+//! has no queue, no route and no event of its own (it re-publishes other
+//! steps' events under their sources). So it is declared once here, next to
+//! the template that deploys it; its crate (`functions/<name>`) is checked
+//! against this declaration by the tests.
+//!
+//! A scheduled function may host scheduled rows of the table (no route, no
+//! queue, but events of their own: `Function::is_scheduled`): the relay runs
+//! the saga-deadline sweep in each pass (ARCHITECTURE.md §7.9), so the
+//! deadline follows its schedule and no second Lambda is needed. Those rows
+//! get no function resource; their grants are the host's.
 
 use super::functions::{common_policies, serverless_function, statement};
 use super::yaml::*;
 use super::*;
-use shared::store::dynamodb::PROCESSED;
+use shared::Function;
+use shared::store::dynamodb::{ORDERS, PROCESSED};
 
 /// A function invoked by an EventBridge schedule.
 #[derive(Debug)]
@@ -31,6 +37,8 @@ pub struct ScheduledFunction {
     pub environment: &'static [(&'static str, &'static str)],
     /// Everything its role may do.
     pub grants: &'static [Grant],
+    /// Scheduled rows of the choreography table it runs in each invocation.
+    pub hosts: &'static [Function],
 }
 
 /// One statement of a scheduled function's role.
@@ -60,23 +68,38 @@ pub enum Target {
 pub const RELAY: ScheduledFunction = ScheduledFunction {
     name: "relay-outbox",
     description: "choreo relay-outbox - publishes outbox entries left unpublished longer than RelayGraceSeconds \
-                  (a crash, an absent broker) and sets poison entries aside",
+                  (a crash, an absent broker), sets poison entries aside, and runs the saga-deadline sweep \
+                  (orders unfinished after SagaDeadline)",
     schedule: RELAY_SCHEDULE,
     // A pass reads the outbox in pages and gives up after a few transient
     // failures; a longer outbox is finished by the next passes.
     timeout_s: 60,
-    environment: &[("RELAY_GRACE_SECONDS", RELAY_GRACE), ("AMQP_SECRET_ARN", "AmqpSecretArn")],
+    environment: &[
+        ("RELAY_GRACE_SECONDS", RELAY_GRACE),
+        ("AMQP_SECRET_ARN", "AmqpSecretArn"),
+        ("CHOREO_SAGA_DEADLINE", SAGA_DEADLINE),
+    ],
     grants: &[
         // The outbox is the processed table's sparse index.
         Grant { sid: "ReadOutbox", actions: &["dynamodb:Query"], on: Target::Index(PROCESSED) },
         // mark_published and set_aside update the processed record.
         Grant { sid: "SettleOutboxEntries", actions: &["dynamodb:UpdateItem"], on: Target::Table(PROCESSED) },
+        // The saga-deadline sweep: the open orders (a Scan of the orders table) ...
+        Grant { sid: "FindOverdueOrders", actions: &["dynamodb:Scan"], on: Target::Table(ORDERS) },
+        // ... and its own processed record per order: read, then committed
+        // (a transaction's conditional Put) with the deadline event.
+        Grant {
+            sid: "RecordDeadlines",
+            actions: &["dynamodb:GetItem", "dynamodb:PutItem"],
+            on: Target::Table(PROCESSED),
+        },
         Grant {
             sid: "ReadAmqpUrl",
             actions: &["secretsmanager:GetSecretValue"],
             on: Target::Parameter("AmqpSecretArn"),
         },
     ],
+    hosts: &[Function::SagaDeadline],
 };
 
 /// Every scheduled function, declared once.

@@ -26,7 +26,14 @@ pub struct Embedded {
 }
 
 impl Embedded {
+    /// Starts with the default saga deadline (15 minutes).
     pub async fn start(config: UpConfig) -> Result<Self, StartError> {
+        Self::start_with_deadline(config, shared::saga::DEFAULT_SAGA_DEADLINE).await
+    }
+
+    /// Starts with `saga_deadline`: orders unfinished after it are cancelled
+    /// as timed_out (the sweeper runs in this process, ARCHITECTURE.md §7.9).
+    pub async fn start_with_deadline(config: UpConfig, saga_deadline: Duration) -> Result<Self, StartError> {
         let store = open_seeded_store(&config).await?;
         let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
         let bus = InProcessBus::start(crate::steps::all(), ports, config.delivery, config.observer);
@@ -39,6 +46,10 @@ impl Embedded {
         // queue refused (and prunes processed records meanwhile).
         let (relay_stop, stop) = watch::channel(false);
         tokio::spawn(relay_forever(Arc::clone(&store), Arc::new(bus.clone()), stop));
+        // The saga-deadline sweeper lives as long as the process, like the bus.
+        let publisher = Arc::new(bus.clone());
+        let sweep = shared::saga::sweep_forever(Arc::clone(&store), publisher, saga_deadline, std::future::pending());
+        tokio::spawn(sweep);
         let router = app_router(Arc::clone(&store), Arc::new(bus.clone()));
         Ok(Self { store, bus, router, _relay_stop: relay_stop })
     }

@@ -65,10 +65,23 @@ pub struct AmqpSystem {
     consumers: JoinHandle<Result<(), lapin::Error>>,
     /// The outbox relay's task, awaited on shutdown.
     relay: JoinHandle<()>,
+    /// The saga-deadline sweeper's task, awaited on shutdown.
+    sweeper: JoinHandle<()>,
 }
 
 impl AmqpSystem {
+    /// Starts with the default saga deadline (15 minutes).
     pub async fn start(config: UpConfig, url: &str) -> Result<Self, StartError> {
+        Self::start_with_deadline(config, url, shared::saga::DEFAULT_SAGA_DEADLINE).await
+    }
+
+    /// Starts with `saga_deadline`: orders unfinished after it are cancelled
+    /// as timed_out (the sweeper runs in this process, ARCHITECTURE.md §7.9).
+    pub async fn start_with_deadline(
+        config: UpConfig,
+        url: &str,
+        saga_deadline: std::time::Duration,
+    ) -> Result<Self, StartError> {
         let store = open_seeded_store(&config).await?;
         let settings = config.delivery;
         let link = AmqpLink::new(url, "choreo-up");
@@ -82,9 +95,19 @@ impl AmqpSystem {
         let (shutdown, stop) = watch::channel(false);
         let functions = Function::consumers().collect();
         let consumers = tokio::spawn(run_consumers(Arc::clone(&link), functions, handler, settings, stop.clone()));
+        let mut sweep_stop = stop.clone();
+        let sweep_stop = async move {
+            let _ = sweep_stop.wait_for(|stop| *stop).await;
+        };
+        let sweeper = tokio::spawn(shared::saga::sweep_forever(
+            Arc::clone(&store),
+            Arc::clone(&link) as Arc<_>,
+            saga_deadline,
+            sweep_stop,
+        ));
         let relay = tokio::spawn(relay_forever(Arc::clone(&store), Arc::clone(&link) as Arc<_>, stop));
         let router = app_router(Arc::clone(&store), link.clone());
-        Ok(Self { store, link, router, shutdown, consumers, relay })
+        Ok(Self { store, link, router, shutdown, consumers, relay, sweeper })
     }
 
     /// Stops consuming, finishes the messages in hand, closes the connection.
@@ -94,5 +117,6 @@ impl AmqpSystem {
             tracing::warn!(%error, "consumers stopped with an error");
         }
         let _ = self.relay.await;
+        let _ = self.sweeper.await;
     }
 }

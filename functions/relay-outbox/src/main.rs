@@ -10,16 +10,18 @@ use shared::StepError;
 async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
     let grace = relay_outbox::grace_from(std::env::var(relay_outbox::GRACE_VAR).ok().as_deref())?;
+    let deadline = relay_outbox::saga_deadline_from(std::env::var(relay_outbox::SAGA_DEADLINE_VAR).ok().as_deref())?;
     let store = shared::config::store_from_env().await?;
     // Opened at first use, then reused while the container is warm.
     let publisher = shared::bus::amqp::AmqpLink::from_env(relay_outbox::NAME)
         .ok_or("AMQP_URL or AMQP_SECRET_ARN must be set: the relay publishes to the broker")?;
     lambda_runtime::run(service_fn(move |_schedule: LambdaEvent<Value>| {
         let (store, publisher) = (Arc::clone(&store), Arc::clone(&publisher));
-        // A failed pass fails the invocation (visible in the Errors metric and
-        // its alarm); the next scheduled pass tries again.
+        // One relay pass and one saga-deadline sweep. A failed pass fails the
+        // invocation (visible in the Errors metric and its alarm); the next
+        // scheduled pass tries again.
         async move {
-            relay_outbox::relay_once(&*store, &*publisher, grace)
+            relay_outbox::pass_once(&*store, &*publisher, grace, deadline)
                 .await
                 .map_err(|error| StepError::Retryable(error.to_string()))
         }

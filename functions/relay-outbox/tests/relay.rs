@@ -5,12 +5,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use relay_outbox::{ConfigError, DEFAULT_GRACE, grace_from, relay_once};
+use relay_outbox::{ConfigError, DEFAULT_GRACE, grace_from, pass_once, relay_once, saga_deadline_from};
 use serde_json::json;
 use shared::bus::{Handover, OutboxRef, PublishError, Publisher};
 use shared::contract::domain::OrderId;
 use shared::store::{Commit, CommitOutcome, Store};
-use shared::testkit::{TestStore, event, item, order_created};
+use shared::testkit::{TestStore, event, item, order_created, payloads};
 use shared::{Event, Function, Payload};
 
 /// A broker that confirms everything and remembers what it was given.
@@ -121,4 +121,34 @@ async fn a_pass_that_leaves_entries_behind_fails_the_invocation() {
     assert!(error.to_string().contains("1 outbox entries could not be published"), "{error}");
     let later = relay_once(&*store.store, &Recorder::default(), Duration::ZERO).await.expect("later pass");
     assert_eq!(later["published"], 1, "the entry stayed in the outbox");
+}
+
+#[tokio::test]
+async fn each_pass_fires_the_deadline_of_an_overdue_order_once() {
+    // GIVEN an order accepted and published, then left unfinished past a 1 ms deadline
+    let store = TestStore::with_stock(&[("WIDGET-1", 10, 10)]).await;
+    let created = event(OrderId::new(), Payload::OrderCreated(order_created(vec![item("WIDGET-1", 1)])));
+    store.given_order(&created).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let broker = Recorder::default();
+    let deadline = Duration::from_millis(1);
+
+    // WHEN two passes run
+    let first = pass_once(&*store.store, &broker, Duration::ZERO, deadline).await.expect("first pass");
+    let second = pass_once(&*store.store, &broker, Duration::ZERO, deadline).await.expect("second pass");
+
+    // THEN the first publishes its order.deadline_reached, from saga-deadline, the second nothing more
+    assert_eq!((first["deadlines_fired"].clone(), first["overdue"].clone()), (json!(1), json!(1)));
+    assert_eq!((second["deadlines_fired"].clone(), second["published"].clone()), (json!(0), json!(0)));
+    let sent = broker.0.lock().expect("recorder lock").clone();
+    let [Payload::OrderDeadlineReached(reached)] = &payloads(&sent)[..] else { panic!("one deadline: {sent:?}") };
+    assert_eq!(reached.items, vec![item("WIDGET-1", 1)]);
+    assert_eq!((sent[0].subject, sent[0].source.as_str()), (created.subject, "/functions/saga-deadline"));
+}
+
+#[test]
+fn the_saga_deadline_defaults_to_fifteen_minutes() {
+    assert_eq!(saga_deadline_from(None), Ok(Duration::from_secs(900)));
+    assert_eq!(saga_deadline_from(Some("2h")), Ok(Duration::from_secs(7200)));
+    assert!(saga_deadline_from(Some("soon")).is_err());
 }

@@ -20,11 +20,11 @@
 //!   deadline anyway: `ship-order` and `order-status` ignore it (shipped or
 //!   cancelled is final), `settle-inventory` finds nothing held.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::watch;
 
 use crate::bus::{OutboxRef, Publisher, RelayError, publish_committed};
 use crate::contract::choreography::Function;
@@ -148,17 +148,18 @@ async fn fire(
     Ok(true)
 }
 
-/// Sweeps every [`sweep_every`] until `stop` turns true (`choreo up`, both buses).
+/// Sweeps every [`sweep_every`] until `stop` resolves (`choreo up`, both buses).
 pub async fn sweep_forever(
     store: Arc<dyn Store>,
     publisher: Arc<dyn Publisher>,
     deadline: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: impl Future<Output = ()> + Send,
 ) {
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             () = tokio::time::sleep(sweep_every(deadline)) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = &mut stop => return,
         }
         match sweep_deadlines(&*store, &*publisher, deadline).await {
             Ok(report) if report.fired > 0 || report.failed > 0 => {
