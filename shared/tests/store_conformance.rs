@@ -82,6 +82,8 @@ conformance! {
     a_stock_import_adds_and_updates_skus_and_is_idempotent,
     a_stock_import_that_would_count_out_replenished_units_changes_nothing,
     a_stock_import_never_overwrites_a_concurrent_reservation: atomic,
+    open_orders_are_the_unfinished_ones_created_before_a_time_in_pages,
+    a_timed_out_shipment_tombstone_round_trips,
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -1155,4 +1157,73 @@ async fn dynamodb_published_records_carry_expires_at_and_pending_ones_do_not() {
     // AND DynamoDB prunes by itself
     assert_eq!(store.prune_processed().await.expect("prune"), 0);
     subject.drop_tables().await;
+}
+
+// ---------------------------------------------------------------- saga deadline (ARCHITECTURE.md §7.9)
+
+/// Stores a `PENDING` order of `created` with `status`.
+async fn given_order_with_status(store: &Arc<dyn Store>, created: &Event, status: OrderStatus) {
+    let order = OrderRecord { status, ..pending_order(created) };
+    committed(store, commit(Function::CreateOrder, &created.id.to_string(), vec![Write::Order(order)], vec![])).await;
+}
+
+async fn open_orders_are_the_unfinished_ones_created_before_a_time_in_pages(store: Arc<dyn Store>) {
+    // GIVEN five orders, one per status, then (after a pause) one more pending
+    let statuses = [
+        OrderStatus::Pending,
+        OrderStatus::AwaitingStock,
+        OrderStatus::Reserved,
+        OrderStatus::Shipped,
+        OrderStatus::Cancelled,
+    ];
+    let mut ids = BTreeMap::new();
+    for status in statuses {
+        let created = new_order(&[("A-1", 1)]);
+        given_order_with_status(&store, &created, status).await;
+        ids.insert(created.subject.to_string(), status);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let bound = Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let younger = new_order(&[("A-1", 1)]);
+    given_order_with_status(&store, &younger, OrderStatus::Pending).await;
+
+    // WHEN the open orders created before the bound are read, two at a time
+    let mut found = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let page = store.open_orders_page(bound, after, 2).await.expect("a page");
+        assert!(page.orders.len() <= 2, "a page holds at most the limit");
+        found.extend(page.orders.into_iter().map(|order| (order.order_id.to_string(), order.status)));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+
+    // THEN exactly the three unfinished ones older than the bound come back, once each
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<(String, OrderStatus)> = ids.into_iter().filter(|(_, status)| !status.is_terminal()).collect();
+    assert_eq!(found, expected);
+    // AND all of them at once, through every page
+    let all = shared::store::all_open_orders(&*store, Utc::now()).await.expect("every page");
+    assert_eq!(all.len(), 4, "the younger one is open too once the bound is now");
+    assert!(all.iter().all(|order| order.version == 1), "records come with the version read");
+}
+
+async fn a_timed_out_shipment_tombstone_round_trips(store: Arc<dyn Store>) {
+    // GIVEN ship-order wrote the tombstone of an order whose deadline came first
+    let order_id = OrderId::new();
+    committed(
+        &store,
+        commit(Function::ShipOrder, "deadline", vec![Write::Shipment(Shipment::timed_out(order_id))], vec![]),
+    )
+    .await;
+
+    // WHEN it is read back, THEN it is a tombstone, and shipping it now conflicts
+    let stored = store.shipment(order_id).await.expect("read").expect("the tombstone");
+    assert!(stored.is_timed_out(), "{stored:?}");
+    let parcel = Shipment { order_id, tracking_number: "CHR0123".to_owned(), version: 0 };
+    let outcome = store.commit(commit(Function::ShipOrder, "late", vec![Write::Shipment(parcel)], vec![])).await;
+    assert_eq!(outcome.expect("commit"), CommitOutcome::Conflict);
 }
