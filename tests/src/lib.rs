@@ -54,6 +54,12 @@ pub struct TestApp {
 /// Starts the embedded system on a fresh database seeded with `catalog`,
 /// shipping everywhere but `AQ` (the default of `SHIP_COUNTRIES`).
 pub async fn spawn_app(catalog: &[SeedStock]) -> TestApp {
+    spawn_app_with_deadline(catalog, shared::saga::DEFAULT_SAGA_DEADLINE).await
+}
+
+/// [`spawn_app`] whose saga deadline is `deadline` (ARCHITECTURE.md §7.9):
+/// tests of the deadline give it milliseconds.
+pub async fn spawn_app_with_deadline(catalog: &[SeedStock], deadline: std::time::Duration) -> TestApp {
     init_logging();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("choreo.db");
@@ -64,7 +70,7 @@ pub async fn spawn_app(catalog: &[SeedStock]) -> TestApp {
         delivery: test_delivery(),
         observer: None,
     };
-    let system = Embedded::start(config).await.expect("the embedded system starts");
+    let system = Embedded::start_with_deadline(config, deadline).await.expect("the embedded system starts");
     TestApp { store: system.store, bus: system.bus, router: system.router, db, catalog: catalog.to_vec(), _dir: dir }
 }
 
