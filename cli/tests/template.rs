@@ -751,6 +751,15 @@ fn the_routes_are_those_of_the_choreography_and_openapi() {
 }
 
 #[test]
+fn openapi_lists_every_cancel_reason() {
+    let openapi = parse(&read(OPENAPI));
+    let listed = strings(&openapi["components"]["schemas"]["CancelReason"]["enum"]);
+    let reasons: Vec<String> =
+        shared::contract::domain::CancelReason::ALL.iter().map(|reason| reason.as_str().to_owned()).collect();
+    assert_eq!(listed, reasons, "openapi.yaml's CancelReason enum is not the domain's");
+}
+
+#[test]
 fn no_statement_grants_everything() {
     assert_no_problems(check_no_wildcards(&committed()));
 }

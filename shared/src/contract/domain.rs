@@ -426,6 +426,10 @@ pub enum CancelReason {
 }
 
 impl CancelReason {
+    /// Every reason, as openapi.yaml's `CancelReason` enum lists them.
+    pub const ALL: &'static [CancelReason] =
+        &[Self::UnknownSku, Self::OutOfStock, Self::ShipmentFailed, Self::TimedOut];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UnknownSku => "unknown_sku",
@@ -436,9 +440,7 @@ impl CancelReason {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::UnknownSku, Self::OutOfStock, Self::ShipmentFailed, Self::TimedOut]
-            .into_iter()
-            .find(|reason| reason.as_str() == text)
+        Self::ALL.iter().copied().find(|reason| reason.as_str() == text)
     }
 }
 
