@@ -1,0 +1,121 @@
+//! The saga deadline and `choreo sagas` over RabbitMQ (ARCHITECTURE.md §7.9),
+//! as `choreo up --amqp` runs them: the sweeper in the process, the deadline
+//! event routed by the broker to ship-order, every step real. A stuck saga is
+//! an order whose `order.created` was lost (stored, never published).
+
+mod common;
+
+use std::time::Duration;
+
+use choreo::sagas::{RedriveTo, describe, redrive, stuck_progress};
+use choreo::up::{AmqpSystem, UpConfig};
+use common::{SAGA_TIMEOUT, Scratch, Vhost, default_catalog, eventually, init_logging, test_settings};
+use shared::contract::domain::{CancelReason, OrderId, OrderStatus, Sku};
+use shared::step::ShipCountries;
+use shared::store::{Commit, CommitOutcome, OrderRecord, Store, Write};
+use shared::testkit::{item, order_created, pending_order};
+use shared::{Event, Function, Payload};
+
+async fn start(vhost: &Vhost, scratch: &Scratch, deadline: Duration) -> AmqpSystem {
+    init_logging();
+    let config = UpConfig {
+        store: shared::config::StoreSettings::sqlite(scratch.db()),
+        catalog: default_catalog(),
+        ship_countries: ShipCountries::default(),
+        delivery: test_settings(),
+        observer: None,
+    };
+    AmqpSystem::start_with_deadline(config, &vhost.url, deadline).await.expect("choreo up --amqp starts")
+}
+
+/// GIVEN an order of 2 WIDGET-1 stored, its `order.created` lost; answers that event.
+async fn lost_order(store: &dyn Store) -> Event {
+    let data = order_created(vec![item("WIDGET-1", 2)]);
+    let created = Event::new(Function::CreateOrder, OrderId::new(), None, Payload::OrderCreated(data));
+    let commit = Commit {
+        function: Function::CreateOrder,
+        key: created.id.to_string(),
+        writes: vec![Write::Order(pending_order(&created))],
+        emitted: vec![],
+    };
+    assert_eq!(store.commit(commit).await.expect("commit"), CommitOutcome::Committed);
+    created
+}
+
+async fn terminal(store: &dyn Store, order_id: OrderId) -> OrderRecord {
+    eventually("the saga ends", SAGA_TIMEOUT, || async {
+        let order = store.order(order_id).await.map_err(|error| error.to_string())?.ok_or("no order")?;
+        if order.status.is_terminal() { Ok(order) } else { Err(format!("{:?}", order.status)) }
+    })
+    .await
+}
+
+async fn widget(store: &dyn Store) -> (u64, u64, u64) {
+    let level = store.stock(&[Sku::parse("WIDGET-1").expect("a SKU")]).await.expect("read").remove(0);
+    assert!(level.is_conserved(), "{level:?}");
+    (level.available, level.reserved, level.shipped)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amqp_an_order_stuck_past_its_deadline_is_cancelled_and_a_late_redrive_changes_nothing() {
+    // GIVEN choreo up --amqp with a 300 ms saga deadline, and a lost order.created
+    let (vhost, scratch) = (Vhost::new("deadline"), Scratch::new());
+    let system = start(&vhost, &scratch, Duration::from_millis(300)).await;
+    let created = lost_order(&*system.store).await;
+
+    // WHEN the deadline passes
+    let order = terminal(&*system.store, created.subject).await;
+
+    // THEN the order is cancelled as timed_out, nothing held
+    assert_eq!((order.status, order.cancel_reason), (OrderStatus::Cancelled, Some(CancelReason::TimedOut)));
+    assert_eq!(widget(&*system.store).await, (100, 0, 0));
+
+    // AND WHEN its saga is redriven through the broker (the lost event arrives at last)
+    let progress = shared::saga::progress_of(&*system.store, order).await.expect("progress");
+    assert_eq!(
+        progress.waiting.iter().map(|waiting| waiting.function).collect::<Vec<_>>(),
+        [Function::ReserveInventory]
+    );
+    let handed = redrive(&*system.store, &progress, &RedriveTo::Broker(&*system.link)).await.expect("redrive");
+    assert_eq!(handed, 1);
+
+    // THEN reserve-inventory reserves, ship-order's tombstone answers, the
+    // units come back, and the order stays cancelled as timed_out
+    eventually("the late reservation is released", SAGA_TIMEOUT, || async {
+        let reservation = system.store.reservation(created.subject).await.map_err(|error| error.to_string())?;
+        match reservation {
+            Some(held) if held.state == shared::store::ReservationState::Released => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(widget(&*system.store).await, (100, 0, 0));
+    let order = system.store.order(created.subject).await.expect("read").expect("the order");
+    assert_eq!((order.status, order.cancel_reason), (OrderStatus::Cancelled, Some(CancelReason::TimedOut)));
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amqp_a_stuck_saga_is_listed_and_a_redrive_through_the_broker_finishes_it() {
+    // GIVEN choreo up --amqp with a far deadline, and a lost order.created
+    let (vhost, scratch) = (Vhost::new("stuck"), Scratch::new());
+    let system = start(&vhost, &scratch, Duration::from_secs(3600)).await;
+    let created = lost_order(&*system.store).await;
+
+    // WHEN the stuck sagas are listed
+    let stuck = stuck_progress(&*system.store, Duration::ZERO).await.expect("the store answers");
+
+    // THEN it waits on reserve-inventory, its last event order.created, no dead letter
+    let [saga] = stuck.as_slice() else { panic!("one stuck saga: {stuck:?}") };
+    let line = describe(saga, &[]);
+    assert_eq!(line.waits_on, ["reserve-inventory"]);
+    assert_eq!(line.last_event.map(|event| event.id), Some(created.id.to_string()));
+    assert!(line.dead_letters.is_empty());
+
+    // AND WHEN it is redriven through the broker, THEN it ships
+    redrive(&*system.store, saga, &RedriveTo::Broker(&*system.link)).await.expect("redrive");
+    let order = terminal(&*system.store, created.subject).await;
+    assert_eq!(order.status, OrderStatus::Shipped, "{order:?}");
+    assert_eq!(widget(&*system.store).await, (98, 0, 2));
+    system.shutdown().await;
+}
