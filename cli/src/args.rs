@@ -97,7 +97,7 @@ pub struct UpArgs {
     #[command(flatten)]
     pub queues: QueueArgs,
     /// Orders unfinished this long after they were placed are cancelled as timed_out, e.g. 15m, 2h, 30s.
-    #[arg(long, env = "CHOREO_SAGA_DEADLINE", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, env = "CHOREO_SAGA_DEADLINE", default_value = "15m", value_parser = shared::saga::parse_deadline)]
     pub saga_deadline: Duration,
 }
 

@@ -119,3 +119,37 @@ async fn amqp_a_stuck_saga_is_listed_and_a_redrive_through_the_broker_finishes_i
     assert_eq!(widget(&*system.store).await, (98, 0, 2));
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amqp_sagas_stuck_names_the_dead_letter_holding_a_saga() {
+    // GIVEN a lost order.created, and a shipment.failed for that order which
+    // settle-inventory dead-letters (it holds no reservation)
+    let (vhost, scratch) = (Vhost::new("stuck-dead"), Scratch::new());
+    let system = start(&vhost, &scratch, Duration::from_secs(3600)).await;
+    let created = lost_order(&*system.store).await;
+    let failed = shared::contract::events::ShipmentFailed {
+        items: vec![item("WIDGET-1", 2)],
+        detail: "a test".to_owned(),
+        reason: CancelReason::ShipmentFailed,
+    };
+    let poison = Event::new(Function::ShipOrder, created.subject, Some(&created), Payload::ShipmentFailed(failed));
+    system.link.publish_events(std::slice::from_ref(&poison)).await.expect("published");
+    let dead = eventually("the dead letter is parked", SAGA_TIMEOUT, || async {
+        let letters =
+            shared::bus::amqp::list_dead_letters(&system.link, 100).await.map_err(|error| error.to_string())?;
+        if letters.is_empty() { Err("no dead letter yet".to_owned()) } else { Ok(letters) }
+    })
+    .await;
+
+    // WHEN the stuck sagas are listed with the broker's dead letters
+    let stuck = stuck_progress(&*system.store, Duration::ZERO).await.expect("the store answers");
+    let [saga] = stuck.as_slice() else { panic!("one stuck saga: {stuck:?}") };
+    let line = describe(saga, &dead);
+
+    // THEN the dead letter of settle-inventory is named as holding it
+    assert_eq!(line.dead_letters.len(), 1, "{line:?}");
+    assert_eq!(line.dead_letters[0].function, "settle-inventory");
+    assert_eq!(line.dead_letters[0].event_type.as_deref(), Some("shipment.failed"));
+    assert!(line.dead_letters[0].error.as_deref().is_some_and(|error| error.contains("no reservation")), "{line:?}");
+    system.shutdown().await;
+}

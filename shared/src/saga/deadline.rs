@@ -47,7 +47,7 @@ pub enum DeadlineError {
     Invalid(String),
 }
 
-/// Parses `500ms`, `90s`, `15m`, `2h`, `1d` (a bare number is seconds); more than zero.
+/// Parses `500ms`, `90s`, `15m`, `2h`, `1d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -62,17 +62,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(invalid()),
     };
     let millis = number.parse::<u64>().ok().and_then(|n| n.checked_mul(millis_per_unit)).ok_or_else(invalid)?;
-    if millis == 0 {
-        return Err(format!("'{text}' is not a deadline: it must be more than zero"));
-    }
     Ok(Duration::from_millis(millis))
+}
+
+/// A saga deadline: a [`parse_duration`] of more than zero.
+pub fn parse_deadline(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("'{}' is not a deadline: it must be more than zero", text.trim())),
+        deadline => Ok(deadline),
+    }
 }
 
 /// The deadline from [`DEADLINE_VAR`]'s value (unset or empty: the default).
 pub fn deadline_from(value: Option<&str>) -> Result<Duration, DeadlineError> {
     match value.map(str::trim).filter(|value| !value.is_empty()) {
         None => Ok(DEFAULT_SAGA_DEADLINE),
-        Some(text) => parse_duration(text).map_err(DeadlineError::Invalid),
+        Some(text) => parse_deadline(text).map_err(DeadlineError::Invalid),
     }
 }
 
@@ -186,6 +191,7 @@ mod tests {
         assert!(deadline_from(Some("0s")).is_err());
         assert!(deadline_from(Some("soon")).is_err());
         assert!(parse_duration("5 weeks").is_err());
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO), "an age of zero is fine; a deadline of zero is not");
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod deadline;
 mod progress;
 
 pub use self::deadline::{
-    DEADLINE_VAR, DEFAULT_SAGA_DEADLINE, DeadlineError, SweepReport, deadline_from, parse_duration, sweep_deadlines,
-    sweep_every, sweep_forever,
+    DEADLINE_VAR, DEFAULT_SAGA_DEADLINE, DeadlineError, SweepReport, deadline_from, parse_deadline, parse_duration,
+    sweep_deadlines, sweep_every, sweep_forever,
 };
 pub use self::progress::{Progress, Waiting, progress_of};
