@@ -27,7 +27,7 @@ fn catalog() -> Vec<SeedStock> {
 /// Even orders: 1–3 widgets shipped to FR. Odd: 2 bolts to AQ, where the
 /// shipment fails and the reservation is released.
 fn order(n: usize) -> Value {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         order_body("WIDGET-1", u64::try_from(n % 3).unwrap_or(0) + 1, "FR")
     } else {
         order_body("BOLT-7", 2, "AQ")
@@ -90,7 +90,8 @@ async fn kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_n
     // The kill caught sagas mid-way (else this test would prove nothing).
     let store = SqliteStore::open(&scratch.db()).expect("the database opens");
     let mut open = 0;
-    for id in accepted.lock().unwrap().clone().values() {
+    let accepted_ids: Vec<String> = accepted.lock().unwrap().values().cloned().collect();
+    for id in &accepted_ids {
         let record = store.order(OrderId::parse(id).expect("an order id")).await.expect("the store answers");
         if record.is_some_and(|record| !matches!(record.status, OrderStatus::Shipped | OrderStatus::Cancelled)) {
             open += 1;
@@ -119,9 +120,9 @@ async fn kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_n
         let types = history_types(placed);
         let unique: BTreeSet<&String> = types.iter().collect();
         assert_eq!(unique.len(), types.len(), "order {n}: an event applied twice: {types:?}");
-        let expected = if n % 2 == 0 { "SHIPPED" } else { "CANCELLED" };
+        let expected = if n.is_multiple_of(2) { "SHIPPED" } else { "CANCELLED" };
         assert_eq!(placed["status"].as_str(), Some(expected), "order {n}: {placed}");
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             widgets += u64::try_from(n % 3).unwrap() + 1;
         }
     }
