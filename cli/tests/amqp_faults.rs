@@ -724,3 +724,61 @@ async fn broker_alarm_consumers_keep_acking_and_everything_completes_after_it_cl
     assert!(message_count(&link, &Function::OrderStatus.queue()).await >= 20, "every loud input's event was published");
     assert_eq!(message_count(&link, &dead_letter_queue(Function::ShipOrder)).await, 0);
 }
+
+// ------------------------------------------------------------ outbound timeouts
+
+/// An Invoke that never answers is cut short after the bridge's call
+/// timeout: a retryable failure, retried, then dead-lettered with the
+/// timeout as its error; it never holds its message (and, with it, the
+/// consumer) forever.
+#[tokio::test]
+async fn a_hung_invocation_is_cut_short_retried_and_dead_lettered() {
+    use axum::Router;
+    use axum::routing::post;
+    use choreo::bridge::{BridgeConfig, EventShape, InvokeTarget};
+
+    async fn never() -> Vec<u8> {
+        std::future::pending::<()>().await;
+        Vec::new()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
+    let router = Router::new().route("/2015-03-31/functions/{name}/invocations", post(never));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+
+    let vhost = Vhost::new("faults-hung");
+    let link = vhost.link("faults-test");
+    let settings = DeliverySettings { max_retries: 1, ..settings() };
+    link.declare(&Topology::derive(&settings)).await.expect("declare the topology");
+    let config = BridgeConfig {
+        amqp_url: vhost.url.clone(),
+        functions: vec![Function::ShipOrder],
+        target: InvokeTarget::Lambda {
+            endpoint: Some(endpoint),
+            function_prefix: String::new(),
+            event_shape: EventShape::CloudEvent,
+        },
+        settings,
+        call_timeout: Duration::from_millis(500),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let bridge = tokio::spawn(choreo::bridge::run(config, stopped));
+    let ship = Function::ShipOrder.queue();
+    wait_consumers(&link, &ship, 1).await;
+    let event = inventory_reserved("SKU-1", 1);
+    send(&link, &ship, &event, FieldTable::default()).await;
+
+    let letters = wait_letters(&link, &dead_letter_queue(Function::ShipOrder), 1).await;
+    assert_eq!(letters[0].id, event.id.to_string());
+    assert!(
+        letters[0].error.as_deref().is_some_and(|error| error.contains("no answer within")),
+        "the dead letter says the call timed out: {:?}",
+        letters[0]
+    );
+    assert_eq!(letters[0].attempt, Some(AMQPValue::LongLongInt(2)), "retried once first");
+    let _ = stop.send(true);
+    let finished = tokio::time::timeout(BOUND, bridge).await.expect("the bridge stops");
+    finished.expect("no panic").expect("the bridge stops cleanly");
+}
