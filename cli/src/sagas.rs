@@ -87,8 +87,13 @@ pub async fn progress_of_order(store: &dyn Store, order_id: OrderId) -> Result<O
 pub fn describe(progress: &Progress, dead: &[DeadMessage]) -> StuckSaga {
     let order_id = progress.order.order_id;
     let age = created_at(order_id).map(|created| (Utc::now() - created).num_seconds()).unwrap_or_default();
-    let mut waits_on: Vec<String> = progress.waiting.iter().map(|waiting| waiting.function.to_string()).collect();
-    waits_on.dedup();
+    let mut waits_on: Vec<String> = Vec::new();
+    for waiting in &progress.waiting {
+        let name = waiting.function.to_string();
+        if !waits_on.contains(&name) {
+            waits_on.push(name);
+        }
+    }
     let id = order_id.to_string();
     StuckSaga {
         order_id: id.clone(),
