@@ -84,6 +84,7 @@ conformance! {
     a_stock_import_never_overwrites_a_concurrent_reservation: atomic,
     open_orders_are_the_unfinished_ones_created_before_a_time_in_pages,
     a_timed_out_shipment_tombstone_round_trips,
+    the_saga_deadline_fires_once_per_overdue_order,
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -1226,4 +1227,45 @@ async fn a_timed_out_shipment_tombstone_round_trips(store: Arc<dyn Store>) {
     let parcel = Shipment { order_id, tracking_number: "CHR0123".to_owned(), version: 0 };
     let outcome = store.commit(commit(Function::ShipOrder, "late", vec![Write::Shipment(parcel)], vec![])).await;
     assert_eq!(outcome.expect("commit"), CommitOutcome::Conflict);
+}
+
+/// A broker that confirms everything and keeps what it was given.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<Event>>);
+
+#[async_trait::async_trait]
+impl shared::bus::Publisher for Recorder {
+    async fn publish(
+        &self,
+        _origin: &shared::bus::OutboxRef,
+        events: &[Event],
+    ) -> Result<shared::bus::Handover, shared::bus::PublishError> {
+        self.0.lock().expect("recorder lock").extend_from_slice(events);
+        Ok(shared::bus::Handover::Confirmed)
+    }
+}
+
+async fn the_saga_deadline_fires_once_per_overdue_order(store: Arc<dyn Store>) {
+    // GIVEN an open order and a shipped one, both past a 1 ms deadline
+    let (open, shipped) = (new_order(&[("A-1", 1)]), new_order(&[("A-1", 1)]));
+    given_order_with_status(&store, &open, OrderStatus::Reserved).await;
+    given_order_with_status(&store, &shipped, OrderStatus::Shipped).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let broker = Recorder::default();
+
+    // WHEN two sweeps run
+    let deadline = Duration::from_millis(1);
+    let first = shared::saga::sweep_deadlines(&*store, &broker, deadline).await.expect("first sweep");
+    let second = shared::saga::sweep_deadlines(&*store, &broker, deadline).await.expect("second sweep");
+
+    // THEN the open order's deadline was published once, and is recorded as
+    // the sweeper's processed record, published (out of the outbox)
+    assert_eq!((first.overdue, first.fired, second.fired, second.fired_before), (1, 1, 0, 1));
+    let sent = broker.0.lock().expect("recorder lock").clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].subject, sent[0].event_type()), (open.subject, EventType::OrderDeadlineReached));
+    let recorded = store.processed(Function::SagaDeadline, &open.subject.to_string()).await.expect("read");
+    assert_eq!(recorded, Some(sent.clone()));
+    let horizon = Utc::now() + chrono::Duration::days(1);
+    assert!(store.unpublished(horizon).await.expect("the outbox").is_empty(), "the deadline was marked published");
 }
