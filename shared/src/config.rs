@@ -6,6 +6,7 @@
 //! | `CHOREO_DB` | the SQLite file | `.choreo/choreo.db` |
 //! | `CHOREO_TABLE_PREFIX` | prefix of the DynamoDB table names | `choreo-` |
 //! | `CHOREO_PROCESSED_RETENTION` | how long published processed-event records are kept (`7d`, `36h`; see `store::retention`) | `7d` |
+//! | `CHOREO_SAGA_DEADLINE` | how long an order may stay unfinished before it is cancelled as `timed_out` (`15m`, `2h`; read by `choreo up` and `relay-outbox`, see `saga`) | `15m` |
 //! | `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_ENDPOINT_URL` | a local DynamoDB endpoint (moto, DynamoDB Local); read by aws-config | AWS |
 //! | `AWS_REGION`, credentials, … | the usual AWS SDK variables (set by Lambda) | |
 //!
