@@ -22,7 +22,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::routing::post;
 use choreo::bridge::{BridgeConfig, BridgeError, EventShape, InvokeTarget};
-use common::bridge::{inventory_reserved, local_aws, new_order, start_cargo_lambda_watch};
+use common::bridge::{inventory_reserved, new_order, start_cargo_lambda_watch};
 use common::{Vhost, eventually, init_logging, queue_state};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::json;
@@ -32,6 +32,7 @@ use shared::contract::domain::{CancelReason, OrderId, OrderStatus, Sku};
 use shared::contract::events::OrderShipped;
 use shared::store::sqlite::SqliteStore;
 use shared::store::{StockLevel, Store};
+use shared::testkit::aws::local_sdk_config;
 use shared::{Event, Function, Payload};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -142,7 +143,7 @@ async fn sagas_through_cargo_lambda_watch(shape: EventShape) {
 
     // Start each function once (an invalid payload: each says so, as a
     // permanent error), so the saga below is timed without the starts.
-    let lambda = aws_sdk_lambda::Client::new(&local_aws(&watch.endpoint).await);
+    let lambda = aws_sdk_lambda::Client::new(&local_sdk_config(&watch.endpoint).await);
     for function in Function::consumers() {
         let started = Instant::now();
         let invocation = lambda.invoke().function_name(function.name()).payload(b"{}".to_vec().into()).send();

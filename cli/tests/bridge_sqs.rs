@@ -12,11 +12,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use choreo::bridge::{SQS_ID_ATTRIBUTE, SQS_SUBJECT_ATTRIBUTE, SQS_TYPE_ATTRIBUTE, sqs_url_env_var};
-use common::bridge::{Spawned, free_port, inventory_reserved, local_aws, order_created, port_open};
+use common::bridge::{Spawned, free_port, inventory_reserved, order_created, port_open};
 use common::{Vhost, eventually, init_logging, queue_state};
 use serde_json::Value;
 use shared::bus::DeliverySettings;
 use shared::bus::amqp::{Topology, dead_letter_queue, retry_queue};
+use shared::testkit::aws::local_sdk_config;
 use shared::{Event, Function};
 use tempfile::TempDir;
 
@@ -125,7 +126,7 @@ async fn bridge_forwards_each_event_to_the_sqs_queue_of_every_consumer_then_stop
     // GIVEN one SQS queue per consuming function in moto, a vhost with the topology
     let dir = tempfile::tempdir().expect("a temporary directory");
     let moto = start_moto(&dir).await;
-    let sqs = aws_sdk_sqs::Client::new(&local_aws(&moto.url).await);
+    let sqs = aws_sdk_sqs::Client::new(&local_sdk_config(&moto.url).await);
     let mut queue_urls = BTreeMap::new();
     for function in Function::consumers() {
         let created = sqs

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use choreo::client::Client;
-use common::bridge::{Spawned, local_aws, new_order, start_cargo_lambda_watch, workspace_root};
+use common::bridge::{Spawned, new_order, start_cargo_lambda_watch, workspace_root};
 use common::{Vhost, eventually, init_logging};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
@@ -39,16 +39,12 @@ use shared::bus::amqp::{AmqpLink, CONTENT_TYPE, dead_letter_queue, list_dead_let
 use shared::contract::domain::OrderId;
 use shared::store::Store;
 use shared::store::dynamodb::DynamoStore;
+use shared::testkit::aws::{local_sdk_config, moto_url};
 use shared::testkit::tls::TlsTerminator;
 use shared::testkit::{order_body, sample_payload};
 
 /// How long one saga may take here (generous: 2 cores, cold functions).
 const SAGA: Duration = Duration::from_secs(120);
-
-/// The moto server the tests share (`scripts/with-moto` starts it).
-fn moto_url() -> String {
-    std::env::var("MOTO_URL").ok().filter(|url| !url.is_empty()).unwrap_or_else(|| "http://127.0.0.1:5000".into())
-}
 
 /// The five paths of the saga: (sku, quantity, country, status, cancel_reason,
 /// the SKU's final (available, reserved, shipped, replenished)).
@@ -93,7 +89,7 @@ async fn rehearse(event_shape: &str) {
         .output()
         .expect("run choreo stock import");
     assert!(seeded.status.success(), "choreo stock import failed: {}", String::from_utf8_lossy(&seeded.stderr));
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&local_aws(&moto).await), prefix.clone());
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&local_sdk_config(&moto).await), prefix.clone());
     assert_eq!(store.all_stock().await.expect("read the stock").len(), 5, "the seed catalog has 5 SKUs");
 
     // AND a broker reachable over TLS only, with a CA of the test's own
@@ -223,7 +219,7 @@ async fn rehearse(event_shape: &str) {
     let stranded = create_order::create(&store, new_order("WIDGET-1", 1, "FR"), None).await.expect("store the order");
     put_poison_outbox_entry(&moto, &prefix).await;
     // AND the relay function runs once, as its schedule runs it
-    let lambda = aws_sdk_lambda::Client::new(&local_aws(&watch.endpoint).await);
+    let lambda = aws_sdk_lambda::Client::new(&local_sdk_config(&watch.endpoint).await);
     let scheduled = br#"{"version":"0","source":"aws.events","detail-type":"Scheduled Event","detail":{}}"#;
     let answer = lambda
         .invoke()
@@ -273,7 +269,7 @@ async fn terminal(queries: &Client, order_id: &str, context: &impl Fn() -> Strin
 /// A processed record in the outbox whose events cannot be decoded: the
 /// relay must set it aside and carry on with the others.
 async fn put_poison_outbox_entry(moto: &str, prefix: &str) {
-    let client = aws_sdk_dynamodb::Client::new(&local_aws(moto).await);
+    let client = aws_sdk_dynamodb::Client::new(&local_sdk_config(moto).await);
     let committed_at = chrono::Utc::now().timestamp_millis() - 60_000;
     let item: HashMap<String, AttributeValue> = [
         ("pk", AttributeValue::S("ship-order#poison-entry".into())),

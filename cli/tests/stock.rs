@@ -18,27 +18,17 @@ use shared::bus::NoBroker;
 use shared::store::dynamodb::{DynamoStore, TABLES};
 use shared::store::sqlite::SqliteStore;
 use shared::store::{ImportReport, Store};
+use shared::testkit::aws::{local_sdk_config, moto_url};
 use tower::ServiceExt;
 
 // ---------------------------------------------------------------- fixtures
-
-fn moto_url() -> String {
-    std::env::var("MOTO_URL").ok().filter(|url| !url.is_empty()).unwrap_or_else(|| "http://127.0.0.1:5000".to_owned())
-}
 
 fn table_prefix() -> String {
     format!("s{}-", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
 async fn moto_client() -> aws_sdk_dynamodb::Client {
-    let credentials = aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "stock-test");
-    let config = shared::config::with_http_client(aws_config::defaults(aws_config::BehaviorVersion::latest()))
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .endpoint_url(moto_url())
-        .load()
-        .await;
-    aws_sdk_dynamodb::Client::new(&config)
+    aws_sdk_dynamodb::Client::new(&local_sdk_config(&moto_url()).await)
 }
 
 async fn drop_tables(client: &aws_sdk_dynamodb::Client, prefix: &str) {

@@ -25,6 +25,7 @@ use shared::store::{
     Commit, CommitOutcome, HistoryEntry, LetterState, OrderRecord, Reservation, ReservationState, SeedStock, Shipment,
     StockDelta, StockLevel, Store, StoreError, StoredDeadLetter, Write,
 };
+use shared::testkit::aws::{local_sdk_config, moto_serializes_requests, moto_url};
 use shared::testkit::{event, item, order_created, pending_order, sku};
 use shared::{Event, EventType, Function, Payload};
 use tempfile::TempDir;
@@ -141,34 +142,9 @@ impl Subject {
     }
 }
 
-fn moto_url() -> String {
-    std::env::var("MOTO_URL").ok().filter(|url| !url.is_empty()).unwrap_or_else(|| "http://127.0.0.1:5000".to_owned())
-}
-
-/// A DynamoDB client for moto: region us-east-1, dummy credentials.
+/// A DynamoDB client for moto.
 async fn moto_client(url: &str) -> Client {
-    let credentials = aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "conformance");
-    let config = shared::config::with_http_client(aws_config::defaults(aws_config::BehaviorVersion::latest()))
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .endpoint_url(url)
-        .load()
-        .await;
-    Client::new(&config)
-}
-
-/// Whether the server at `url` is the serialized moto of `scripts/with-moto`
-/// (its responses carry `x-choreo-moto: serialized`).
-async fn moto_serializes_requests(url: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let authority = url.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
-    let Ok(mut stream) = tokio::net::TcpStream::connect(&authority).await else { return false };
-    let request = format!("GET /moto-api/config HTTP/1.0\r\nHost: {authority}\r\n\r\n");
-    let mut response = Vec::new();
-    if stream.write_all(request.as_bytes()).await.is_err() || stream.read_to_end(&mut response).await.is_err() {
-        return false;
-    }
-    String::from_utf8_lossy(&response).to_ascii_lowercase().contains("x-choreo-moto: serialized")
+    Client::new(&local_sdk_config(url).await)
 }
 
 // ---------------------------------------------------------------- helpers

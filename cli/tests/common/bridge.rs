@@ -124,18 +124,6 @@ pub fn new_order(sku: &str, quantity: u64, country: &str) -> NewOrder {
     NewOrder::parse(&order_body(sku, quantity, country)).expect("a valid test order")
 }
 
-/// The AWS configuration of a test client for a local endpoint (moto, a fake
-/// Invoke API): dummy credentials, a fixed region, plain HTTP.
-pub async fn local_aws(endpoint: &str) -> aws_config::SdkConfig {
-    let credentials = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "test");
-    shared::config::with_http_client(aws_config::defaults(aws_config::BehaviorVersion::latest()))
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .endpoint_url(endpoint)
-        .load()
-        .await
-}
-
 /// An `order.created` for a new order, as create-order emits it.
 pub fn order_created(sku: &str, quantity: u64, country: &str) -> Event {
     let order = new_order(sku, quantity, country);

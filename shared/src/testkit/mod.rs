@@ -8,6 +8,7 @@
 //! Also shared by the tests of the other crates: a RabbitMQ vhost per test
 //! (`broker`) and the body of `POST /orders` ([`order_body`]).
 
+pub mod aws;
 pub mod broker;
 pub mod tls;
 
