@@ -7,21 +7,12 @@
 mod common;
 
 use common::{
-    Envelope, InProcess, Levels, SAGA_TIMEOUT, Scratch, Vhost, assert_conserved, assert_function_queues_empty,
-    default_catalog, drain_saga_ended, eventually, history_types, inventory, test_settings, wait_all_terminal,
+    Envelope, Expected, InProcess, Scratch, Vhost, assert_conserved, assert_function_queues_empty, assert_saga_ends,
+    default_catalog, drain_saga_ended, test_settings,
 };
 use serde_json::Value;
 use shared::bus::amqp::AmqpLink;
 use shared::testkit::{order_body, with_item};
-
-/// What a path should end with.
-struct Expected<'a> {
-    status: &'a str,
-    cancel_reason: Option<&'a str>,
-    history: &'a [&'a str],
-    /// `(sku, (available, reserved, shipped, replenished))` once the saga is over.
-    stock: &'a [(&'a str, Levels)],
-}
 
 /// Places one order on a fresh system seeded with the default catalog, waits
 /// for its saga and checks everything `expected` says, and the invariants.
@@ -37,32 +28,8 @@ async fn run_path(label: &str, body: Value, expected: Expected<'_>) -> Value {
     // WHEN an order is placed
     let order_id = client.create_order(&body, None).await.expect("the order is accepted");
 
-    // THEN its saga ends as expected
-    let order = wait_all_terminal(&client, std::slice::from_ref(&order_id), SAGA_TIMEOUT).await.remove(0);
-    assert_eq!(order["status"], expected.status, "{order:#}");
-    assert_eq!(order["cancel_reason"].as_str(), expected.cancel_reason, "{order:#}");
-    // inventory.reserved reaches order-status and ship-order at once, so
-    // order.shipped may be recorded first: the history is whole a moment later.
-    let order = eventually("the whole history", SAGA_TIMEOUT, || {
-        let (client, order_id) = (&client, &order_id);
-        async move {
-            let order = client.order(order_id).await.map_err(|error| error.to_string())?;
-            if history_types(&order) == expected.history { Ok(order) } else { Err(format!("{order:#}")) }
-        }
-    })
-    .await;
-    assert_eq!(order["tracking_number"].is_string(), expected.status == "SHIPPED", "{order:#}");
-
-    // AND the stock ends at exactly these levels (settle-inventory may still be
-    // finishing when order-status has already recorded the end)
-    for &(sku, levels) in expected.stock {
-        let client = &client;
-        eventually(&format!("{sku} reaching {levels:?}"), SAGA_TIMEOUT, || async move {
-            let now = inventory(client, sku).await;
-            if now == levels { Ok(()) } else { Err(format!("{now:?}")) }
-        })
-        .await;
-    }
+    // THEN its saga ends as expected, with the stock at exactly these levels
+    let order = assert_saga_ends(&client, &order_id, &expected).await;
     assert_conserved(&*system.store, &catalog).await;
 
     // AND once the consumers stopped (finishing what they held), no work,

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use choreo::up::{AmqpSystem, UpConfig};
 use common::{
-    InProcess, Levels, SAGA_TIMEOUT, Scratch, Vhost, assert_conserved, assert_function_queues_empty, broker_base,
-    default_catalog, eventually, history_types, inventory, test_settings, wait_all_terminal,
+    Expected, InProcess, Scratch, Vhost, assert_conserved, assert_function_queues_empty, assert_saga_ends, broker_base,
+    default_catalog, test_settings,
 };
 use serde_json::Value;
 use shared::bus::amqp::{AmqpLink, CA_FILE_VAR, ConnectError, connect_error};
@@ -71,15 +71,6 @@ fn set_ca_file(_guard: &tokio::sync::MutexGuard<'_, ()>, path: Option<&Path>) {
     }
 }
 
-/// What a path should end with.
-struct Expected<'a> {
-    status: &'a str,
-    cancel_reason: Option<&'a str>,
-    history: &'a [&'a str],
-    /// `(sku, (available, reserved, shipped, replenished))` once the saga is over.
-    stock: &'a [(&'a str, Levels)],
-}
-
 /// One order through `choreo up --amqp amqps://…` (trusting the terminator's
 /// CA through `AMQP_CA_FILE`), checked as `amqp_paths` checks the plain one.
 async fn run_path(label: &str, body: Value, expected: Expected<'_>) {
@@ -105,19 +96,8 @@ async fn run_path(label: &str, body: Value, expected: Expected<'_>) {
     // WHEN an order is placed
     let order_id = client.create_order(&body, None).await.expect("the order is accepted");
 
-    // THEN its saga ends as expected
-    let order = wait_all_terminal(&client, std::slice::from_ref(&order_id), SAGA_TIMEOUT).await.remove(0);
-    assert_eq!(order["status"], expected.status, "{order:#}");
-    assert_eq!(order["cancel_reason"].as_str(), expected.cancel_reason, "{order:#}");
-    assert_eq!(history_types(&order), expected.history, "{order:#}");
-    for &(sku, levels) in expected.stock {
-        let client = &client;
-        eventually(&format!("{sku} reaching {levels:?}"), SAGA_TIMEOUT, || async move {
-            let now = inventory(client, sku).await;
-            if now == levels { Ok(()) } else { Err(format!("{now:?}")) }
-        })
-        .await;
-    }
+    // THEN its saga ends as expected, with the stock at exactly these levels
+    assert_saga_ends(&client, &order_id, &expected).await;
     assert_conserved(&*system.store, &catalog).await;
 
     // AND it all went through TLS

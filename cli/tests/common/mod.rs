@@ -365,6 +365,43 @@ pub async fn wait_all_terminal(client: &Client, ids: &[String], bound: Duration)
 /// Stock of one SKU as `(available, reserved, shipped, replenished)`.
 pub type Levels = (u64, u64, u64, u64);
 
+/// How one saga path must end.
+pub struct Expected<'a> {
+    /// The terminal status.
+    pub status: &'a str,
+    /// Its `cancel_reason`, for a cancelled order.
+    pub cancel_reason: Option<&'a str>,
+    /// The event types of its history, in order.
+    pub history: &'a [&'a str],
+    /// `(sku, (available, reserved, shipped, replenished))` once the saga is over.
+    pub stock: &'a [(&'a str, Levels)],
+}
+
+/// Waits until `order_id`'s saga ends as `expected` says: its status and
+/// reason, its whole history, and each SKU's final levels. Answers the order.
+pub async fn assert_saga_ends(client: &Client, order_id: &str, expected: &Expected<'_>) -> Value {
+    let order = wait_all_terminal(client, &[order_id.to_owned()], SAGA_TIMEOUT).await.remove(0);
+    assert_eq!(order["status"], expected.status, "{order:#}");
+    assert_eq!(order["cancel_reason"].as_str(), expected.cancel_reason, "{order:#}");
+    // inventory.reserved reaches order-status and ship-order at once, so
+    // order.shipped may be recorded first: the history is whole a moment later.
+    let order = eventually("the whole history", SAGA_TIMEOUT, || async {
+        let order = client.order(order_id).await.map_err(|error| error.to_string())?;
+        if history_types(&order) == expected.history { Ok(order) } else { Err(format!("{order:#}")) }
+    })
+    .await;
+    assert_eq!(order["tracking_number"].is_string(), expected.status == "SHIPPED", "{order:#}");
+    // settle-inventory may still be finishing when order-status recorded the end
+    for &(sku, levels) in expected.stock {
+        eventually(&format!("{sku} reaching {levels:?}"), SAGA_TIMEOUT, || async move {
+            let now = inventory(client, sku).await;
+            if now == levels { Ok(()) } else { Err(format!("{now:?}")) }
+        })
+        .await;
+    }
+    order
+}
+
 /// `GET /inventory/{sku}`.
 pub async fn inventory(client: &Client, sku: &str) -> Levels {
     let level = client.inventory(sku).await.unwrap_or_else(|error| panic!("GET /inventory/{sku}: {error}"));
