@@ -111,15 +111,9 @@ pub enum SagasCommand {
     /// List every unfinished order older than --older-than: its last event, the functions it waits on, and the
     /// dead letters holding it (RabbitMQ's with --amqp or AMQP_URL, else those `choreo up` parked in the store).
     Stuck {
-        /// Only orders placed at least this long ago.
-        #[arg(long, default_value = "1m", value_parser = parse_duration)]
-        older_than: Duration,
-        /// RabbitMQ whose dead-letter queues are searched [default: the store's dead letters]
-        #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-        amqp: Option<String>,
-        /// The store the steps use.
+        /// Which sagas, and where their events and dead letters live.
         #[command(flatten)]
-        store: StoreArgs,
+        sagas: SagaArgs,
     },
     /// Hand the events a saga waits on back to their functions (safe: steps are idempotent): published to
     /// RabbitMQ with --amqp (or AMQP_URL), else replayed by the running `choreo up` from the store.
@@ -130,16 +124,25 @@ pub enum SagasCommand {
         /// Every saga `sagas stuck --older-than` lists.
         #[arg(long)]
         all_stuck: bool,
-        /// With --all-stuck: only orders placed at least this long ago.
-        #[arg(long, default_value = "1m", value_parser = parse_duration)]
-        older_than: Duration,
-        /// RabbitMQ to publish to [default: replay through the store]
-        #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-        amqp: Option<String>,
-        /// The store the steps use.
+        /// With --all-stuck, which sagas; and where their events and dead letters live.
         #[command(flatten)]
-        store: StoreArgs,
+        sagas: SagaArgs,
     },
+}
+
+/// The sagas `choreo sagas` looks at, and where their events live.
+#[derive(Args)]
+pub struct SagaArgs {
+    /// Only orders placed at least this long ago.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub older_than: Duration,
+    /// RabbitMQ whose dead-letter queues are searched and redriven to [default: the store's dead letters,
+    /// replayed by the running `choreo up`]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp: Option<String>,
+    /// The store the steps use.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Which store to use, as the functions read it (`CHOREO_STORE`, …).

@@ -15,7 +15,8 @@ use shared::bus::amqp::{AmqpLink, Topology, redact};
 use shared::step::ShipCountries;
 
 use self::args::{
-    BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, SagasCommand, StockCommand, StoreArgs, UpArgs,
+    BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, SagaArgs, SagasCommand, StockCommand, StoreArgs,
+    UpArgs,
 };
 
 #[tokio::main]
@@ -257,7 +258,7 @@ fn print_dead_letters(letters: &[shared::bus::amqp::DeadMessage]) -> Result<(), 
 async fn sagas(command: SagasCommand) -> Result<(), AnyError> {
     use choreo::sagas::{RedriveTo, describe, progress_of_order, redrive, stuck_progress};
     match command {
-        SagasCommand::Stuck { older_than, amqp, store } => {
+        SagasCommand::Stuck { sagas: SagaArgs { older_than, amqp, store } } => {
             let store = store.settings()?.open().await?;
             let sagas = stuck_progress(&*store, older_than).await?;
             // Every dead letter, to find each saga's (a handful per function at most).
@@ -280,7 +281,7 @@ async fn sagas(command: SagasCommand) -> Result<(), AnyError> {
             }
             eprintln!("{} stuck saga(s)", sagas.len());
         }
-        SagasCommand::Redrive { order_id, all_stuck, older_than, amqp, store } => {
+        SagasCommand::Redrive { order_id, all_stuck, sagas: SagaArgs { older_than, amqp, store } } => {
             let store = store.settings()?.open().await?;
             let sagas = match order_id {
                 Some(id) if !all_stuck => {
