@@ -16,15 +16,13 @@ use std::time::Duration;
 
 use choreo::up::{AmqpSystem, UpConfig};
 use common::{
-    Expected, InProcess, Scratch, Vhost, assert_conserved, assert_function_queues_empty, assert_saga_ends, broker_base,
+    InProcess, SagaPath, Scratch, Vhost, assert_conserved, assert_function_queues_empty, assert_saga_ends, broker_base,
     default_catalog, test_settings,
 };
-use serde_json::Value;
 use shared::bus::amqp::{AmqpLink, CA_FILE_VAR, ConnectError, connect_error};
 use shared::config::StoreSettings;
 use shared::step::ShipCountries;
 use shared::testkit::tls::TlsTerminator;
-use shared::testkit::{order_body, with_item};
 use tokio::sync::Mutex;
 
 /// Guards `AMQP_CA_FILE` while a test sets it and makes its links.
@@ -73,10 +71,11 @@ fn set_ca_file(_guard: &tokio::sync::MutexGuard<'_, ()>, path: Option<&Path>) {
 
 /// One order through `choreo up --amqp amqps://…` (trusting the terminator's
 /// CA through `AMQP_CA_FILE`), checked as `amqp_paths` checks the plain one.
-async fn run_path(label: &str, body: Value, expected: Expected<'_>) {
+async fn run_path(path: SagaPath) {
+    let (body, expected) = path.order();
     // GIVEN a TLS endpoint in front of the broker, and a fresh vhost
     let terminator = TlsTerminator::start(upstream());
-    let vhost = Vhost::new(label);
+    let vhost = Vhost::new(&format!("tls-{}", path.label()));
     // The same vhost seen through TLS; the guard above deletes it, once.
     let through_tls =
         ManuallyDrop::new(Vhost { name: vhost.name.clone(), url: terminator.url(&credentials(), &vhost.name) });
@@ -112,77 +111,27 @@ async fn run_path(label: &str, body: Value, expected: Expected<'_>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amqps_an_order_in_stock_ships() {
-    run_path(
-        "tls-ships",
-        order_body("WIDGET-1", 2, "FR"),
-        Expected {
-            status: "SHIPPED",
-            cancel_reason: None,
-            history: &["order.created", "inventory.reserved", "order.shipped"],
-            stock: &[("WIDGET-1", (98, 0, 2, 0))],
-        },
-    )
-    .await;
+    run_path(SagaPath::Ships).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amqps_an_order_short_of_stock_is_replenished_then_ships() {
-    run_path(
-        "tls-replenished",
-        order_body("GADGET-2", 10, "FR"),
-        Expected {
-            status: "SHIPPED",
-            cancel_reason: None,
-            history: &["order.created", "inventory.insufficient", "inventory.reserved", "order.shipped"],
-            stock: &[("GADGET-2", (0, 0, 10, 5))],
-        },
-    )
-    .await;
+    run_path(SagaPath::Replenished).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amqps_an_order_whose_replenishment_fails_is_cancelled_out_of_stock() {
-    run_path(
-        "tls-out-of-stock",
-        order_body("RELIC-9", 5, "FR"),
-        Expected {
-            status: "CANCELLED",
-            cancel_reason: Some("out_of_stock"),
-            history: &["order.created", "inventory.insufficient", "replenishment.failed", "order.cancelled"],
-            stock: &[("RELIC-9", (1, 0, 0, 0))],
-        },
-    )
-    .await;
+    run_path(SagaPath::OutOfStock).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amqps_a_shipment_to_antarctica_fails_and_releases_the_stock() {
-    run_path(
-        "tls-shipment-failed",
-        with_item(order_body("BOLT-7", 20, "AQ"), "WIDGET-1", 3),
-        Expected {
-            status: "CANCELLED",
-            cancel_reason: Some("shipment_failed"),
-            history: &["order.created", "inventory.reserved", "inventory.released", "order.cancelled"],
-            stock: &[("BOLT-7", (1000, 0, 0, 0)), ("WIDGET-1", (100, 0, 0, 0))],
-        },
-    )
-    .await;
+    run_path(SagaPath::ShipmentFailed).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amqps_an_unknown_sku_cancels_the_order() {
-    run_path(
-        "tls-unknown-sku",
-        with_item(order_body("WIDGET-1", 1, "FR"), "NOPE-1", 1),
-        Expected {
-            status: "CANCELLED",
-            cancel_reason: Some("unknown_sku"),
-            history: &["order.created", "inventory.rejected", "order.cancelled"],
-            stock: &[("WIDGET-1", (100, 0, 0, 0))],
-        },
-    )
-    .await;
+    run_path(SagaPath::UnknownSku).await;
 }
 
 // ------------------------------------------------------------- failures

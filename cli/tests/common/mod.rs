@@ -377,6 +377,88 @@ pub struct Expected<'a> {
     pub stock: &'a [(&'a str, Levels)],
 }
 
+/// The five paths of the saga on the default catalog: the order that drives
+/// each, and how it must end. One table for every hosting's path tests.
+#[derive(Clone, Copy, Debug)]
+pub enum SagaPath {
+    /// In stock: ships.
+    Ships,
+    /// 5 gadgets seeded, the supplier delivers up to 50: an order for 10 waits, then ships.
+    Replenished,
+    /// 1 relic seeded, discontinued (max_replenish 0): cancelled out_of_stock.
+    OutOfStock,
+    /// To Antarctica: the shipment fails and exactly the reserved stock goes back.
+    ShipmentFailed,
+    /// An unknown SKU beside a known one: cancelled, nothing held.
+    UnknownSku,
+}
+
+impl SagaPath {
+    /// A short name for the path (vhost labels).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ships => "ships",
+            Self::Replenished => "replenished",
+            Self::OutOfStock => "out-of-stock",
+            Self::ShipmentFailed => "shipment-failed",
+            Self::UnknownSku => "unknown-sku",
+        }
+    }
+
+    /// The order's body and how its saga must end.
+    pub fn order(self) -> (Value, Expected<'static>) {
+        use shared::testkit::{order_body, with_item};
+        match self {
+            Self::Ships => (
+                order_body("WIDGET-1", 2, "FR"),
+                Expected {
+                    status: "SHIPPED",
+                    cancel_reason: None,
+                    history: &["order.created", "inventory.reserved", "order.shipped"],
+                    stock: &[("WIDGET-1", (98, 0, 2, 0))],
+                },
+            ),
+            Self::Replenished => (
+                order_body("GADGET-2", 10, "FR"),
+                Expected {
+                    status: "SHIPPED",
+                    cancel_reason: None,
+                    history: &["order.created", "inventory.insufficient", "inventory.reserved", "order.shipped"],
+                    stock: &[("GADGET-2", (0, 0, 10, 5))],
+                },
+            ),
+            Self::OutOfStock => (
+                order_body("RELIC-9", 5, "FR"),
+                Expected {
+                    status: "CANCELLED",
+                    cancel_reason: Some("out_of_stock"),
+                    history: &["order.created", "inventory.insufficient", "replenishment.failed", "order.cancelled"],
+                    stock: &[("RELIC-9", (1, 0, 0, 0))],
+                },
+            ),
+            Self::ShipmentFailed => (
+                with_item(order_body("BOLT-7", 20, "AQ"), "WIDGET-1", 3),
+                Expected {
+                    status: "CANCELLED",
+                    cancel_reason: Some("shipment_failed"),
+                    history: &["order.created", "inventory.reserved", "inventory.released", "order.cancelled"],
+                    // exactly the seeded levels again
+                    stock: &[("BOLT-7", (1000, 0, 0, 0)), ("WIDGET-1", (100, 0, 0, 0))],
+                },
+            ),
+            Self::UnknownSku => (
+                with_item(order_body("WIDGET-1", 1, "FR"), "NOPE-404", 1),
+                Expected {
+                    status: "CANCELLED",
+                    cancel_reason: Some("unknown_sku"),
+                    history: &["order.created", "inventory.rejected", "order.cancelled"],
+                    stock: &[("WIDGET-1", (100, 0, 0, 0))],
+                },
+            ),
+        }
+    }
+}
+
 /// Waits until `order_id`'s saga ends as `expected` says: its status and
 /// reason, its whole history, and each SKU's final levels. Answers the order.
 pub async fn assert_saga_ends(client: &Client, order_id: &str, expected: &Expected<'_>) -> Value {
