@@ -25,8 +25,9 @@ use std::time::Duration;
 
 use choreo::client::Client;
 use common::{
-    ChoreoProcess, InProcess, Levels, Scratch, Vhost, assert_conserved, assert_function_queues_empty, drain_saga_ended,
-    eventually, history_types, message_count, stock, test_settings, wait_all_terminal,
+    ChoreoProcess, InProcess, Levels, RestartBrokerOnDrop, Scratch, Vhost, assert_conserved,
+    assert_function_queues_empty, drain_saga_ended, eventually, history_types, message_count, stock, test_settings,
+    wait_all_terminal,
 };
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
@@ -40,7 +41,6 @@ use shared::contract::domain::{
 use shared::contract::events::InventoryRejected;
 use shared::store::sqlite::SqliteStore;
 use shared::store::{Commit, CommitOutcome, OrderRecord, SeedStock, Store, Write};
-use shared::testkit::broker::{rabbitmqctl, try_rabbitmqctl};
 use shared::testkit::order_body;
 use shared::{Event, Function, Payload};
 use tokio::sync::RwLock;
@@ -243,41 +243,6 @@ async fn assert_outbox_empty(store: &dyn Store) {
 }
 
 // ------------------------------------------------------------ broker outage
-
-/// Starts RabbitMQ's application again when dropped, so that a failing outage
-/// test never leaves the broker down for everything else.
-struct RestartBrokerOnDrop {
-    running: bool,
-}
-
-impl RestartBrokerOnDrop {
-    /// `rabbitmqctl stop_app`: every connection is closed, the port stops answering.
-    fn stop() -> Self {
-        let guard = Self { running: false };
-        tokio::task::block_in_place(|| rabbitmqctl(&["stop_app"]));
-        guard
-    }
-
-    fn start(&mut self) {
-        tokio::task::block_in_place(|| {
-            rabbitmqctl(&["start_app"]);
-            rabbitmqctl(&["await_startup"]);
-        });
-        self.running = true;
-    }
-}
-
-impl Drop for RestartBrokerOnDrop {
-    fn drop(&mut self) {
-        if !self.running {
-            for args in [&["start_app"][..], &["await_startup"][..]] {
-                if let Err(error) = try_rabbitmqctl(args) {
-                    eprintln!("could not restart RabbitMQ ({error}); run `rabbitmqctl start_app`");
-                }
-            }
-        }
-    }
-}
 
 /// GIVEN sagas in flight, WHEN RabbitMQ stops for a few seconds while orders
 /// keep coming, THEN the API keeps accepting orders (into the outbox), the

@@ -20,13 +20,15 @@ use serde_json::{Value, json};
 use shared::bus::{DeliverySettings, StepObserver};
 use shared::contract::domain::OrderId;
 use shared::step::ShipCountries;
-use shared::store::SeedStock;
 use shared::{Event, Function, Payload};
 use tokio::sync::Notify;
 
 use self::report::report;
+use crate::audit::audit;
 use crate::client::Client;
 use crate::up::{AmqpSystem, Embedded, UpConfig, serve};
+pub use crate::workload::Mix;
+use crate::workload::{catalog, order_body, path_of};
 
 /// Which system the bench drives.
 #[derive(Clone, Debug)]
@@ -35,15 +37,6 @@ pub enum BenchSystem {
     Amqp(String),
     /// Bare lapin through the broker at this URL: no handlers, no store.
     Raw(String),
-}
-
-/// Which saga paths the orders take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mix {
-    /// Every order ships straight away.
-    Ship,
-    /// All five paths of ARCHITECTURE.md §4, in fixed proportions.
-    Mixed,
 }
 
 #[derive(Clone, Debug)]
@@ -78,43 +71,6 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
-}
-
-/// The paths, each with the order line and country that drives it.
-const PATHS: &[(&str, &str, u32, &str)] = &[
-    ("shipped", "BENCH-STOCKED", 1, "FR"),
-    ("replenished_shipped", "BENCH-SCARCE", 3, "FR"),
-    ("out_of_stock", "BENCH-DISCONTINUED", 5, "FR"),
-    ("shipment_failed", "BENCH-STOCKED", 1, "AQ"),
-    ("unknown_sku", "BENCH-MISSING", 1, "FR"),
-];
-
-fn path_of(index: usize, mix: Mix) -> usize {
-    match mix {
-        Mix::Ship => 0,
-        // 60% ship, 10% each other path.
-        Mix::Mixed => [0, 0, 0, 0, 0, 0, 1, 2, 3, 4][index % 10],
-    }
-}
-
-fn catalog(orders: usize) -> Vec<SeedStock> {
-    let units = u64::try_from(orders).unwrap_or(u64::MAX / 4) * 4;
-    let entry = |sku: &str, available, max_replenish| SeedStock {
-        // Fixed, valid SKUs.
-        sku: shared::contract::domain::Sku::parse(sku).expect("bench SKUs are valid"),
-        available,
-        max_replenish,
-    };
-    vec![entry("BENCH-STOCKED", units, 0), entry("BENCH-SCARCE", 0, 1000), entry("BENCH-DISCONTINUED", 0, 0)]
-}
-
-fn order_body(index: usize, path: usize) -> Value {
-    let (_, sku, quantity, country) = PATHS[path];
-    json!({
-        "customer_id": format!("bench-{}", index % 100),
-        "items": [{"sku": sku, "quantity": quantity}],
-        "shipping_address": {"name": "Bench", "line1": "1 Load St", "city": "Lyon", "postal_code": "69001", "country": country}
-    })
 }
 
 /// Terminal instants recorded by the step observer, and the step count.
@@ -180,14 +136,14 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
         delivery: config.delivery.clone(),
         observer: Some(finish.observer()),
     };
-    let (router, mode, amqp) = match &target {
+    let (router, store, mode, amqp, _embedded) = match &target {
         BenchSystem::Amqp(url) => {
             let system = AmqpSystem::start(up_config, url).await?;
-            (system.router.clone(), "amqp", Some(system))
+            (system.router.clone(), Arc::clone(&system.store), "amqp", Some(system), None)
         }
         _ => {
             let system = Embedded::start(up_config).await?;
-            (system.router.clone(), "embedded", None)
+            (system.router.clone(), Arc::clone(&system.store), "embedded", None, Some(system))
         }
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -222,7 +178,7 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
                     .wait(order_id, Duration::from_secs(120))
                     .await
                     .ok_or_else(|| BenchError::Other(format!("order {order_id} did not finish within 120 s")))?;
-                samples.push((path, status, at.duration_since(posted)));
+                samples.push((order_id, path, status, at.duration_since(posted)));
             }
         });
     }
@@ -244,31 +200,30 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
         steps = now;
     }
 
+    // The invariants, checked before anything is torn down: a fast run that
+    // broke one is a failure, not a figure.
+    let placed: Vec<_> = samples.iter().map(|&(order_id, path, ..)| (order_id, path)).collect();
+    let audit = audit(&*store, &placed).await.map_err(|error| BenchError::Other(error.to_string()))?;
+
     let _ = stop_server.send(());
     let _ = server.await;
     if let Some(system) = amqp {
         system.shutdown().await;
     }
     let _ = std::fs::remove_file(&db);
+    if !audit.holds() {
+        return Err(BenchError::Other(format!("the saga's invariants broke in this run: {audit:?}")));
+    }
 
     let mut completed = serde_json::Map::new();
-    for (path, status, _) in &samples {
-        let key = format!("{}:{}", PATHS[*path].0, status.to_ascii_lowercase());
+    for (_, path, status, _) in &samples {
+        let key = format!("{}:{}", path.name, status.to_ascii_lowercase());
         let count = completed.get(&key).and_then(Value::as_u64).unwrap_or(0);
         completed.insert(key, json!(count + 1));
     }
-    let latencies = samples.iter().map(|(_, _, latency)| latency.as_secs_f64() * 1000.0).collect();
+    let latencies = samples.iter().map(|(.., latency)| latency.as_secs_f64() * 1000.0).collect();
     let mix = format!("{:?}", config.mix).to_ascii_lowercase();
-    Ok(report(mode, &mix, config, completed, latencies, wall, steps))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_mixed_bench_covers_every_path() {
-        let paths: std::collections::BTreeSet<usize> = (0..10).map(|index| path_of(index, Mix::Mixed)).collect();
-        assert_eq!(paths.len(), PATHS.len());
-    }
+    let mut report = report(mode, &mix, config, completed, latencies, wall, steps);
+    report["audit"] = json!(audit);
+    Ok(report)
 }

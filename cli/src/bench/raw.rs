@@ -19,7 +19,8 @@ use shared::contract::domain::OrderId;
 use shared::{Event, EventType, Function, Payload};
 
 use super::report::report;
-use super::{BenchConfig, BenchError, Finish, order_body};
+use super::{BenchConfig, BenchError, Finish};
+use crate::workload::{PATHS, order_body};
 
 /// The events the ship path publishes, in order, with the function that
 /// publishes each next one in reaction to the previous.
@@ -107,7 +108,7 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
         OrderId::new(),
         None,
         Payload::OrderCreated(
-            serde_json::from_value(order_body(0, 0)).map_err(|error| BenchError::Other(error.to_string()))?,
+            serde_json::from_value(order_body(0, &PATHS[0])).map_err(|error| BenchError::Other(error.to_string()))?,
         ),
     );
     let body = sample.to_json();

@@ -33,6 +33,7 @@ use shared::contract::domain::Sku;
 use shared::step::ShipCountries;
 use shared::store::{SeedStock, StockLevel, Store};
 pub use shared::testkit::broker::Vhost;
+use shared::testkit::broker::{rabbitmqctl, try_rabbitmqctl};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -129,6 +130,43 @@ pub async fn drain_saga_ended(link: &AmqpLink) -> Vec<Envelope> {
     let mut ended = drain(link, SAGA_ENDED_QUEUE).await;
     ended.sort();
     ended
+}
+
+// ------------------------------------------------------------- broker-wide faults
+
+/// Starts RabbitMQ's application again when dropped, so that a failing outage
+/// test never leaves the broker down for everything else.
+pub struct RestartBrokerOnDrop {
+    running: bool,
+}
+
+impl RestartBrokerOnDrop {
+    /// `rabbitmqctl stop_app`: every connection is closed, the port stops answering.
+    pub fn stop() -> Self {
+        let guard = Self { running: false };
+        tokio::task::block_in_place(|| rabbitmqctl(&["stop_app"]));
+        guard
+    }
+
+    pub fn start(&mut self) {
+        tokio::task::block_in_place(|| {
+            rabbitmqctl(&["start_app"]);
+            rabbitmqctl(&["await_startup"]);
+        });
+        self.running = true;
+    }
+}
+
+impl Drop for RestartBrokerOnDrop {
+    fn drop(&mut self) {
+        if !self.running {
+            for args in [&["start_app"][..], &["await_startup"][..]] {
+                if let Err(error) = try_rabbitmqctl(args) {
+                    eprintln!("could not restart RabbitMQ ({error}); run `rabbitmqctl start_app`");
+                }
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------- the system
