@@ -44,6 +44,21 @@ fn kill_9(pid: u32) {
     assert!(status.success(), "kill -KILL {pid}: {status}");
 }
 
+/// Messages delivered and not yet acknowledged in `vhost`'s queues.
+fn unacknowledged(vhost: &str) -> u64 {
+    shared::testkit::broker::rabbitmqctl(&[
+        "-q",
+        "--no-table-headers",
+        "list_queues",
+        "-p",
+        vhost,
+        "messages_unacknowledged",
+    ])
+    .lines()
+    .filter_map(|line| line.trim().parse::<u64>().ok())
+    .sum()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_nothing_twice() {
     let vhost = Vhost::new("crash-up");
@@ -80,8 +95,20 @@ async fn kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_n
     })
     .await;
 
-    // WHEN the process is killed outright mid-load
+    // WHEN the process is killed outright mid-load, with messages in hand
+    // whose commits wait: the test holds SQLite's write lock (a busy
+    // writer), so nothing consumed can have been committed, and an input
+    // acked before its commit would be lost with the process.
+    let lock = rusqlite::Connection::open(scratch.db()).expect("the database opens");
+    lock.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
+    eventually("messages in hand, uncommitted", Duration::from_secs(4), || async {
+        let unacked = unacknowledged(&vhost.name);
+        if unacked > 0 { Ok(()) } else { Err("no message in hand".to_owned()) }
+    })
+    .await;
     kill_9(first.pid());
+    lock.execute_batch("ROLLBACK").expect("the write lock is released");
+    drop(lock);
     let status = first.wait_exit(Duration::from_secs(15)).await;
     assert!(!status.success(), "killed, not stopped: {status}");
     for poster in posters {

@@ -70,3 +70,32 @@ impl StepInvoker for SqsForwarder {
         Ok(vec![]) // the function publishes what it emits
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shared::testkit::aws::{local_sdk_config, silent_endpoint};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_sqs_that_never_answers_is_a_retryable_failure_within_the_bound() {
+        let endpoint = silent_endpoint().await;
+        let client = aws_sdk_sqs::Client::new(&local_sdk_config(&endpoint).await);
+        let url = format!("{endpoint}/000000000000/choreo-ship-order");
+        let forwarder =
+            SqsForwarder::new(client, BTreeMap::from([(Function::ShipOrder, url.clone())]), Duration::from_millis(300));
+        let event = shared::testkit::event(
+            shared::contract::domain::OrderId::new(),
+            shared::testkit::sample_payload(shared::EventType::InventoryReserved),
+        );
+
+        let sent = forwarder.handle(Function::ShipOrder, &event).await;
+
+        match sent {
+            Err(StepError::Retryable(message)) => {
+                assert_eq!(message, format!("sending to {url}: no answer within 300ms"));
+            }
+            other => panic!("a retryable failure, not {other:?}"),
+        }
+    }
+}

@@ -36,3 +36,17 @@ pub async fn moto_serializes_requests(url: &str) -> bool {
     }
     String::from_utf8_lossy(&response).to_ascii_lowercase().contains("x-choreo-moto: serialized")
 }
+
+/// An endpoint that accepts connections and never answers: what a hung AWS
+/// service looks like to a client. Answers its URL; it lives as long as the runtime.
+pub async fn silent_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free local port");
+    let url = format!("http://{}", listener.local_addr().expect("the bound address"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            held.push(connection); // kept open, never read or answered
+        }
+    });
+    url
+}

@@ -36,14 +36,17 @@ impl BrokerUrl {
 }
 
 async fn read_secret(arn: &str) -> Result<String, String> {
-    tokio::time::timeout(SECRET_TIMEOUT, fetch_secret(arn))
-        .await
-        .unwrap_or_else(|_| Err(format!("Secrets Manager did not answer within {SECRET_TIMEOUT:?}")))
+    read_secret_within(&crate::config::aws_sdk_config().await, arn, SECRET_TIMEOUT).await
 }
 
-async fn fetch_secret(arn: &str) -> Result<String, String> {
-    let config = crate::config::aws_sdk_config().await;
-    let secret = aws_sdk_secretsmanager::Client::new(&config)
+async fn read_secret_within(config: &aws_config::SdkConfig, arn: &str, timeout: Duration) -> Result<String, String> {
+    tokio::time::timeout(timeout, fetch_secret(config, arn))
+        .await
+        .unwrap_or_else(|_| Err(format!("Secrets Manager did not answer within {timeout:?}")))
+}
+
+async fn fetch_secret(config: &aws_config::SdkConfig, arn: &str) -> Result<String, String> {
+    let secret = aws_sdk_secretsmanager::Client::new(config)
         .get_secret_value()
         .secret_id(arn)
         .send()
@@ -71,7 +74,17 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_secrets_manager_that_never_answers_fails_the_read_within_its_bound() {
+        let config = crate::testkit::aws::local_sdk_config(&crate::testkit::aws::silent_endpoint().await).await;
+        let read =
+            read_secret_within(&config, "arn:aws:secretsmanager:us-east-1:1:secret:amqp", Duration::from_millis(300))
+                .await;
+
+        assert_eq!(read, Err("Secrets Manager did not answer within 300ms".to_owned()));
+    }
 
     /// Every shape shows its host and hides its password entirely.
     #[test]
