@@ -24,6 +24,7 @@ async fn start(vhost: &Vhost, scratch: &Scratch, deadline: Duration) -> AmqpSyst
         ship_countries: ShipCountries::default(),
         delivery: test_settings(),
         observer: None,
+        store_counts: None,
     };
     AmqpSystem::start_with_deadline(config, &vhost.url, deadline).await.expect("choreo up --amqp starts")
 }

@@ -146,6 +146,7 @@ async fn start_must_fail(url: &str, ca_file: Option<&Path>) -> String {
         ship_countries: ShipCountries::default(),
         delivery: test_settings(),
         observer: None,
+        store_counts: None,
     };
     let guard = ENV.lock().await;
     set_ca_file(&guard, ca_file);

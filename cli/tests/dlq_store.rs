@@ -45,6 +45,7 @@ async fn choreo_dlq_lists_and_replays_the_dead_letters_choreo_up_parked_in_its_s
         ship_countries: ShipCountries::default(),
         delivery,
         observer: None,
+        store_counts: None,
     };
     let system = Embedded::start(config).await.expect("choreo up starts");
 

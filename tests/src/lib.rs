@@ -69,6 +69,7 @@ pub async fn spawn_app_with_deadline(catalog: &[SeedStock], deadline: std::time:
         ship_countries: ShipCountries::default(),
         delivery: test_delivery(),
         observer: None,
+        store_counts: None,
     };
     let system = Embedded::start_with_deadline(config, deadline).await.expect("the embedded system starts");
     TestApp { store: system.store, bus: system.bus, router: system.router, db, catalog: catalog.to_vec(), _dir: dir }

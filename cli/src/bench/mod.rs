@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use shared::bus::{DeliverySettings, StepObserver};
 use shared::contract::domain::OrderId;
 use shared::step::ShipCountries;
+use shared::store::counting::{StoreCounts, StoreCountsSnapshot};
 use shared::{Event, Function, Payload};
 use tokio::sync::Notify;
 
@@ -82,6 +83,8 @@ struct Finish {
     changed: Notify,
     /// Saga steps handled so far (the report's message count).
     steps: AtomicUsize,
+    /// Events those steps emitted.
+    emitted: AtomicUsize,
 }
 
 impl Finish {
@@ -89,6 +92,7 @@ impl Finish {
         let finish = Arc::clone(self);
         StepObserver(Arc::new(move |function: Function, event: &Event, emitted: &[Event]| {
             finish.steps.fetch_add(1, Ordering::Relaxed);
+            finish.emitted.fetch_add(emitted.len(), Ordering::Relaxed);
             if function != Function::OrderStatus {
                 return;
             }
@@ -118,6 +122,23 @@ impl Finish {
     }
 }
 
+/// What one saga costs in requests, measured: the basis of the README's cost per order.
+fn per_saga(orders: usize, steps: usize, emitted: usize, store: StoreCountsSnapshot) -> Value {
+    let each = |count: f64| (count / orders.max(1) as f64 * 100.0).round() / 100.0;
+    json!({
+        // The POST (create-order) and every step run: one Lambda invocation each.
+        "function_invocations": each((orders + steps) as f64),
+        // order.created, and what the steps emitted.
+        "events_published": each((orders + emitted) as f64),
+        // Each delivery of an event to a consuming function.
+        "deliveries": each(steps as f64),
+        "store_item_reads": each(store.item_reads as f64),
+        "store_commits": each(store.commits as f64),
+        "store_transactional_item_writes": each(store.transactional_item_writes as f64),
+        "store_single_item_writes": each(store.single_item_writes as f64),
+    })
+}
+
 /// Runs the benchmark and answers its report.
 pub async fn run(config: BenchConfig) -> Result<Value, BenchError> {
     match config.system.clone() {
@@ -128,6 +149,7 @@ pub async fn run(config: BenchConfig) -> Result<Value, BenchError> {
 
 async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchError> {
     let finish = Arc::new(Finish::default());
+    let store_counts = Arc::new(StoreCounts::default());
     let db = config.db_dir.join(format!("bench-{}.db", OrderId::new()));
     let up_config = UpConfig {
         store: shared::config::StoreSettings::sqlite(db.clone()),
@@ -135,6 +157,7 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
         ship_countries: ShipCountries::default(),
         delivery: config.delivery.clone(),
         observer: Some(finish.observer()),
+        store_counts: Some(Arc::clone(&store_counts)),
     };
     let (router, store, mode, amqp, _embedded) = match &target {
         BenchSystem::Amqp(url) => {
@@ -225,5 +248,7 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
     let mix = format!("{:?}", config.mix).to_ascii_lowercase();
     let mut report = report(mode, &mix, config, completed, latencies, wall, steps);
     report["audit"] = json!(audit);
+    report["per_saga"] =
+        per_saga(config.orders, steps, finish.emitted.load(Ordering::Relaxed), store_counts.snapshot());
     Ok(report)
 }

@@ -18,6 +18,7 @@ use axum::Router;
 use shared::bus::{DeliverySettings, Publisher, RelayError, StepObserver};
 use shared::config::{ConfigError, StoreSettings};
 use shared::step::ShipCountries;
+use shared::store::counting::{CountingStore, StoreCounts};
 use shared::store::{SeedStock, Store, StoreError};
 use tokio::net::TcpListener;
 
@@ -57,12 +58,17 @@ pub struct UpConfig {
     pub delivery: DeliverySettings,
     /// Told of every handled step (`choreo bench` times sagas with it).
     pub observer: Option<StepObserver>,
+    /// Where the store's reads and writes are counted (`choreo bench` reports them per saga).
+    pub store_counts: Option<Arc<StoreCounts>>,
 }
 
 /// Opens the store `choreo up` runs on, creating missing DynamoDB tables,
 /// and seeds it when its stock is empty.
 async fn open_seeded_store(config: &UpConfig) -> Result<Arc<dyn Store>, StartError> {
-    let store = config.store.open_creating_tables().await?;
+    let mut store = config.store.open_creating_tables().await?;
+    if let Some(counts) = &config.store_counts {
+        store = Arc::new(CountingStore { inner: store, counts: Arc::clone(counts) });
+    }
     let seeded = store.seed_if_empty(&config.catalog).await?;
     if seeded > 0 {
         tracing::info!(skus = seeded, store = %config.store, "seeded a new inventory");

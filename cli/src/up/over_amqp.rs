@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, redact, run_consumers};
-use shared::bus::{OutboxRef, StepObserver, log_step, publish_committed, relay_forever};
+use shared::bus::{OutboxRef, StepObserver, log_step, publish_committed_soon, relay_forever};
 use shared::store::Store;
 use shared::{Event, Function, Ports, Step, StepError};
 use tokio::sync::watch;
@@ -43,7 +43,7 @@ impl StepInvoker for LinkedSteps {
         let emitted = step.handle(event, &self.ports).await?;
         log_step(function, event, &emitted);
         let origin = OutboxRef { function, key: event.id.to_string() };
-        publish_committed(&*self.ports.store, &*self.link, &origin, &emitted).await?;
+        publish_committed_soon(&*self.ports.store, &*self.link, &origin, &emitted).await?;
         if let Some(StepObserver(observe)) = &self.observer {
             observe(function, event, &emitted);
         }

@@ -225,6 +225,7 @@ impl InProcess {
             ship_countries: ShipCountries::default(),
             delivery: settings,
             observer: None,
+            store_counts: None,
         };
         let system = AmqpSystem::start(config, &vhost.url).await.expect("choreo up --amqp starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free local port");

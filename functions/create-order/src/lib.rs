@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use shared::bus::{OutboxRef, Publisher, publish_committed};
+use shared::bus::{OutboxRef, Publisher, publish_committed_soon};
 use shared::contract::domain::{NewOrder, OrderId, OrderStatus};
 use shared::contract::events::OrderCreated;
 use shared::host::http::{Problem, is_valid_idempotency_key, read_json};
@@ -141,7 +141,8 @@ async fn post_order(
     // publish failure leaves the event in the outbox for the relay, and a
     // client retry with the same key publishes it again (consumers dedupe).
     let origin = OutboxRef { function: FUNCTION, key: accepted.outbox_key };
-    match publish_committed(&*state.store, &*state.publisher, &origin, std::slice::from_ref(&accepted.event)).await {
+    match publish_committed_soon(&*state.store, &*state.publisher, &origin, std::slice::from_ref(&accepted.event)).await
+    {
         Ok(()) => tracing::info!(%order_id, event = "order.created", created = accepted.created, "order accepted"),
         Err(error) => tracing::warn!(%order_id, %error, "order stored; order.created left in the outbox for the relay"),
     }

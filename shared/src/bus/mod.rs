@@ -14,7 +14,8 @@ use crate::contract::events::Event;
 
 pub use self::delivery::{DeliverySettings, ObserveFn, StepObserver, log_step};
 pub use self::relay::{
-    RELAY_PAGE, RelayError, RelayReport, publish_committed, relay_forever, relay_outbox, relay_outbox_paged,
+    RELAY_PAGE, RelayError, RelayReport, publish_committed, publish_committed_soon, relay_forever, relay_outbox,
+    relay_outbox_paged,
 };
 
 #[derive(Debug, thiserror::Error)]

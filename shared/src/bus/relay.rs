@@ -24,12 +24,30 @@ pub async fn publish_committed(
     origin: &OutboxRef,
     events: &[Event],
 ) -> Result<(), RelayError> {
-    // A commit that emitted nothing is stored as published already.
-    if events.is_empty() || publisher.publish(origin, events).await? == Handover::Deferred {
-        return Ok(());
+    if publish(publisher, origin, events).await? {
+        store.mark_published(origin.function, &origin.key).await?;
     }
-    store.mark_published(origin.function, &origin.key).await?;
     Ok(())
+}
+
+/// The same for a step on the hot path, which need not wait for the mark
+/// (see [`Store::mark_published_soon`]).
+pub async fn publish_committed_soon(
+    store: &dyn Store,
+    publisher: &dyn Publisher,
+    origin: &OutboxRef,
+    events: &[Event],
+) -> Result<(), RelayError> {
+    if publish(publisher, origin, events).await? {
+        store.mark_published_soon(origin.function, &origin.key).await?;
+    }
+    Ok(())
+}
+
+/// Publishes `events`; answers whether their outbox entry is the caller's to mark.
+async fn publish(publisher: &dyn Publisher, origin: &OutboxRef, events: &[Event]) -> Result<bool, RelayError> {
+    // A commit that emitted nothing is stored as published already.
+    Ok(!events.is_empty() && publisher.publish(origin, events).await? == Handover::Confirmed)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
 use crate::bus::amqp::{AmqpLink, amazon_mq, dead_letter_queue, park_dead_letter};
-use crate::bus::{OutboxRef, Publisher, publish_committed};
+use crate::bus::{OutboxRef, Publisher, publish_committed_soon};
 use crate::contract::events::Event;
 use crate::{Ports, Step, StepError};
 
@@ -100,7 +100,7 @@ impl LambdaHost {
         })?;
         let emitted = self.step.handle(event, &self.ports).await?;
         let origin = OutboxRef { function: self.step.function(), key: event.id.to_string() };
-        publish_committed(&*self.ports.store, publisher as &dyn Publisher, &origin, &emitted)
+        publish_committed_soon(&*self.ports.store, publisher as &dyn Publisher, &origin, &emitted)
             .await
             .map_err(StepError::from)?;
         Ok(emitted.len())

@@ -10,6 +10,7 @@
 //! key was already processed. That one shape maps onto a SQLite transaction
 //! and onto a DynamoDB `TransactWriteItems` with condition expressions.
 
+pub mod counting;
 mod dead_letters;
 pub mod dynamodb;
 mod open_orders;
@@ -157,6 +158,14 @@ pub trait Store: Send + Sync + 'static {
     /// Rule: publishing a processed record's events succeeded; it leaves the
     /// outbox and becomes prunable (see [`Store::prune_processed`]).
     async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError>;
+    /// The same mark, for a step that just published its own commit's
+    /// events: it may return before the mark is stored (a mark lost in a
+    /// crash only means the relay publishes the entry again, and consumers
+    /// are idempotent), so a step does not wait for a second write. By
+    /// default it is [`Store::mark_published`].
+    async fn mark_published_soon(&self, function: Function, key: &str) -> Result<(), StoreError> {
+        self.mark_published(function, key).await
+    }
     /// Rule: an outbox entry that can never be published (unroutable,
     /// undecodable) leaves the outbox for good, durably, with `reason`; it is
     /// never retried and never pruned (an operator looks at it). `function`

@@ -193,10 +193,12 @@ async fn consume_queue(
         // Never closed: acquiring only waits for a free worker.
         let Ok(permit) = Arc::clone(&workers).acquire_owned().await else { break Ok(()) };
         let (link, invoker, settings) = (Arc::clone(&link), Arc::clone(&invoker), settings.clone());
-        in_hand.spawn(async move {
+        // Boxed: the task then holds a pointer, not the whole state machine,
+        // which tokio would otherwise copy in and out of every task (profiled).
+        in_hand.spawn(Box::pin(async move {
             process(&link, function, &*invoker, &settings, delivery).await;
             drop(permit);
-        });
+        }));
         // Reap finished tasks so the set stays small.
         while in_hand.try_join_next().is_some() {}
     };

@@ -79,6 +79,14 @@ impl SqliteStore {
     }
 }
 
+fn mark_published_in(connection: &rusqlite::Connection, function: Function, key: &str) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("UPDATE processed SET published = 1 WHERE function = ?1 AND key = ?2 AND published = 0")
+        .and_then(|mut statement| statement.execute(params![function.name(), key]))
+        .map(drop)
+        .map_err(unavailable)
+}
+
 fn corrupt(error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(error.to_string())
 }
@@ -121,18 +129,15 @@ const STOCK_COLUMNS: &str = "sku, seeded, available, reserved, shipped, replenis
 #[async_trait]
 impl Store for SqliteStore {
     async fn processed(&self, function: Function, key: &str) -> Result<Option<Vec<Event>>, StoreError> {
-        let key = key.to_owned();
-        self.threads
-            .read(move |connection| {
-                let emitted: Option<String> = connection
-                    .prepare_cached("SELECT emitted FROM processed WHERE function = ?1 AND key = ?2")
-                    .and_then(|mut statement| {
-                        statement.query_row(params![function.name(), key], |row| row.get(0)).optional()
-                    })
-                    .map_err(unavailable)?;
-                emitted.as_deref().map(decode_events).transpose()
-            })
-            .await
+        self.threads.lookup(|connection| {
+            let emitted: Option<String> = connection
+                .prepare_cached("SELECT emitted FROM processed WHERE function = ?1 AND key = ?2")
+                .and_then(|mut statement| {
+                    statement.query_row(params![function.name(), key], |row| row.get(0)).optional()
+                })
+                .map_err(unavailable)?;
+            emitted.as_deref().map(decode_events).transpose()
+        })
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
@@ -170,20 +175,15 @@ impl Store for SqliteStore {
 
     async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError> {
         let key = key.to_owned();
-        self.threads
-            .write(
-                |()| true,
-                move |connection| {
-                    connection
-                        .prepare_cached(
-                            "UPDATE processed SET published = 1 WHERE function = ?1 AND key = ?2 AND published = 0",
-                        )
-                        .and_then(|mut statement| statement.execute(params![function.name(), key]))
-                        .map(drop)
-                        .map_err(unavailable)
-                },
-            )
-            .await
+        self.threads.write(|()| true, move |connection| mark_published_in(connection, function, &key)).await
+    }
+
+    /// Handed to the writer's next group without waiting: a step's second
+    /// writer round trip showed in profiles (ARCHITECTURE.md §7.4).
+    async fn mark_published_soon(&self, function: Function, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.threads.write_detached(move |connection| mark_published_in(connection, function, &key));
+        Ok(())
     }
 
     async fn park_dead_letter(&self, letter: &StoredDeadLetter) -> Result<(), StoreError> {
@@ -212,21 +212,18 @@ impl Store for SqliteStore {
     }
 
     async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
-        let skus: Vec<String> = skus.iter().map(|sku| sku.as_str().to_owned()).collect();
-        self.threads
-            .read(move |connection| {
-                let mut statement = connection
-                    .prepare_cached(&format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = ?1"))
-                    .map_err(unavailable)?;
-                let mut levels = Vec::with_capacity(skus.len());
-                for sku in skus {
-                    if let Some(row) = statement.query_row([sku], read_stock).optional().map_err(unavailable)? {
-                        levels.push(stock_level(row)?);
-                    }
+        self.threads.lookup(|connection| {
+            let mut statement = connection
+                .prepare_cached(&format!("SELECT {STOCK_COLUMNS} FROM stock WHERE sku = ?1"))
+                .map_err(unavailable)?;
+            let mut levels = Vec::with_capacity(skus.len());
+            for sku in skus {
+                if let Some(row) = statement.query_row([sku.as_str()], read_stock).optional().map_err(unavailable)? {
+                    levels.push(stock_level(row)?);
                 }
-                Ok(levels)
-            })
-            .await
+            }
+            Ok(levels)
+        })
     }
 
     async fn all_stock(&self) -> Result<Vec<StockLevel>, StoreError> {
@@ -243,28 +240,26 @@ impl Store for SqliteStore {
     }
 
     async fn reservation(&self, order_id: OrderId) -> Result<Option<Reservation>, StoreError> {
-        self.threads
-            .read(move |connection| {
-                let row: Option<(String, String, i64)> = connection
-                    .prepare_cached("SELECT items, state, version FROM reservations WHERE order_id = ?1")
-                    .and_then(|mut statement| {
-                        statement
-                            .query_row([order_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                            .optional()
-                    })
-                    .map_err(unavailable)?;
-                row.map(|(items, state, version)| {
-                    Ok(Reservation {
-                        order_id,
-                        items: from_json(&items)?,
-                        state: ReservationState::parse(&state)
-                            .ok_or_else(|| corrupt(format!("unknown reservation state '{state}'")))?,
-                        version: u64::try_from(version).map_err(corrupt)?,
-                    })
+        self.threads.lookup(|connection| {
+            let row: Option<(String, String, i64)> = connection
+                .prepare_cached("SELECT items, state, version FROM reservations WHERE order_id = ?1")
+                .and_then(|mut statement| {
+                    statement
+                        .query_row([order_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                        .optional()
                 })
-                .transpose()
+                .map_err(unavailable)?;
+            row.map(|(items, state, version)| {
+                Ok(Reservation {
+                    order_id,
+                    items: from_json(&items)?,
+                    state: ReservationState::parse(&state)
+                        .ok_or_else(|| corrupt(format!("unknown reservation state '{state}'")))?,
+                    version: u64::try_from(version).map_err(corrupt)?,
+                })
             })
-            .await
+            .transpose()
+        })
     }
 
     async fn seed_if_empty(&self, catalog: &[SeedStock]) -> Result<usize, StoreError> {
@@ -295,22 +290,20 @@ impl Store for SqliteStore {
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
-        self.threads
-            .read(move |connection| {
-                let row: Option<(String, i64)> = connection
-                    .prepare_cached("SELECT body, version FROM orders WHERE order_id = ?1")
-                    .and_then(|mut statement| {
-                        statement.query_row([order_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?))).optional()
-                    })
-                    .map_err(unavailable)?;
-                row.map(|(body, version)| {
-                    let mut order: OrderRecord = from_json(&body)?;
-                    order.version = u64::try_from(version).map_err(corrupt)?;
-                    Ok(order)
+        self.threads.lookup(|connection| {
+            let row: Option<(String, i64)> = connection
+                .prepare_cached("SELECT body, version FROM orders WHERE order_id = ?1")
+                .and_then(|mut statement| {
+                    statement.query_row([order_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?))).optional()
                 })
-                .transpose()
+                .map_err(unavailable)?;
+            row.map(|(body, version)| {
+                let mut order: OrderRecord = from_json(&body)?;
+                order.version = u64::try_from(version).map_err(corrupt)?;
+                Ok(order)
             })
-            .await
+            .transpose()
+        })
     }
 
     async fn open_orders_page(
@@ -323,19 +316,17 @@ impl Store for SqliteStore {
     }
 
     async fn shipment(&self, order_id: OrderId) -> Result<Option<Shipment>, StoreError> {
-        self.threads
-            .read(move |connection| {
-                let row: Option<(String, i64)> = connection
-                    .prepare_cached("SELECT tracking_number, version FROM shipments WHERE order_id = ?1")
-                    .and_then(|mut statement| {
-                        statement.query_row([order_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?))).optional()
-                    })
-                    .map_err(unavailable)?;
-                row.map(|(tracking_number, version)| {
-                    Ok(Shipment { order_id, tracking_number, version: u64::try_from(version).map_err(corrupt)? })
+        self.threads.lookup(|connection| {
+            let row: Option<(String, i64)> = connection
+                .prepare_cached("SELECT tracking_number, version FROM shipments WHERE order_id = ?1")
+                .and_then(|mut statement| {
+                    statement.query_row([order_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?))).optional()
                 })
-                .transpose()
+                .map_err(unavailable)?;
+            row.map(|(tracking_number, version)| {
+                Ok(Shipment { order_id, tracking_number, version: u64::try_from(version).map_err(corrupt)? })
             })
-            .await
+            .transpose()
+        })
     }
 }

@@ -12,16 +12,26 @@ use crate::store::{OpenOrdersPage, OrderRecord, StoreError, created_before_bound
 
 /// The condition an open order meets, on the status inside the JSON body:
 /// the same text in the index and in the query, so that SQLite uses the
-/// partial index.
+/// partial index. Equalities joined by OR, not `IN (…)`: SQLite evaluates an
+/// index's `IN` list through a temporary table built at every write of an
+/// order, which showed in profiles of the writer.
 fn is_open() -> String {
-    let statuses: Vec<String> = open_statuses().map(|status| format!("'{}'", status.as_str())).collect();
-    format!("json_extract(body, '$.status') IN ({})", statuses.join(", "))
+    let tests: Vec<String> =
+        open_statuses().map(|status| format!("json_extract(body, '$.status') = '{}'", status.as_str())).collect();
+    format!("({})", tests.join(" OR "))
 }
 
-/// The index, created with the rest of the schema (existing files get it too).
+/// The index, created with the rest of the schema. Files made before it have
+/// `orders_open` (the `IN` form), which the query above could not use: it goes.
 pub(super) fn schema() -> String {
-    format!("CREATE INDEX IF NOT EXISTS orders_open ON orders (order_id) WHERE {};\n", is_open())
+    format!(
+        "DROP INDEX IF EXISTS orders_open;\nCREATE INDEX IF NOT EXISTS {INDEX} ON orders (order_id) WHERE {};\n",
+        is_open()
+    )
 }
+
+/// The partial index of open orders.
+const INDEX: &str = "orders_open_v2";
 
 pub(super) fn page(
     connection: &Connection,
@@ -30,7 +40,7 @@ pub(super) fn page(
     limit: usize,
 ) -> Result<OpenOrdersPage, StoreError> {
     let sql = format!(
-        "SELECT body, version, order_id FROM orders INDEXED BY orders_open
+        "SELECT body, version, order_id FROM orders INDEXED BY {INDEX}
          WHERE {} AND order_id < ?1 AND order_id > ?2 ORDER BY order_id LIMIT ?3",
         is_open()
     );
