@@ -9,11 +9,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, redact, run_consumers};
-use shared::bus::{OutboxRef, StepObserver, log_step, publish_committed, relay_forever};
+use shared::bus::{OutboxRef, StepObserver, publish_committed, relay_forever};
 use shared::store::Store;
+use shared::telemetry::{run_step, step_span};
 use shared::{Event, Function, Ports, Step, StepError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use super::{StartError, UpConfig, app_router, open_seeded_store};
 
@@ -40,10 +42,11 @@ impl LinkedSteps {
 impl StepInvoker for LinkedSteps {
     async fn handle(&self, function: Function, event: &Event) -> Result<Vec<Event>, StepError> {
         let step = self.steps.get(&function).ok_or_else(|| shared::step::not_consumed(function, event))?;
-        let emitted = step.handle(event, &self.ports).await?;
-        log_step(function, event, &emitted);
+        let emitted = run_step(&**step, event, &self.ports).await?;
         let origin = OutboxRef { function, key: event.id.to_string() };
-        publish_committed(&*self.ports.store, &*self.link, &origin, &emitted).await?;
+        publish_committed(&*self.ports.store, &*self.link, &origin, &emitted)
+            .instrument(step_span(function, event))
+            .await?;
         if let Some(StepObserver(observe)) = &self.observer {
             observe(function, event, &emitted);
         }

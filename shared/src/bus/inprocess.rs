@@ -32,11 +32,10 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::amqp::DeadMessage;
-use super::{
-    DeliverySettings, Handover, OutboxRef, PublishError, Publisher, StepObserver, log_step, publish_committed,
-};
+use super::{DeliverySettings, Handover, OutboxRef, PublishError, Publisher, StepObserver, publish_committed};
 use crate::contract::choreography::{TERMINAL_EVENTS, consumers_of};
-use crate::store::{LetterState, Store, StoreError, StoredDeadLetter};
+use crate::store::{DeliveryOutcome, LetterState, Store, StoreError, StoredDeadLetter};
+use crate::telemetry::step::{note_delivery, run_step, step_span};
 use crate::{Event, Function, Ports, Step, StepError};
 
 /// How often the bus looks for dead letters whose replay was requested.
@@ -258,11 +257,15 @@ impl InProcessBus {
     }
 
     async fn handle(&self, step: &dyn Step, delivery: Delivery) {
+        let span = step_span(step.function(), &delivery.event);
+        tracing::Instrument::instrument(self.handle_in_span(step, delivery), span).await;
+    }
+
+    async fn handle_in_span(&self, step: &dyn Step, delivery: Delivery) {
         let function = step.function();
         let event = &delivery.event;
-        match step.handle(event, &self.shared.ports).await {
+        match run_step(step, event, &self.shared.ports).await {
             Ok(emitted) => {
-                log_step(function, event, &emitted);
                 if let Some(StepObserver(observe)) = &self.shared.observer {
                     observe(function, event, &emitted);
                 }
@@ -295,6 +298,11 @@ impl InProcessBus {
                 return;
             }
             Err(error) => {
+                if error.is_retryable() {
+                    // Out of retries (a permanent failure is noted by `run_step`).
+                    let detail = error.to_string();
+                    note_delivery(&self.shared.ports, function, event, DeliveryOutcome::DeadLettered, detail).await;
+                }
                 if let Err(store_error) = self.dead_letter(function, &delivery, &error).await {
                     // Not durable, so not handled: the entry stays in the
                     // outbox (a replayed letter stays `Replaying`) and is

@@ -2,3 +2,4 @@
 
 pub mod http;
 pub mod lambda;
+pub mod trace_context;

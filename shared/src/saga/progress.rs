@@ -43,7 +43,8 @@ fn order_created(order: &OrderRecord) -> Option<Event> {
         subject: order.order_id,
         time: entry.time,
         causation_id: None,
-        traceparent: String::new(),
+        traceparent: entry.traceparent.clone(),
+        parent_span: entry.parent_span.clone(),
         payload: Payload::OrderCreated(OrderCreated {
             customer_id: order.customer_id.clone(),
             items: order.items.clone(),

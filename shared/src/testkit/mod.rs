@@ -10,6 +10,7 @@
 
 pub mod aws;
 pub mod broker;
+pub mod logs;
 pub mod tls;
 
 use std::sync::Arc;
