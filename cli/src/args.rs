@@ -327,10 +327,14 @@ pub enum DlqCommand {
 pub enum OrderCommand {
     /// POST an order and print its id (and, with --wait, its final state).
     Create(CreateArgs),
-    /// GET an order, with its saga history.
+    /// GET an order, with its saga history; with --timeline, what happened to it hop by hop.
     Show {
         /// The order's id.
         order_id: String,
+        /// Print the saga's timeline instead: one line per hop, who handled it
+        /// and how, the time since its cause, the slowest hop marked.
+        #[arg(long)]
+        timeline: bool,
         /// Base URL of the HTTP API.
         #[arg(long, env = "CHOREO_URL", default_value = "http://127.0.0.1:3000")]
         url: String,

@@ -27,6 +27,11 @@ impl Client {
         Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned() }
     }
 
+    /// The API's base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder, url: String) -> Result<(u16, Value), ClientError> {
         let response = request.send().await.map_err(|error| ClientError::Connect { url: url.clone(), error })?;
         let status = response.status().as_u16();
@@ -50,6 +55,15 @@ impl Client {
     /// `GET /orders/{id}`.
     pub async fn order(&self, order_id: &str) -> Result<Value, ClientError> {
         let url = format!("{}/orders/{order_id}", self.base);
+        match self.send(self.http.get(&url), url.clone()).await? {
+            (200, body) => Ok(body),
+            (status, body) => Err(ClientError::Status { url, status, body }),
+        }
+    }
+
+    /// `GET /orders/{id}/timeline`: the saga hop by hop (ARCHITECTURE.md §14.3).
+    pub async fn timeline(&self, order_id: &str) -> Result<Value, ClientError> {
+        let url = format!("{}/orders/{order_id}/timeline", self.base);
         match self.send(self.http.get(&url), url.clone()).await? {
             (200, body) => Ok(body),
             (status, body) => Err(ClientError::Status { url, status, body }),

@@ -353,9 +353,14 @@ async fn order(command: OrderCommand) -> Result<(), AnyError> {
                 println!("{order_id}");
             }
         }
-        OrderCommand::Show { order_id, url } => {
+        OrderCommand::Show { order_id, url, timeline: false } => {
             let order = Client::new(&url).order(&order_id).await?;
             println!("{}", serde_json::to_string_pretty(&order)?);
+        }
+        OrderCommand::Show { order_id, url, timeline: true } => {
+            let timeline: shared::saga::Timeline =
+                serde_json::from_value(Client::new(&url).timeline(&order_id).await?)?;
+            print!("{}", choreo::timeline::render(&timeline));
         }
     }
     Ok(())

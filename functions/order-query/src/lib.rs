@@ -1,4 +1,5 @@
-//! `order-query`: `GET /orders/{order_id}` and `GET /inventory/{sku}`.
+//! `order-query`: `GET /orders/{order_id}`, `GET /orders/{order_id}/timeline`
+//! and `GET /inventory/{sku}`.
 //! Reads only; the response shapes are the API contract (openapi.yaml),
 //! kept apart from the stored records so either can change alone.
 
@@ -11,14 +12,19 @@ use serde::Serialize;
 use shared::Function;
 use shared::contract::domain::{Address, CancelReason, CustomerId, Item, OrderId, OrderStatus, Sku};
 use shared::host::http::Problem;
+use shared::saga::{Timeline, timeline_of};
 use shared::store::{OrderRecord, StockLevel, Store};
 
 pub const FUNCTION: Function = Function::OrderQuery;
 
 /// The query routes of the choreography table, ready to merge or serve.
 pub fn router(store: Arc<dyn Store>) -> Router {
-    let [orders, inventory] = FUNCTION.spec().routes else { unreachable!("order-query serves two routes") };
-    Router::new().route(orders.path, get(get_order)).route(inventory.path, get(get_inventory)).with_state(store)
+    let [orders, timeline, inventory] = FUNCTION.spec().routes else { unreachable!("order-query serves three routes") };
+    Router::new()
+        .route(orders.path, get(get_order))
+        .route(timeline.path, get(get_timeline))
+        .route(inventory.path, get(get_inventory))
+        .with_state(store)
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +123,18 @@ async fn get_order(
         Some(order) => Ok(Json(order.into())),
         None => Err(Problem::not_found(format!("no order {order_id}"))),
     }
+}
+
+/// The saga's timeline (ARCHITECTURE.md §14.3); the only reads it costs are here.
+async fn get_timeline(
+    State(store): State<Arc<dyn Store>>,
+    Path(order_id): Path<String>,
+) -> Result<Json<Timeline>, Problem> {
+    let order_id = OrderId::parse(&order_id).map_err(Problem::bad_request)?;
+    let Some(order) = store.order(order_id).await.map_err(store_problem)? else {
+        return Err(Problem::not_found(format!("no order {order_id}")));
+    };
+    Ok(Json(timeline_of(&*store, &order).await.map_err(store_problem)?))
 }
 
 async fn get_inventory(
