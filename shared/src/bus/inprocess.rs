@@ -35,7 +35,7 @@ use super::amqp::DeadMessage;
 use super::{DeliverySettings, Handover, OutboxRef, PublishError, Publisher, StepObserver, publish_committed};
 use crate::contract::choreography::{TERMINAL_EVENTS, consumers_of};
 use crate::store::{DeliveryOutcome, LetterState, Store, StoreError, StoredDeadLetter};
-use crate::telemetry::step::{note_delivery, run_step, step_span};
+use crate::telemetry::step::{note_delivery, run_step};
 use crate::{Event, Function, Ports, Step, StepError};
 
 /// How often the bus looks for dead letters whose replay was requested.
@@ -257,11 +257,6 @@ impl InProcessBus {
     }
 
     async fn handle(&self, step: &dyn Step, delivery: Delivery) {
-        let span = step_span(step.function(), &delivery.event);
-        tracing::Instrument::instrument(self.handle_in_span(step, delivery), span).await;
-    }
-
-    async fn handle_in_span(&self, step: &dyn Step, delivery: Delivery) {
         let function = step.function();
         let event = &delivery.event;
         match run_step(step, event, &self.shared.ports).await {
@@ -275,13 +270,13 @@ impl InProcessBus {
                     if let Err(error) = publish_committed(store, self, &origin, &emitted).await {
                         // A full queue or a topology error; the outbox keeps
                         // the events and the relay tries again.
-                        tracing::warn!(%error, step = %function, "could not route emitted events; the outbox keeps them");
+                        tracing::warn!(order_id = %event.subject, trace_id = event.trace_id(), %error, step = %function, "could not route emitted events; the outbox keeps them");
                     }
                 }
             }
             Err(error) if error.is_retryable() && delivery.attempt <= self.shared.settings.max_retries => {
                 let delay = self.shared.settings.retry_delay(delivery.attempt);
-                tracing::warn!(order_id = %event.subject, step = %function, %error, attempt = delivery.attempt, ?delay, "retrying");
+                tracing::warn!(order_id = %event.subject, trace_id = event.trace_id(), step = %function, %error, attempt = delivery.attempt, ?delay, "retrying");
                 let bus = self.clone();
                 let retry = Delivery { attempt: delivery.attempt + 1, ..delivery };
                 tokio::spawn(async move {
@@ -307,7 +302,7 @@ impl InProcessBus {
                     // Not durable, so not handled: the entry stays in the
                     // outbox (a replayed letter stays `Replaying`) and is
                     // delivered again, at the next start or the next poll.
-                    tracing::error!(order_id = %event.subject, step = %function, %error, %store_error, "could not park a dead letter; its event will be delivered again");
+                    tracing::error!(order_id = %event.subject, trace_id = event.trace_id(), step = %function, %error, %store_error, "could not park a dead letter; its event will be delivered again");
                     if let Some(batch) = &delivery.origin {
                         // Never settled now: let the relay publish it again.
                         self.unpend(&batch.origin);
@@ -367,7 +362,7 @@ impl InProcessBus {
     /// answers once it is durable.
     async fn dead_letter(&self, function: Function, delivery: &Delivery, error: &StepError) -> Result<(), StoreError> {
         let event = &delivery.event;
-        tracing::error!(order_id = %event.subject, step = %function, event = %event.event_type(), %error, "dead-lettered");
+        tracing::error!(order_id = %event.subject, trace_id = event.trace_id(), step = %function, event = %event.event_type(), %error, "dead-lettered");
         let letter =
             StoredDeadLetter { function, event: event.clone(), error: error.to_string(), attempts: delivery.attempt };
         self.shared.ports.store.park_dead_letter(&letter).await?;
