@@ -20,11 +20,18 @@ pub struct Client {
     http: reqwest::Client,
     /// The API's base URL, without a trailing slash.
     base: String,
+    /// Sent as `Authorization: Bearer` when the API checks callers.
+    token: Option<String>,
 }
 
 impl Client {
     pub fn new(base: &str) -> Self {
-        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned() }
+        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), token: None }
+    }
+
+    /// The same client, calling with `token` (`choreo up --auth jwt`, or API Gateway's JWT authorizer).
+    pub fn with_token(self, token: Option<String>) -> Self {
+        Self { token, ..self }
     }
 
     /// The API's base URL, without a trailing slash.
@@ -33,6 +40,10 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, url: String) -> Result<(u16, Value), ClientError> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.map_err(|error| ClientError::Connect { url: url.clone(), error })?;
         let status = response.status().as_u16();
         let body = response.json::<Value>().await.unwrap_or(Value::Null);

@@ -279,6 +279,8 @@ fn globals() -> Node {
                         ("CHOREO_TABLE_PREFIX", reference("NamePrefix")),
                         ("SHIP_COUNTRIES", reference("ShipCountries")),
                         ("CHOREO_PROCESSED_RETENTION", reference("ProcessedRetention")),
+                        // The HTTP functions scope orders to the caller by it (JWT) or record the caller (IAM).
+                        ("CHOREO_API_AUTH", reference("ApiAuth")),
                     ]),
                 )]),
             ),

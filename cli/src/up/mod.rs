@@ -20,6 +20,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use shared::bus::{DeliverySettings, Publisher, RelayError, StepObserver};
 use shared::config::{ConfigError, StoreSettings};
+use shared::host::auth::{ApiAuth, with_auth};
 use shared::step::ShipCountries;
 use shared::store::{SeedStock, Store, StoreError};
 use tokio::net::TcpListener;
@@ -78,8 +79,14 @@ async fn open_seeded_store(config: &UpConfig) -> Result<Arc<dyn Store>, StartErr
 /// metrics are EMF lines) and problem+json fallbacks, behind the default
 /// [`HttpLimits`].
 pub fn app_router(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>) -> Router {
+    app_router_with_auth(store, publisher, Arc::new(ApiAuth::Open))
+}
+
+/// [`app_router`] whose callers `auth` checks (`choreo up --auth jwt`,
+/// ARCHITECTURE.md §14.4); the metrics stay open, like a scrape endpoint.
+pub fn app_router_with_auth(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>, auth: Arc<ApiAuth>) -> Router {
     let orders = create_order::router(create_order::CreateOrderState { store: Arc::clone(&store), publisher });
-    let api = orders.merge(order_query::router(store)).route(METRICS_PATH, get(metrics));
+    let api = with_auth(orders.merge(order_query::router(store)), auth).route(METRICS_PATH, get(metrics));
     with_limits(shared::host::http::with_fallbacks(api), HttpLimits::default())
 }
 

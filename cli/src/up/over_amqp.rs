@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use super::{StartError, UpConfig, app_router, open_seeded_store};
+use super::{StartError, UpConfig, app_router, app_router_with_auth, open_seeded_store};
+use shared::host::auth::ApiAuth;
 
 /// The steps linked into this binary, invoked by the consumer runner; each
 /// publishes what it emitted itself and settles its outbox entry.
@@ -111,6 +112,12 @@ impl AmqpSystem {
         let relay = tokio::spawn(relay_forever(Arc::clone(&store), Arc::clone(&link) as Arc<_>, stop));
         let router = app_router(Arc::clone(&store), link.clone());
         Ok(Self { store, link, router, shutdown, consumers, relay, sweeper })
+    }
+
+    /// The same system, its API checking callers with `auth` (ARCHITECTURE.md §14.4).
+    pub fn with_auth(self, auth: Arc<ApiAuth>) -> Self {
+        let router = app_router_with_auth(Arc::clone(&self.store), self.link.clone(), auth);
+        Self { router, ..self }
     }
 
     /// Stops consuming, finishes the messages in hand, closes the connection.

@@ -14,6 +14,7 @@ use shared::bus::{OutboxRef, Publisher, publish_committed};
 use shared::contract::domain::{NewOrder, OrderId, OrderStatus};
 use shared::contract::events::OrderCreated;
 use shared::contract::trace::TraceParent;
+use shared::host::auth::Caller;
 use shared::host::http::{Problem, is_valid_idempotency_key, read_json};
 use shared::host::trace_context::{TRACEPARENT, caller_trace};
 use shared::store::{Commit, CommitOutcome, HistoryEntry, OrderRecord, Store, Write};
@@ -68,16 +69,18 @@ pub async fn create(
     order: NewOrder,
     idempotency_key: Option<&str>,
 ) -> Result<Accepted, CreateError> {
-    create_in_trace(store, order, idempotency_key, &TraceParent::new_root()).await
+    create_in_trace(store, order, idempotency_key, &TraceParent::new_root(), None).await
 }
 
-/// [`create`], with the saga in the caller's trace: `order.created` is a
-/// child of the caller's span (ARCHITECTURE.md §14.1).
+/// [`create`], with the saga in the caller's trace (`order.created` is a
+/// child of the caller's span, ARCHITECTURE.md §14.1) and `placed_by`, who
+/// placed it, recorded with the order (§14.4).
 pub async fn create_in_trace(
     store: &dyn Store,
     order: NewOrder,
     idempotency_key: Option<&str>,
     caller: &TraceParent,
+    placed_by: Option<String>,
 ) -> Result<Accepted, CreateError> {
     let order_id = OrderId::new();
     let key = match idempotency_key {
@@ -97,6 +100,7 @@ pub async fn create_in_trace(
         tracking_number: None,
         cancel_reason: None,
         history: vec![HistoryEntry::of(&event)],
+        placed_by,
         version: 0,
     };
     let outbox_key = key.clone();
@@ -116,10 +120,11 @@ pub async fn create_in_trace(
 
 async fn post_order(
     State(state): State<CreateOrderState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let body = read_json(&headers, body).await?;
+    let mut body = read_json(&headers, body).await?;
     let mut keys = headers.get_all(IDEMPOTENCY_KEY).iter();
     let idempotency_key = match (keys.next(), keys.next()) {
         (None, _) => None,
@@ -129,14 +134,17 @@ async fn post_order(
         }
         _ => return Err(Problem::bad_request("send one Idempotency-Key of 1 to 255 visible ASCII characters")),
     };
+    // A customer's token names the customer: another one in the body is a 403.
+    caller.own_order(&mut body)?;
     let order = NewOrder::parse(&body).map_err(Problem::validation)?;
     // Refused before storing anything: a 503 means the order does not exist,
     // so a client retrying without an Idempotency-Key never makes two.
     if !state.publisher.has_room() {
         return Err(Problem::overloaded("too many orders in progress; nothing was stored, retry later", 1));
     }
-    let caller = caller_trace(&headers);
-    let accepted = match create_in_trace(&*state.store, order, idempotency_key.as_deref(), &caller).await {
+    let trace = caller_trace(&headers);
+    let placed_by = caller.placed_by();
+    let accepted = match create_in_trace(&*state.store, order, idempotency_key.as_deref(), &trace, placed_by).await {
         Ok(accepted) => accepted,
         Err(error @ CreateError::KeyReused(_)) => {
             return Err(Problem::new(

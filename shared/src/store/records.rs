@@ -159,6 +159,10 @@ pub struct OrderRecord {
     /// Set once cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<CancelReason>,
+    /// Who placed it, when the API knows (ARCHITECTURE.md §14.4): the IAM
+    /// caller's ARN, or `customer:<id>` for a JWT's customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_by: Option<String>,
     /// Sorted by event time, then id (v7 ids sort by creation), so the
     /// history reads causally even when events were delivered out of order.
     pub history: Vec<HistoryEntry>,
