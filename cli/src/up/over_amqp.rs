@@ -9,8 +9,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, redact, run_consumers};
-use shared::bus::{OutboxRef, StepObserver, publish_committed, relay_forever};
+use shared::bus::{DeliverySettings, OutboxRef, StepObserver, publish_committed, relay_forever};
+use shared::store::DeliveryOutcome;
 use shared::store::Store;
+use shared::telemetry::step::note_delivery;
 use shared::telemetry::{run_step, step_span};
 use shared::{Event, Function, Ports, Step, StepError};
 use tokio::sync::watch;
@@ -31,11 +33,20 @@ pub struct LinkedSteps {
     link: Arc<AmqpLink>,
     /// Told of each handled step (`choreo bench` times sagas with it).
     observer: Option<StepObserver>,
+    /// The consumer runner's retries: a retryable failure past them is
+    /// dead-lettered, which the timeline is told (ARCHITECTURE.md §14.3).
+    max_retries: u32,
 }
 
 impl LinkedSteps {
     pub fn new(steps: Vec<Arc<dyn Step>>, ports: Ports, link: Arc<AmqpLink>, observer: Option<StepObserver>) -> Self {
-        Self { steps: steps.into_iter().map(|step| (step.function(), step)).collect(), ports, link, observer }
+        let steps = steps.into_iter().map(|step| (step.function(), step)).collect();
+        Self { steps, ports, link, observer, max_retries: DeliverySettings::default().max_retries }
+    }
+
+    /// The same steps, for a runner that retries `max_retries` times.
+    pub fn retrying(self, max_retries: u32) -> Self {
+        Self { max_retries, ..self }
     }
 }
 
@@ -52,6 +63,25 @@ impl StepInvoker for LinkedSteps {
             observe(function, event, &emitted);
         }
         Ok(vec![]) // published above, with its outbox entry settled
+    }
+
+    async fn handle_delivery(
+        &self,
+        function: Function,
+        event: &Event,
+        _delivery: &lapin::message::Delivery,
+        attempt: u32,
+    ) -> Result<Vec<Event>, StepError> {
+        let handled = self.handle(function, event).await;
+        if let Err(error) = &handled
+            && error.is_retryable()
+            && attempt > self.max_retries
+        {
+            // The runner dead-letters it now (a permanent failure `run_step` noted already).
+            let detail = error.to_string();
+            note_delivery(&self.ports, function, event, DeliveryOutcome::DeadLettered, detail).await;
+        }
+        handled
     }
 }
 
@@ -95,7 +125,8 @@ impl AmqpSystem {
             .await
             .map_err(|error| StartError::Broker(format!("cannot set up RabbitMQ at {}: {error}", redact(url))))?;
         let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
-        let handler = Arc::new(LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&link), config.observer));
+        let steps = LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&link), config.observer);
+        let handler = Arc::new(steps.retrying(settings.max_retries));
         let (shutdown, stop) = watch::channel(false);
         let functions = Function::consumers().collect();
         let consumers = tokio::spawn(run_consumers(Arc::clone(&link), functions, handler, settings, stop.clone()));
