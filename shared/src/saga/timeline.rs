@@ -154,3 +154,57 @@ fn causal_order(mut events: Vec<Event>) -> Vec<Event> {
     }
     ordered
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::domain::{CancelReason, OrderId};
+    use crate::contract::events::{OrderCancelled, Payload};
+
+    fn event(cause: Option<&Event>, at_ms: i64) -> Event {
+        let payload = Payload::OrderCancelled(OrderCancelled { reason: CancelReason::OutOfStock, detail: "-".into() });
+        let mut event = Event::new(Function::OrderStatus, OrderId::new(), cause, payload);
+        event.time = DateTime::<Utc>::from_timestamp_millis(at_ms).unwrap();
+        event
+    }
+
+    fn note(event: &Event, outcome: DeliveryOutcome) -> DeliveryNote {
+        let function = Function::ShipOrder;
+        DeliveryNote {
+            order_id: event.subject,
+            event_id: event.id,
+            function,
+            outcome,
+            detail: String::new(),
+            at: event.time,
+        }
+    }
+
+    #[test]
+    fn causes_come_before_their_effects_even_when_clocks_disagree() {
+        let root = event(None, 1_000);
+        // Emitted on a machine whose clock is behind the cause's.
+        let effect = event(Some(&root), 900);
+        let other_root = event(None, 950);
+        let ids: Vec<Uuid> = causal_order(vec![effect.clone(), other_root.clone(), root.clone()])
+            .into_iter()
+            .map(|event| event.id)
+            .collect();
+        assert_eq!(ids, [other_root.id, root.id, effect.id]);
+    }
+
+    #[test]
+    fn outcomes_put_failures_first_duplicates_last_and_say_what_is_still_to_come() {
+        let cause = event(None, 0);
+        let emitted = [event(Some(&cause), 1)];
+        let notes = [note(&cause, DeliveryOutcome::Duplicate), note(&cause, DeliveryOutcome::Retried)];
+        let handled = outcomes(cause.id, Function::ShipOrder, Some(&emitted), &notes);
+        assert_eq!(handled, ["retried", "emitted order.cancelled", "duplicate"]);
+        assert_eq!(outcomes(cause.id, Function::ShipOrder, Some(&[]), &[]), ["emitted nothing"]);
+        assert_eq!(outcomes(cause.id, Function::ShipOrder, None, &notes[1..]), ["retried", WAITING]);
+        let parked = [note(&cause, DeliveryOutcome::DeadLettered)];
+        assert_eq!(outcomes(cause.id, Function::ShipOrder, None, &parked), ["dead-lettered"]);
+        // Another function's notes are not this one's.
+        assert_eq!(outcomes(cause.id, Function::SettleInventory, None, &parked), [WAITING]);
+    }
+}
