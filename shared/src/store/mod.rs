@@ -215,6 +215,11 @@ pub trait Store: Send + Sync + 'static {
         let _ = order_id;
         Ok(vec![])
     }
+    /// Rule (retention): deletes the notes older than the store's retention of
+    /// processed records, whose deliveries they annotate; answers how many.
+    async fn prune_delivery_notes(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 
     // --- inventory ---
     /// Stock of the SKUs that exist; unknown SKUs are simply absent.

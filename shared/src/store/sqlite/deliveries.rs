@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS delivery_notes (
     detail TEXT NOT NULL, at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS delivery_notes_order ON delivery_notes (order_id, at);
+CREATE INDEX IF NOT EXISTS delivery_notes_at ON delivery_notes (at);
 ";
 
 pub(super) fn note(connection: &Connection, note: &DeliveryNote) -> Result<(), StoreError> {
@@ -36,6 +37,14 @@ pub(super) fn note(connection: &Connection, note: &DeliveryNote) -> Result<(), S
             ])
         })
         .map(drop)
+        .map_err(unavailable)
+}
+
+/// Deletes the notes from before `cutoff`; answers how many.
+pub(super) fn prune(connection: &Connection, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+    connection
+        .prepare_cached("DELETE FROM delivery_notes WHERE at < ?1")
+        .and_then(|mut statement| statement.execute([cutoff.timestamp_micros()]))
         .map_err(unavailable)
 }
 
@@ -71,4 +80,41 @@ pub(super) fn of_order(connection: &Connection, order_id: OrderId) -> Result<Vec
         });
     }
     Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::Store;
+    use crate::store::sqlite::SqliteStore;
+
+    fn note(order_id: OrderId, hours_ago: i64, outcome: DeliveryOutcome) -> DeliveryNote {
+        DeliveryNote {
+            order_id,
+            event_id: Uuid::now_v7(),
+            function: Function::ShipOrder,
+            outcome,
+            detail: "why".into(),
+            at: Utc::now() - chrono::Duration::hours(hours_ago),
+        }
+    }
+
+    #[tokio::test]
+    async fn notes_are_read_per_order_oldest_first_and_pruned_past_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("notes.db")).unwrap().with_retention(Duration::from_secs(3600));
+        let (order, other) = (OrderId::new(), OrderId::new());
+        let (old, new) = (note(order, 2, DeliveryOutcome::Retried), note(order, 0, DeliveryOutcome::Duplicate));
+        for note in [&new, &old, &note(other, 0, DeliveryOutcome::DeadLettered)] {
+            store.note_delivery(note).await.unwrap();
+        }
+        let read = store.delivery_notes(order).await.unwrap();
+        assert_eq!(read.iter().map(|note| note.outcome).collect::<Vec<_>>(), [old.outcome, new.outcome]);
+        assert_eq!(read[1].event_id, new.event_id);
+        assert_eq!(store.prune_delivery_notes().await.unwrap(), 1);
+        assert_eq!(store.delivery_notes(order).await.unwrap().len(), 1);
+        assert_eq!(store.delivery_notes(other).await.unwrap().len(), 1);
+    }
 }

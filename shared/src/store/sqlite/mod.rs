@@ -224,6 +224,11 @@ impl Store for SqliteStore {
         self.threads.read(move |connection| deliveries::of_order(connection, order_id)).await
     }
 
+    async fn prune_delivery_notes(&self) -> Result<usize, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        self.threads.write(|_| true, move |connection| deliveries::prune(connection, cutoff)).await
+    }
+
     async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {
         let skus: Vec<String> = skus.iter().map(|sku| sku.as_str().to_owned()).collect();
         self.threads
