@@ -78,9 +78,25 @@ pub struct UpArgs {
     /// Port of the HTTP API.
     #[arg(long, env = "CHOREO_PORT", default_value_t = 3000)]
     pub port: u16,
-    /// Address the HTTP API listens on.
+    /// Address the HTTP API listens on (another than loopback without --auth jwt is warned about).
     #[arg(long, env = "CHOREO_HOST", default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
+    /// Who may call the API: open (anyone, as any customer) or jwt (a token
+    /// checked against --jwks names the customer, who sees only their orders).
+    #[arg(long, env = "CHOREO_AUTH", value_enum, default_value = "open")]
+    pub auth: AuthArg,
+    /// JWK set (RFC 7517 JSON) whose public keys sign the tokens of --auth jwt.
+    #[arg(long, env = "CHOREO_JWKS", required_if_eq("auth", "jwt"))]
+    pub jwks: Option<PathBuf>,
+    /// The token claim naming the customer.
+    #[arg(long, env = "CHOREO_CUSTOMER_CLAIM", default_value = shared::host::auth::DEFAULT_CUSTOMER_CLAIM)]
+    pub customer_claim: String,
+    /// The `iss` tokens must have (any when not given).
+    #[arg(long, env = "CHOREO_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` tokens must name (not checked when not given).
+    #[arg(long, env = "CHOREO_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// The store the steps share (created when missing, seeded when its stock is empty).
     #[command(flatten)]
     pub store: StoreArgs,
@@ -99,6 +115,15 @@ pub struct UpArgs {
     /// Orders unfinished this long after they were placed are cancelled as timed_out, e.g. 15m, 2h, 30s.
     #[arg(long, env = "CHOREO_SAGA_DEADLINE", default_value = "15m", value_parser = shared::saga::parse_deadline)]
     pub saga_deadline: Duration,
+}
+
+/// `choreo up --auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthArg {
+    /// Nobody is checked.
+    Open,
+    /// Bearer tokens checked against --jwks.
+    Jwt,
 }
 
 /// A duration such as `15m`, `30s`, `2h` or `500ms` (a bare number is seconds).
@@ -327,13 +352,20 @@ pub enum DlqCommand {
 pub enum OrderCommand {
     /// POST an order and print its id (and, with --wait, its final state).
     Create(CreateArgs),
-    /// GET an order, with its saga history.
+    /// GET an order, with its saga history; with --timeline, what happened to it hop by hop.
     Show {
         /// The order's id.
         order_id: String,
+        /// Print the saga's timeline instead: one line per hop, who handled it
+        /// and how, the time since its cause, the slowest hop marked.
+        #[arg(long)]
+        timeline: bool,
         /// Base URL of the HTTP API.
         #[arg(long, env = "CHOREO_URL", default_value = "http://127.0.0.1:3000")]
         url: String,
+        /// Bearer token, when the API checks callers (JWT).
+        #[arg(long, env = "CHOREO_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -357,6 +389,9 @@ pub struct CreateArgs {
     /// Base URL of the HTTP API.
     #[arg(long, env = "CHOREO_URL", default_value = "http://127.0.0.1:3000")]
     pub url: String,
+    /// Bearer token, when the API checks callers (JWT).
+    #[arg(long, env = "CHOREO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[cfg(test)]

@@ -20,14 +20,30 @@ pub struct Client {
     http: reqwest::Client,
     /// The API's base URL, without a trailing slash.
     base: String,
+    /// Sent as `Authorization: Bearer` when the API checks callers.
+    token: Option<String>,
 }
 
 impl Client {
     pub fn new(base: &str) -> Self {
-        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned() }
+        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), token: None }
+    }
+
+    /// The same client, calling with `token` (`choreo up --auth jwt`, or API Gateway's JWT authorizer).
+    pub fn with_token(self, token: Option<String>) -> Self {
+        Self { token, ..self }
+    }
+
+    /// The API's base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, url: String) -> Result<(u16, Value), ClientError> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.map_err(|error| ClientError::Connect { url: url.clone(), error })?;
         let status = response.status().as_u16();
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
@@ -50,6 +66,15 @@ impl Client {
     /// `GET /orders/{id}`.
     pub async fn order(&self, order_id: &str) -> Result<Value, ClientError> {
         let url = format!("{}/orders/{order_id}", self.base);
+        match self.send(self.http.get(&url), url.clone()).await? {
+            (200, body) => Ok(body),
+            (status, body) => Err(ClientError::Status { url, status, body }),
+        }
+    }
+
+    /// `GET /orders/{id}/timeline`: the saga hop by hop (ARCHITECTURE.md §14.3).
+    pub async fn timeline(&self, order_id: &str) -> Result<Value, ClientError> {
+        let url = format!("{}/orders/{order_id}/timeline", self.base);
         match self.send(self.http.get(&url), url.clone()).await? {
             (200, body) => Ok(body),
             (status, body) => Err(ClientError::Status { url, status, body }),

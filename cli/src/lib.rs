@@ -13,5 +13,6 @@ pub mod sagas;
 pub mod steps;
 pub mod stock;
 pub mod template;
+pub mod timeline;
 pub mod up;
 pub mod workload;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 mod args;
 
@@ -17,11 +18,12 @@ use clap::Parser;
 use serde_json::json;
 use shared::Function;
 use shared::bus::amqp::{AmqpLink, Topology, redact};
+use shared::host::auth::{ApiAuth, JwksVerifier};
 use shared::step::ShipCountries;
 
 use self::args::{
-    BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, SagaArgs, SagasCommand, StockCommand, StoreArgs,
-    UpArgs,
+    AuthArg, BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, SagaArgs, SagasCommand, StockCommand,
+    StoreArgs, UpArgs,
 };
 
 #[tokio::main]
@@ -91,8 +93,12 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         store_counts: None,
     };
     let address = SocketAddr::new(args.host, args.port);
+    let auth = Arc::new(api_auth(&args)?);
+    if auth.is_open() && !args.host.is_loopback() {
+        tracing::warn!(%address, "the API listens beyond this machine with no authorization: anyone who reaches it reads and places any customer's orders; add --auth jwt --jwks FILE");
+    }
     if let Some(url) = &args.amqp {
-        let system = AmqpSystem::start_with_deadline(config, url, args.saga_deadline).await?;
+        let system = AmqpSystem::start_with_deadline(config, url, args.saga_deadline).await?.with_auth(auth);
         let listener = bind(address).await?;
         println!(
             "choreo is up: http://{} (store {}; RabbitMQ {}; Ctrl-C stops)",
@@ -105,7 +111,7 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         system.shutdown().await;
         return Ok(());
     }
-    let system = Embedded::start_with_deadline(config, args.saga_deadline).await?;
+    let system = Embedded::start_with_deadline(config, args.saga_deadline).await?.with_auth(auth);
     let listener = bind(address).await?;
     println!("choreo is up: http://{} (store {}; Ctrl-C stops)", listener.local_addr()?, store);
     serve(listener, system.router, shutdown_signal()).await?;
@@ -114,6 +120,18 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         tracing::warn!("sagas still in flight after 10 s; they resume from the outbox at the next start");
     }
     Ok(())
+}
+
+/// How `choreo up` checks callers (ARCHITECTURE.md §14.4).
+fn api_auth(args: &UpArgs) -> Result<ApiAuth, AnyError> {
+    match (args.auth, &args.jwks) {
+        (AuthArg::Open, _) => Ok(ApiAuth::Open),
+        (AuthArg::Jwt, None) => Err("--auth jwt needs --jwks FILE, the public keys that sign the tokens".into()),
+        (AuthArg::Jwt, Some(path)) => {
+            let verifier = JwksVerifier::from_file(path)?.expecting(args.jwt_issuer.clone(), args.jwt_audience.clone());
+            Ok(ApiAuth::Jwt { claim: args.customer_claim.clone(), verifier: Some(Arc::new(verifier)) })
+        }
+    }
 }
 
 async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, AnyError> {
@@ -350,7 +368,7 @@ async fn order(command: OrderCommand) -> Result<(), AnyError> {
                 "items": items,
                 "shipping_address": {"name": "Ada Lovelace", "line1": "12 Analytical Row", "city": "London", "postal_code": "N1 7AA", "country": args.country}
             });
-            let client = Client::new(&args.url);
+            let client = Client::new(&args.url).with_token(args.token);
             let order_id = client.create_order(&body, args.idempotency_key.as_deref()).await?;
             if args.wait {
                 let order = client.wait_terminal(&order_id, Duration::from_secs(30)).await?;
@@ -359,9 +377,14 @@ async fn order(command: OrderCommand) -> Result<(), AnyError> {
                 println!("{order_id}");
             }
         }
-        OrderCommand::Show { order_id, url } => {
-            let order = Client::new(&url).order(&order_id).await?;
+        OrderCommand::Show { order_id, url, timeline: false, token } => {
+            let order = Client::new(&url).with_token(token).order(&order_id).await?;
             println!("{}", serde_json::to_string_pretty(&order)?);
+        }
+        OrderCommand::Show { order_id, url, timeline: true, token } => {
+            let client = Client::new(&url).with_token(token);
+            let timeline: shared::saga::Timeline = serde_json::from_value(client.timeline(&order_id).await?)?;
+            print!("{}", choreo::timeline::render(&timeline));
         }
     }
     Ok(())

@@ -389,6 +389,7 @@ fn pending_order(order_id: OrderId) -> OrderRecord {
         tracking_number: None,
         cancel_reason: None,
         history: vec![],
+        placed_by: None,
         version: 0,
     }
 }

@@ -165,11 +165,13 @@ async fn sagas_through_cargo_lambda_watch(shape: EventShape) {
     // WHEN two orders are created (as create-order does) and their
     // order.created published: one to France, one to Antarctica
     let mut order_ids = Vec::new();
+    let mut traces = Vec::new();
     for (sku, quantity, country) in [("WIDGET-1", 2, "FR"), ("GADGET-2", 3, "AQ")] {
         let accepted =
             create_order::create(&store, new_order(sku, quantity, country), None).await.expect("the order is stored");
         link.publish_events(std::slice::from_ref(&accepted.event)).await.expect("publish order.created");
         order_ids.push(accepted.order_id);
+        traces.push(accepted.event.trace_id().to_owned());
     }
     let [shipped, antarctic]: [OrderId; 2] = order_ids.try_into().expect("two orders");
 
@@ -193,6 +195,25 @@ async fn sagas_through_cargo_lambda_watch(shape: EventShape) {
     })
     .await;
     assert_eq!((widgets.available, widgets.reserved, widgets.shipped), (98, 0, 2));
+
+    // AND its saga is one trace through the real functions: every event in
+    // order.created's trace, each a child span of its cause (ARCHITECTURE.md §14.1),
+    // and every line the functions logged about the order names the trace
+    let events = shared::saga::saga_records(&store, &order).await.expect("the records read").events;
+    assert_eq!(events.len(), 3, "{events:#?}");
+    for event in &events {
+        assert_eq!(event.trace_id(), traces[0], "{} is in the saga's trace", event.event_type());
+        if let Some(cause) = event.causation_id {
+            let cause = events.iter().find(|other| other.id == cause).expect("its cause is in the saga");
+            assert_eq!(event.parent_span.as_deref(), Some(cause.span_id()), "{}", event.event_type());
+        }
+    }
+    let log = std::fs::read_to_string(dir.path().join("watch.log")).expect("the functions' log");
+    let about_it: Vec<&str> = log.lines().filter(|line| line.contains(&shipped.to_string())).collect();
+    assert!(about_it.len() >= 5, "a line per step of the order:\n{}", about_it.join("\n"));
+    for line in &about_it {
+        assert!(line.contains(&traces[0]), "a line about the order without its trace: {line}");
+    }
 
     // AND the second is cancelled (shipment_failed) with its stock released exactly
     let order = eventually("the Antarctic order CANCELLED", saga, || async {

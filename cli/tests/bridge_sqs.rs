@@ -77,6 +77,8 @@ fn bridge_command(args: &[&str]) -> Command {
 struct Received {
     body: Value,
     attributes: BTreeMap<String, String>,
+    /// The `AWSTraceHeader` system attribute: the saga's trace in X-Ray form.
+    trace_header: Option<String>,
 }
 
 /// Takes (receives and deletes) what `url` holds now.
@@ -86,6 +88,7 @@ async fn take(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Received> {
         .queue_url(url)
         .max_number_of_messages(10)
         .message_attribute_names("All")
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::AwsTraceHeader)
         .send()
         .await
         .unwrap_or_else(|error| panic!("receive from {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(&error)));
@@ -101,7 +104,11 @@ async fn take(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Received> {
                     .collect()
             })
             .unwrap_or_default();
-        taken.push(Received { body, attributes });
+        let trace_header = message
+            .attributes()
+            .and_then(|system| system.get(&aws_sdk_sqs::types::MessageSystemAttributeName::AwsTraceHeader))
+            .cloned();
+        taken.push(Received { body, attributes, trace_header });
         sqs.delete_message()
             .queue_url(url)
             .receipt_handle(message.receipt_handle().unwrap_or_default())
@@ -118,6 +125,10 @@ fn assert_is(received: &Received, event: &Event) {
     assert_eq!(received.attributes.get(SQS_TYPE_ATTRIBUTE).map(String::as_str), Some(event.event_type().as_str()));
     assert_eq!(received.attributes.get(SQS_ID_ATTRIBUTE), Some(&event.id.to_string()));
     assert_eq!(received.attributes.get(SQS_SUBJECT_ATTRIBUTE), Some(&event.subject.to_string()));
+    // The function's invocation continues the saga's trace (ARCHITECTURE.md §14.1).
+    let trace = shared::contract::trace::TraceParent::parse(&event.traceparent).expect("events carry a trace");
+    let expected = trace.with_span(event.span_id().to_owned()).to_xray();
+    assert_eq!(received.trace_header.as_deref(), Some(expected.as_str()), "the X-Ray trace header");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -768,7 +768,8 @@ fn no_statement_grants_everything() {
 fn each_function_reaches_only_its_services_tables() {
     let template = committed();
     assert_no_problems(check_table_permissions(&template, CHOREOGRAPHY));
-    // ARCHITECTURE.md §3: order-query only reads, the orders and the stock it shows.
+    // ARCHITECTURE.md §3: order-query only reads, the orders and the stock it shows and
+    // the processed records its timeline walks (§14.3).
     let query = resources(&template)[&function_id(Function::OrderQuery.spec())]["Properties"]["Policies"].clone();
     let tables: BTreeSet<String> = statements(&query)
         .into_iter()
@@ -776,7 +777,8 @@ fn each_function_reaches_only_its_services_tables() {
         .flat_map(|statement| statement["Resource"].as_array().cloned().unwrap_or_default())
         .map(|resource| resource.to_string())
         .collect();
-    let expected = [get_att("OrdersTable", "Arn"), get_att("StockTable", "Arn")].map(|arn| arn.to_string());
+    let expected = [get_att("OrdersTable", "Arn"), get_att("StockTable", "Arn"), get_att("ProcessedTable", "Arn")]
+        .map(|arn| arn.to_string());
     assert_eq!(tables, BTreeSet::from(expected));
 }
 

@@ -86,6 +86,7 @@ conformance! {
     open_orders_are_the_unfinished_ones_created_before_a_time_in_pages,
     a_timed_out_shipment_tombstone_round_trips,
     the_saga_deadline_fires_once_per_overdue_order,
+    delivery_notes_are_kept_per_order_oldest_first,
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -1244,4 +1245,31 @@ async fn the_saga_deadline_fires_once_per_overdue_order(store: Arc<dyn Store>) {
     assert_eq!(recorded, Some(sent.clone()));
     let horizon = Utc::now() + chrono::Duration::days(1);
     assert!(store.unpublished(horizon).await.expect("the outbox").is_empty(), "the deadline was marked published");
+}
+
+/// ARCHITECTURE.md §14.3: the notes of deliveries that committed nothing
+/// new, read per order, oldest first, whatever order they were written in.
+async fn delivery_notes_are_kept_per_order_oldest_first(store: Arc<dyn Store>) {
+    use shared::store::{DeliveryNote, DeliveryOutcome};
+    let (order, other) = (OrderId::new(), OrderId::new());
+    let note = |order_id, outcome, seconds_ago: i64| DeliveryNote {
+        order_id,
+        event_id: uuid::Uuid::now_v7(),
+        function: Function::ReserveInventory,
+        outcome,
+        detail: format!("{seconds_ago}s ago"),
+        at: chrono::DateTime::from_timestamp_micros(
+            (Utc::now() - chrono::Duration::seconds(seconds_ago)).timestamp_micros(),
+        )
+        .expect("a time"),
+    };
+    assert_eq!(store.delivery_notes(order).await.expect("read"), vec![]);
+    let (late, early) = (note(order, DeliveryOutcome::Duplicate, 1), note(order, DeliveryOutcome::Retried, 5));
+    for written in [&late, &note(other, DeliveryOutcome::DeadLettered, 3), &early] {
+        store.note_delivery(written).await.expect("note");
+    }
+    assert_eq!(store.delivery_notes(order).await.expect("read"), vec![early, late]);
+    assert_eq!(store.delivery_notes(other).await.expect("read").len(), 1);
+    // Notes are no processed record of any function.
+    assert_eq!(store.processed(Function::ReserveInventory, &order.to_string()).await.expect("read"), None);
 }

@@ -251,6 +251,7 @@ async fn commit_orders_as_in(store: &dyn Store, recorded: &[OutboxEntry]) {
             tracking_number: None,
             cancel_reason: None,
             history: vec![HistoryEntry::of(event)],
+            placed_by: None,
             version: 0,
         };
         let commit = Commit {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_lambda::primitives::Blob;
 use shared::bus::amqp::StepInvoker;
+use shared::contract::trace::TraceParent;
 use shared::host::lambda::{PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE};
+use shared::host::trace_context::XRAY_HEADER;
 use shared::{Event, Function, StepError};
 
 use super::event_shape::{EventShape, EventSource, outcome, payload};
@@ -42,11 +44,25 @@ impl LambdaInvoker {
         Self { client, names, shape, source, timeout }
     }
 
-    /// One synchronous invocation of `function` with `payload`; answers what
-    /// the function returned, or the `StepError` its failure stands for.
-    async fn invoke(&self, function: Function, payload: Vec<u8>) -> Result<(&str, Vec<u8>), StepError> {
+    /// One synchronous invocation of `function` with `payload`, in `event`'s
+    /// trace (the X-Ray header Lambda continues, ARCHITECTURE.md §14.1);
+    /// answers what the function returned, or the `StepError` its failure stands for.
+    async fn invoke(&self, function: Function, event: &Event, payload: Vec<u8>) -> Result<(&str, Vec<u8>), StepError> {
         let name = self.names.get(&function).map(String::as_str).unwrap_or(function.name());
-        let call = self.client.invoke().function_name(name).payload(Blob::new(payload)).send();
+        let xray =
+            TraceParent::parse(&event.traceparent).map(|trace| trace.with_span(event.span_id().to_owned()).to_xray());
+        let call = self
+            .client
+            .invoke()
+            .function_name(name)
+            .payload(Blob::new(payload))
+            .customize()
+            .mutate_request(move |request| {
+                if let Some(xray) = &xray {
+                    request.headers_mut().insert(XRAY_HEADER, xray.clone());
+                }
+            })
+            .send();
         let sent = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| StepError::Retryable(format!("invoking {name}: no answer within {:?}", self.timeout)))?;
@@ -73,9 +89,9 @@ impl StepInvoker for LambdaInvoker {
     /// The CloudEvent shape, whatever the configured one: without the
     /// delivery there is nothing else to build.
     async fn handle(&self, function: Function, event: &Event) -> Result<Vec<Event>, StepError> {
-        let (name, answer) = self.invoke(function, event.to_json()).await?;
+        let (name, answer) = self.invoke(function, event, event.to_json()).await?;
         let emitted = outcome(EventShape::CloudEvent, function, name, &answer)?;
-        tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, emitted = emitted.len(), "invoked {name}");
+        tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, order_id = %event.subject, trace_id = event.trace_id(), emitted = emitted.len(), "invoked {name}");
         Ok(emitted)
     }
 
@@ -87,9 +103,9 @@ impl StepInvoker for LambdaInvoker {
         attempt: u32,
     ) -> Result<Vec<Event>, StepError> {
         let payload = payload(self.shape, &self.source, function, event, delivery, attempt)?;
-        let (name, answer) = self.invoke(function, payload).await?;
+        let (name, answer) = self.invoke(function, event, payload).await?;
         let emitted = outcome(self.shape, function, name, &answer)?;
-        tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, shape = ?self.shape, emitted = emitted.len(), "invoked {name}");
+        tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, order_id = %event.subject, trace_id = event.trace_id(), shape = ?self.shape, emitted = emitted.len(), "invoked {name}");
         Ok(emitted)
     }
 }

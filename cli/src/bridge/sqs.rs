@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::MessageAttributeValue;
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
 use shared::bus::amqp::StepInvoker;
+use shared::contract::trace::TraceParent;
 use shared::{Event, Function, StepError};
 
 /// SQS message attributes set on every forwarded event (the body is the
@@ -55,6 +56,16 @@ impl StepInvoker for SqsForwarder {
             .message_attributes(SQS_TYPE_ATTRIBUTE, text_attribute(event.event_type().as_str().to_owned())?)
             .message_attributes(SQS_ID_ATTRIBUTE, text_attribute(event.id.to_string())?)
             .message_attributes(SQS_SUBJECT_ATTRIBUTE, text_attribute(event.subject.to_string())?);
+        if let Some(trace) = TraceParent::parse(&event.traceparent) {
+            // The function's SQS invocation continues the saga's X-Ray trace.
+            let header = trace.with_span(event.span_id().to_owned()).to_xray();
+            let value = MessageSystemAttributeValue::builder()
+                .data_type("String")
+                .string_value(header)
+                .build()
+                .map_err(|error| StepError::Permanent(error.to_string()))?;
+            request = request.message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, value);
+        }
         if url.ends_with(".fifo") {
             // One order's events in order; a redelivered event deduplicated.
             request =
@@ -66,7 +77,7 @@ impl StepInvoker for SqsForwarder {
         sent.map_err(|error| {
             StepError::Retryable(format!("sending to {url}: {}", aws_sdk_sqs::error::DisplayErrorContext(&error)))
         })?;
-        tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, "forwarded to SQS");
+        tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, order_id = %event.subject, trace_id = event.trace_id(), "forwarded to SQS");
         Ok(vec![]) // the function publishes what it emits
     }
 }

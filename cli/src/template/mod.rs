@@ -68,12 +68,14 @@ pub use self::tables::TABLE_DELETION_POLICY;
 
 use shared::contract::choreography::{CHOREOGRAPHY, FunctionSpec, Route};
 pub use shared::store::dynamodb::TABLES;
-use shared::store::dynamodb::{KeyAttribute, ORDERS, STOCK, TableSpec};
+use shared::store::dynamodb::{KeyAttribute, ORDERS, PROCESSED, STOCK, TableSpec};
 
 /// The tables the query functions read: what `GET /orders/{order_id}` and
-/// `GET /inventory/{sku}` show. The adapter's [`TABLES`] says who writes
-/// each table; reading across services is the query side's alone (ARCHITECTURE.md §3).
-pub const QUERIED_TABLES: &[TableSpec] = &[ORDERS, STOCK];
+/// `GET /inventory/{sku}` show, and the processed records (with the delivery
+/// notes) the timeline walks (ARCHITECTURE.md §14.3). The adapter's [`TABLES`]
+/// says who writes each table; reading across services is the query side's
+/// alone (ARCHITECTURE.md §3).
+pub const QUERIED_TABLES: &[TableSpec] = &[ORDERS, STOCK, PROCESSED];
 
 /// Memory of every function (MB).
 pub const MEMORY_MB: i64 = 256;
@@ -279,6 +281,8 @@ fn globals() -> Node {
                         ("CHOREO_TABLE_PREFIX", reference("NamePrefix")),
                         ("SHIP_COUNTRIES", reference("ShipCountries")),
                         ("CHOREO_PROCESSED_RETENTION", reference("ProcessedRetention")),
+                        // The HTTP functions scope orders to the caller by it (JWT) or record the caller (IAM).
+                        ("CHOREO_API_AUTH", reference("ApiAuth")),
                     ]),
                 )]),
             ),

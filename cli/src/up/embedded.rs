@@ -11,7 +11,8 @@ use shared::bus::{relay_forever, relay_outbox};
 use shared::store::Store;
 use tokio::sync::watch;
 
-use super::{StartError, UpConfig, app_router, open_seeded_store};
+use super::{StartError, UpConfig, app_router, app_router_with_auth, open_seeded_store};
+use shared::host::auth::ApiAuth;
 
 /// A running embedded system.
 pub struct Embedded {
@@ -52,5 +53,11 @@ impl Embedded {
         tokio::spawn(sweep);
         let router = app_router(Arc::clone(&store), Arc::new(bus.clone()));
         Ok(Self { store, bus, router, _relay_stop: relay_stop })
+    }
+
+    /// The same system, its API checking callers with `auth` (ARCHITECTURE.md §14.4).
+    pub fn with_auth(self, auth: Arc<ApiAuth>) -> Self {
+        let router = app_router_with_auth(Arc::clone(&self.store), Arc::new(self.bus.clone()), auth);
+        Self { router, ..self }
     }
 }

@@ -15,8 +15,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
 use shared::bus::{DeliverySettings, Publisher, RelayError, StepObserver};
 use shared::config::{ConfigError, StoreSettings};
+use shared::host::auth::{ApiAuth, with_auth};
 use shared::step::ShipCountries;
 use shared::store::counting::{CountingStore, StoreCounts};
 use shared::store::{SeedStock, Store, StoreError};
@@ -77,11 +81,28 @@ async fn open_seeded_store(config: &UpConfig) -> Result<Arc<dyn Store>, StartErr
 }
 
 /// The whole HTTP API: the routes of both HTTP functions, the same routers
-/// their Lambda `main`s serve, plus problem+json fallbacks, behind the
-/// default [`HttpLimits`].
+/// their Lambda `main`s serve, plus `GET /metrics` (local only: on Lambda the
+/// metrics are EMF lines) and problem+json fallbacks, behind the default
+/// [`HttpLimits`].
 pub fn app_router(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>) -> Router {
+    app_router_with_auth(store, publisher, Arc::new(ApiAuth::Open))
+}
+
+/// [`app_router`] whose callers `auth` checks (`choreo up --auth jwt`,
+/// ARCHITECTURE.md §14.4); the metrics stay open, like a scrape endpoint.
+pub fn app_router_with_auth(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>, auth: Arc<ApiAuth>) -> Router {
     let orders = create_order::router(create_order::CreateOrderState { store: Arc::clone(&store), publisher });
-    with_limits(shared::host::http::with_fallbacks(orders.merge(order_query::router(store))), HttpLimits::default())
+    let api = with_auth(orders.merge(order_query::router(store)), auth).route(METRICS_PATH, get(metrics));
+    with_limits(shared::host::http::with_fallbacks(api), HttpLimits::default())
+}
+
+/// Where `choreo up` serves its metrics (ARCHITECTURE.md §14.5).
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The step metrics in Prometheus text format.
+async fn metrics() -> impl IntoResponse {
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], shared::telemetry::metrics::prometheus_text())
 }
 
 /// Serves `router` until `shutdown` resolves, then finishes open requests.

@@ -9,13 +9,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, redact, run_consumers};
-use shared::bus::{OutboxRef, StepObserver, log_step, publish_committed_soon, relay_forever};
+use shared::bus::{DeliverySettings, OutboxRef, StepObserver, publish_committed_soon, relay_forever};
+use shared::store::DeliveryOutcome;
 use shared::store::Store;
+use shared::telemetry::step::note_delivery;
+use shared::telemetry::{run_step, step_span};
 use shared::{Event, Function, Ports, Step, StepError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
-use super::{StartError, UpConfig, app_router, open_seeded_store};
+use super::{StartError, UpConfig, app_router, app_router_with_auth, open_seeded_store};
+use shared::host::auth::ApiAuth;
 
 /// The steps linked into this binary, invoked by the consumer runner; each
 /// publishes what it emitted itself and settles its outbox entry.
@@ -28,11 +33,20 @@ pub struct LinkedSteps {
     link: Arc<AmqpLink>,
     /// Told of each handled step (`choreo bench` times sagas with it).
     observer: Option<StepObserver>,
+    /// The consumer runner's retries: a retryable failure past them is
+    /// dead-lettered, which the timeline is told (ARCHITECTURE.md §14.3).
+    max_retries: u32,
 }
 
 impl LinkedSteps {
     pub fn new(steps: Vec<Arc<dyn Step>>, ports: Ports, link: Arc<AmqpLink>, observer: Option<StepObserver>) -> Self {
-        Self { steps: steps.into_iter().map(|step| (step.function(), step)).collect(), ports, link, observer }
+        let steps = steps.into_iter().map(|step| (step.function(), step)).collect();
+        Self { steps, ports, link, observer, max_retries: DeliverySettings::default().max_retries }
+    }
+
+    /// The same steps, for a runner that retries `max_retries` times.
+    pub fn retrying(self, max_retries: u32) -> Self {
+        Self { max_retries, ..self }
     }
 }
 
@@ -40,14 +54,34 @@ impl LinkedSteps {
 impl StepInvoker for LinkedSteps {
     async fn handle(&self, function: Function, event: &Event) -> Result<Vec<Event>, StepError> {
         let step = self.steps.get(&function).ok_or_else(|| shared::step::not_consumed(function, event))?;
-        let emitted = step.handle(event, &self.ports).await?;
-        log_step(function, event, &emitted);
+        let emitted = run_step(&**step, event, &self.ports).await?;
         let origin = OutboxRef { function, key: event.id.to_string() };
-        publish_committed_soon(&*self.ports.store, &*self.link, &origin, &emitted).await?;
+        publish_committed_soon(&*self.ports.store, &*self.link, &origin, &emitted)
+            .instrument(step_span(function, event))
+            .await?;
         if let Some(StepObserver(observe)) = &self.observer {
             observe(function, event, &emitted);
         }
         Ok(vec![]) // published above, with its outbox entry settled
+    }
+
+    async fn handle_delivery(
+        &self,
+        function: Function,
+        event: &Event,
+        _delivery: &lapin::message::Delivery,
+        attempt: u32,
+    ) -> Result<Vec<Event>, StepError> {
+        let handled = self.handle(function, event).await;
+        if let Err(error) = &handled
+            && error.is_retryable()
+            && attempt > self.max_retries
+        {
+            // The runner dead-letters it now (a permanent failure `run_step` noted already).
+            let detail = error.to_string();
+            note_delivery(&self.ports, function, event, DeliveryOutcome::DeadLettered, detail).await;
+        }
+        handled
     }
 }
 
@@ -91,7 +125,8 @@ impl AmqpSystem {
             .await
             .map_err(|error| StartError::Broker(format!("cannot set up RabbitMQ at {}: {error}", redact(url))))?;
         let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
-        let handler = Arc::new(LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&link), config.observer));
+        let steps = LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&link), config.observer);
+        let handler = Arc::new(steps.retrying(settings.max_retries));
         let (shutdown, stop) = watch::channel(false);
         let functions = Function::consumers().collect();
         let consumers = tokio::spawn(run_consumers(Arc::clone(&link), functions, handler, settings, stop.clone()));
@@ -108,6 +143,12 @@ impl AmqpSystem {
         let relay = tokio::spawn(relay_forever(Arc::clone(&store), Arc::clone(&link) as Arc<_>, stop));
         let router = app_router(Arc::clone(&store), link.clone());
         Ok(Self { store, link, router, shutdown, consumers, relay, sweeper })
+    }
+
+    /// The same system, its API checking callers with `auth` (ARCHITECTURE.md §14.4).
+    pub fn with_auth(self, auth: Arc<ApiAuth>) -> Self {
+        let router = app_router_with_auth(Arc::clone(&self.store), self.link.clone(), auth);
+        Self { router, ..self }
     }
 
     /// Stops consuming, finishes the messages in hand, closes the connection.

@@ -7,13 +7,16 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use shared::bus::{OutboxRef, Publisher, publish_committed_soon};
 use shared::contract::domain::{NewOrder, OrderId, OrderStatus};
 use shared::contract::events::OrderCreated;
+use shared::contract::trace::TraceParent;
+use shared::host::auth::Caller;
 use shared::host::http::{Problem, is_valid_idempotency_key, read_json};
+use shared::host::trace_context::{TRACEPARENT, caller_trace};
 use shared::store::{Commit, CommitOutcome, HistoryEntry, OrderRecord, Store, Write};
 use shared::{Event, Function, Payload, StepError};
 
@@ -58,12 +61,26 @@ pub enum CreateError {
     Step(#[from] StepError),
 }
 
-/// Stores a validated order and its `order.created` event atomically.
-/// The same customer's same `idempotency_key` yields the first order again.
+/// Stores a validated order and its `order.created` event atomically, in a
+/// trace of its own. The same customer's same `idempotency_key` yields the
+/// first order again.
 pub async fn create(
     store: &dyn Store,
     order: NewOrder,
     idempotency_key: Option<&str>,
+) -> Result<Accepted, CreateError> {
+    create_in_trace(store, order, idempotency_key, &TraceParent::new_root(), None).await
+}
+
+/// [`create`], with the saga in the caller's trace (`order.created` is a
+/// child of the caller's span, ARCHITECTURE.md §14.1) and `placed_by`, who
+/// placed it, recorded with the order (§14.4).
+pub async fn create_in_trace(
+    store: &dyn Store,
+    order: NewOrder,
+    idempotency_key: Option<&str>,
+    caller: &TraceParent,
+    placed_by: Option<String>,
 ) -> Result<Accepted, CreateError> {
     let order_id = OrderId::new();
     let key = match idempotency_key {
@@ -73,7 +90,7 @@ pub async fn create(
     };
     let data =
         OrderCreated { customer_id: order.customer_id, items: order.items, shipping_address: order.shipping_address };
-    let event = Event::new(FUNCTION, order_id, None, Payload::OrderCreated(data.clone()));
+    let event = Event::in_trace(FUNCTION, order_id, caller, Payload::OrderCreated(data.clone()));
     let record = OrderRecord {
         order_id,
         status: OrderStatus::Pending,
@@ -83,6 +100,7 @@ pub async fn create(
         tracking_number: None,
         cancel_reason: None,
         history: vec![HistoryEntry::of(&event)],
+        placed_by,
         version: 0,
     };
     let outbox_key = key.clone();
@@ -102,10 +120,11 @@ pub async fn create(
 
 async fn post_order(
     State(state): State<CreateOrderState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let body = read_json(&headers, body).await?;
+    let mut body = read_json(&headers, body).await?;
     let mut keys = headers.get_all(IDEMPOTENCY_KEY).iter();
     let idempotency_key = match (keys.next(), keys.next()) {
         (None, _) => None,
@@ -115,13 +134,17 @@ async fn post_order(
         }
         _ => return Err(Problem::bad_request("send one Idempotency-Key of 1 to 255 visible ASCII characters")),
     };
+    // A customer's token names the customer: another one in the body is a 403.
+    caller.own_order(&mut body)?;
     let order = NewOrder::parse(&body).map_err(Problem::validation)?;
     // Refused before storing anything: a 503 means the order does not exist,
     // so a client retrying without an Idempotency-Key never makes two.
     if !state.publisher.has_room() {
         return Err(Problem::overloaded("too many orders in progress; nothing was stored, retry later", 1));
     }
-    let accepted = match create(&*state.store, order, idempotency_key.as_deref()).await {
+    let trace = caller_trace(&headers);
+    let placed_by = caller.placed_by();
+    let accepted = match create_in_trace(&*state.store, order, idempotency_key.as_deref(), &trace, placed_by).await {
         Ok(accepted) => accepted,
         Err(error @ CreateError::KeyReused(_)) => {
             return Err(Problem::new(
@@ -137,15 +160,27 @@ async fn post_order(
         }
     };
     let order_id = accepted.order_id;
+    if accepted.created {
+        shared::telemetry::metrics::record_order_accepted();
+    }
     // The order and its event are committed: from here the order exists. A
     // publish failure leaves the event in the outbox for the relay, and a
     // client retry with the same key publishes it again (consumers dedupe).
     let origin = OutboxRef { function: FUNCTION, key: accepted.outbox_key };
     match publish_committed_soon(&*state.store, &*state.publisher, &origin, std::slice::from_ref(&accepted.event)).await
     {
-        Ok(()) => tracing::info!(%order_id, event = "order.created", created = accepted.created, "order accepted"),
-        Err(error) => tracing::warn!(%order_id, %error, "order stored; order.created left in the outbox for the relay"),
+        Ok(()) => {
+            tracing::info!(%order_id, trace_id = accepted.event.trace_id(), event = "order.created", created = accepted.created, "order accepted")
+        }
+        Err(error) => {
+            tracing::warn!(%order_id, trace_id = accepted.event.trace_id(), %error, "order stored; order.created left in the outbox for the relay")
+        }
     }
     let body = serde_json::json!({ "order_id": order_id, "status": OrderStatus::Pending.as_str() });
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, format!("/orders/{order_id}"))], axum::Json(body)).into_response())
+    // The saga's trace, so the caller can find it (a repeated key: the first order's).
+    let headers = [
+        (header::LOCATION, format!("/orders/{order_id}")),
+        (HeaderName::from_static(TRACEPARENT), accepted.event.traceparent.clone()),
+    ];
+    Ok((StatusCode::ACCEPTED, headers, axum::Json(body)).into_response())
 }

@@ -14,5 +14,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         None => Arc::new(NoBroker),
     };
     let router = create_order::router(create_order::CreateOrderState { store, publisher });
-    lambda_http::run(shared::host::http::with_fallbacks(router)).await
+    // Who may order for whom: the ApiAuth of the stack (CHOREO_API_AUTH).
+    let auth = Arc::new(shared::host::auth::ApiAuth::from_env()?);
+    lambda_http::run(shared::host::http::with_fallbacks(shared::host::auth::with_auth(router, auth))).await
 }

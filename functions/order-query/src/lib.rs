@@ -1,4 +1,5 @@
-//! `order-query`: `GET /orders/{order_id}` and `GET /inventory/{sku}`.
+//! `order-query`: `GET /orders/{order_id}`, `GET /orders/{order_id}/timeline`
+//! and `GET /inventory/{sku}`.
 //! Reads only; the response shapes are the API contract (openapi.yaml),
 //! kept apart from the stored records so either can change alone.
 
@@ -10,15 +11,21 @@ use axum::{Json, Router};
 use serde::Serialize;
 use shared::Function;
 use shared::contract::domain::{Address, CancelReason, CustomerId, Item, OrderId, OrderStatus, Sku};
+use shared::host::auth::Caller;
 use shared::host::http::Problem;
+use shared::saga::{Timeline, timeline_of};
 use shared::store::{OrderRecord, StockLevel, Store};
 
 pub const FUNCTION: Function = Function::OrderQuery;
 
 /// The query routes of the choreography table, ready to merge or serve.
 pub fn router(store: Arc<dyn Store>) -> Router {
-    let [orders, inventory] = FUNCTION.spec().routes else { unreachable!("order-query serves two routes") };
-    Router::new().route(orders.path, get(get_order)).route(inventory.path, get(get_inventory)).with_state(store)
+    let [orders, timeline, inventory] = FUNCTION.spec().routes else { unreachable!("order-query serves three routes") };
+    Router::new()
+        .route(orders.path, get(get_order))
+        .route(timeline.path, get(get_timeline))
+        .route(inventory.path, get(get_inventory))
+        .with_state(store)
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +57,9 @@ pub struct OrderView {
     /// Present once cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<CancelReason>,
+    /// Who placed it, when the API knew (an IAM caller's ARN, `customer:<id>` for a JWT's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placed_by: Option<String>,
     /// Every event of the saga the order saw, in causal order.
     pub history: Vec<HistoryView>,
 }
@@ -64,6 +74,7 @@ impl From<OrderRecord> for OrderView {
             shipping_address: order.shipping_address,
             tracking_number: order.tracking_number,
             cancel_reason: order.cancel_reason,
+            placed_by: order.placed_by,
             history: order
                 .history
                 .into_iter()
@@ -108,15 +119,32 @@ fn store_problem(error: shared::store::StoreError) -> Problem {
     Problem::unavailable("the store is unavailable; try again shortly")
 }
 
+/// The order `caller` may see: another customer's order is 404, like an
+/// unknown one, so that order ids tell nothing (ARCHITECTURE.md §14.4).
+async fn visible_order(store: &dyn Store, caller: &Caller, order_id: &str) -> Result<OrderRecord, Problem> {
+    let order_id = OrderId::parse(order_id).map_err(Problem::bad_request)?;
+    match store.order(order_id).await.map_err(store_problem)? {
+        Some(order) if caller.may_see(&order.customer_id) => Ok(order),
+        _ => Err(Problem::not_found(format!("no order {order_id}"))),
+    }
+}
+
 async fn get_order(
     State(store): State<Arc<dyn Store>>,
+    caller: Caller,
     Path(order_id): Path<String>,
 ) -> Result<Json<OrderView>, Problem> {
-    let order_id = OrderId::parse(&order_id).map_err(Problem::bad_request)?;
-    match store.order(order_id).await.map_err(store_problem)? {
-        Some(order) => Ok(Json(order.into())),
-        None => Err(Problem::not_found(format!("no order {order_id}"))),
-    }
+    Ok(Json(visible_order(&*store, &caller, &order_id).await?.into()))
+}
+
+/// The saga's timeline (ARCHITECTURE.md §14.3); the only reads it costs are here.
+async fn get_timeline(
+    State(store): State<Arc<dyn Store>>,
+    caller: Caller,
+    Path(order_id): Path<String>,
+) -> Result<Json<Timeline>, Problem> {
+    let order = visible_order(&*store, &caller, &order_id).await?;
+    Ok(Json(timeline_of(&*store, &order).await.map_err(store_problem)?))
 }
 
 async fn get_inventory(

@@ -1,6 +1,6 @@
 //! How every bus delivers events to the steps: one settings type for the
-//! in-process bus and RabbitMQ alike, the observer the bench times sagas
-//! with, and the log line each handled step writes.
+//! in-process bus and RabbitMQ alike, and the observer the bench times
+//! sagas with (each step's log line is `telemetry::step`'s).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,11 +47,4 @@ impl std::fmt::Debug for StepObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StepObserver")
     }
-}
-
-/// One readable log line per saga step: which order, which step, what it emitted.
-pub fn log_step(function: Function, event: &Event, emitted: &[Event]) {
-    let names: Vec<&str> = emitted.iter().map(|emitted| emitted.event_type().as_str()).collect();
-    let outcome = if names.is_empty() { "-".to_owned() } else { names.join(", ") };
-    tracing::info!(target: "choreo::saga", order_id = %event.subject, "{function}: {} -> {outcome}", event.event_type());
 }

@@ -32,11 +32,10 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::amqp::DeadMessage;
-use super::{
-    DeliverySettings, Handover, OutboxRef, PublishError, Publisher, StepObserver, log_step, publish_committed,
-};
+use super::{DeliverySettings, Handover, OutboxRef, PublishError, Publisher, StepObserver, publish_committed};
 use crate::contract::choreography::{TERMINAL_EVENTS, consumers_of};
-use crate::store::{LetterState, Store, StoreError, StoredDeadLetter};
+use crate::store::{DeliveryOutcome, LetterState, Store, StoreError, StoredDeadLetter};
+use crate::telemetry::step::{note_delivery, run_step};
 use crate::{Event, Function, Ports, Step, StepError};
 
 /// How often the bus looks for dead letters whose replay was requested.
@@ -260,9 +259,8 @@ impl InProcessBus {
     async fn handle(&self, step: &dyn Step, delivery: Delivery) {
         let function = step.function();
         let event = &delivery.event;
-        match step.handle(event, &self.shared.ports).await {
+        match run_step(step, event, &self.shared.ports).await {
             Ok(emitted) => {
-                log_step(function, event, &emitted);
                 if let Some(StepObserver(observe)) = &self.shared.observer {
                     observe(function, event, &emitted);
                 }
@@ -272,13 +270,13 @@ impl InProcessBus {
                     if let Err(error) = publish_committed(store, self, &origin, &emitted).await {
                         // A full queue or a topology error; the outbox keeps
                         // the events and the relay tries again.
-                        tracing::warn!(%error, step = %function, "could not route emitted events; the outbox keeps them");
+                        tracing::warn!(order_id = %event.subject, trace_id = event.trace_id(), %error, step = %function, "could not route emitted events; the outbox keeps them");
                     }
                 }
             }
             Err(error) if error.is_retryable() && delivery.attempt <= self.shared.settings.max_retries => {
                 let delay = self.shared.settings.retry_delay(delivery.attempt);
-                tracing::warn!(order_id = %event.subject, step = %function, %error, attempt = delivery.attempt, ?delay, "retrying");
+                tracing::warn!(order_id = %event.subject, trace_id = event.trace_id(), step = %function, %error, attempt = delivery.attempt, ?delay, "retrying");
                 let bus = self.clone();
                 let retry = Delivery { attempt: delivery.attempt + 1, ..delivery };
                 tokio::spawn(async move {
@@ -295,11 +293,16 @@ impl InProcessBus {
                 return;
             }
             Err(error) => {
+                if error.is_retryable() {
+                    // Out of retries (a permanent failure is noted by `run_step`).
+                    let detail = error.to_string();
+                    note_delivery(&self.shared.ports, function, event, DeliveryOutcome::DeadLettered, detail).await;
+                }
                 if let Err(store_error) = self.dead_letter(function, &delivery, &error).await {
                     // Not durable, so not handled: the entry stays in the
                     // outbox (a replayed letter stays `Replaying`) and is
                     // delivered again, at the next start or the next poll.
-                    tracing::error!(order_id = %event.subject, step = %function, %error, %store_error, "could not park a dead letter; its event will be delivered again");
+                    tracing::error!(order_id = %event.subject, trace_id = event.trace_id(), step = %function, %error, %store_error, "could not park a dead letter; its event will be delivered again");
                     if let Some(batch) = &delivery.origin {
                         // Never settled now: let the relay publish it again.
                         self.unpend(&batch.origin);
@@ -359,7 +362,7 @@ impl InProcessBus {
     /// answers once it is durable.
     async fn dead_letter(&self, function: Function, delivery: &Delivery, error: &StepError) -> Result<(), StoreError> {
         let event = &delivery.event;
-        tracing::error!(order_id = %event.subject, step = %function, event = %event.event_type(), %error, "dead-lettered");
+        tracing::error!(order_id = %event.subject, trace_id = event.trace_id(), step = %function, event = %event.event_type(), %error, "dead-lettered");
         let letter =
             StoredDeadLetter { function, event: event.clone(), error: error.to_string(), attempts: delivery.attempt };
         self.shared.ports.store.park_dead_letter(&letter).await?;

@@ -126,6 +126,7 @@ pub const CHOREOGRAPHY: &[FunctionSpec] = &[
         service: Service::Orders,
         routes: &[
             Route { method: "GET", path: "/orders/{order_id}" },
+            Route { method: "GET", path: "/orders/{order_id}/timeline" },
             Route { method: "GET", path: "/inventory/{sku}" },
         ],
         consumes: &[],

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::contract::choreography::Function;
 use crate::contract::domain::{Address, CancelReason, CustomerId, Item, OrderId, Sku};
+use crate::contract::trace::TraceParent;
 
 /// Declares the event list once: the `EventType` enum with its wire names,
 /// `EventType::ALL`, and the `Payload` enum that pairs each type with its data.
@@ -206,20 +207,39 @@ pub struct Event {
     pub time: DateTime<Utc>,
     /// Id of the event this one reacts to; `None` for `order.created`.
     pub causation_id: Option<Uuid>,
-    /// W3C trace context, inherited along the saga so one trace spans it.
+    /// W3C trace context, inherited along the saga so one trace spans it;
+    /// its span id is this event's own (the hop that emitted it).
     pub traceparent: String,
+    /// The span this event's hop is a child of: its cause's span, or for
+    /// `order.created` the caller's (CloudEvents extension `parentspan`).
+    pub parent_span: Option<String>,
     /// The typed `data`; its variant is the event type.
     pub payload: Payload,
 }
 
 impl Event {
-    /// A new event emitted by `emitter` in reaction to `cause` (or starting a saga).
+    /// A new event emitted by `emitter` in reaction to `cause` (or starting a
+    /// saga in a new trace): the cause's trace, with a span of its own whose
+    /// parent is the cause's span.
     pub fn new(emitter: Function, subject: OrderId, cause: Option<&Event>, payload: Payload) -> Self {
-        let id = Uuid::now_v7();
-        let trace_id = match cause.and_then(|cause| cause.traceparent.get(3..35)) {
-            Some(trace_id) => trace_id.to_owned(),
-            None => Uuid::new_v4().simple().to_string(),
+        let parent = match cause {
+            // A cause from a producer that sent no valid trace context starts one.
+            Some(cause) => TraceParent::parse(&cause.traceparent).unwrap_or_else(TraceParent::new_root),
+            None => TraceParent::new_root(),
         };
+        let mut event = Self::in_trace(emitter, subject, &parent, payload);
+        event.causation_id = cause.map(|cause| cause.id);
+        if cause.is_none() {
+            // A trace of its own: nobody's child.
+            event.parent_span = None;
+        }
+        event
+    }
+
+    /// The first event of a saga, in the caller's trace (`POST /orders`):
+    /// a child span of the caller's.
+    pub fn in_trace(emitter: Function, subject: OrderId, parent: &TraceParent, payload: Payload) -> Self {
+        let id = Uuid::now_v7();
         // The span id is this event's own id, so a trace names its events.
         let span_id = &id.simple().to_string()[16..];
         Self {
@@ -227,10 +247,21 @@ impl Event {
             source: emitter.source(),
             subject,
             time: Utc::now(),
-            causation_id: cause.map(|cause| cause.id),
-            traceparent: format!("00-{trace_id}-{span_id}-01"),
+            causation_id: None,
+            traceparent: format!("00-{}-{span_id}-{:02x}", parent.trace_id, parent.flags),
+            parent_span: Some(parent.span_id.clone()),
             payload,
         }
+    }
+
+    /// The trace id of `traceparent` (empty when a producer sent none).
+    pub fn trace_id(&self) -> &str {
+        self.traceparent.get(3..35).unwrap_or_default()
+    }
+
+    /// The span id of `traceparent`: the hop that emitted this event.
+    pub fn span_id(&self) -> &str {
+        self.traceparent.get(36..52).unwrap_or_default()
     }
 
     pub fn event_type(&self) -> EventType {
@@ -288,6 +319,9 @@ struct WireEvent {
     /// `Event::traceparent`; empty when a producer sent none.
     #[serde(default)]
     traceparent: String,
+    /// `Event::parent_span`; left out when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parentspan: Option<String>,
     /// The payload as JSON, typed by `type` on the way in.
     data: serde_json::Value,
 }
@@ -308,6 +342,7 @@ impl From<&Event> for WireEvent {
             datacontenttype: json_content_type(),
             causationid: event.causation_id,
             traceparent: event.traceparent.clone(),
+            parentspan: event.parent_span.clone(),
             data: event.payload.to_data(),
         }
     }
@@ -331,6 +366,7 @@ impl TryFrom<WireEvent> for Event {
             time: wire.time,
             causation_id: wire.causationid,
             traceparent: wire.traceparent,
+            parent_span: wire.parentspan,
             payload,
         })
     }
@@ -382,6 +418,21 @@ mod tests {
         assert_eq!(effect.traceparent[..35], cause.traceparent[..35]);
         assert_ne!(effect.traceparent, cause.traceparent);
         assert_eq!(effect.traceparent.len(), 55);
+        assert_eq!(effect.trace_id(), cause.trace_id());
+        assert_eq!(effect.parent_span.as_deref(), Some(cause.span_id()));
+        assert_eq!(Event::from_json(&effect.to_json()).unwrap(), effect);
+    }
+
+    #[test]
+    fn a_saga_started_in_a_callers_trace_is_a_child_of_its_span() {
+        let caller = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        let root = cancelled();
+        let event = Event::in_trace(Function::CreateOrder, OrderId::new(), &caller, root.payload);
+        assert_eq!(event.trace_id(), caller.trace_id);
+        assert_eq!(event.parent_span.as_deref(), Some("00f067aa0ba902b7"));
+        assert_ne!(event.span_id(), caller.span_id);
+        assert!(event.traceparent.ends_with("-00"), "the caller's flags are kept: {}", event.traceparent);
+        assert_eq!(cancelled().parent_span, None, "a saga of its own is nobody's child");
     }
 
     #[test]

@@ -22,7 +22,9 @@ use serde_json::Value;
 use crate::bus::amqp::{AmqpLink, amazon_mq, dead_letter_queue, park_dead_letter};
 use crate::bus::{OutboxRef, Publisher, publish_committed_soon};
 use crate::contract::events::Event;
+use crate::telemetry::{run_step, step_span};
 use crate::{Ports, Step, StepError};
+use tracing::Instrument as _;
 
 /// Error types the bridge reads from a failed Invoke to choose retry or dead letter.
 pub const RETRYABLE_ERROR_TYPE: &str = "choreo.Retryable";
@@ -79,7 +81,7 @@ impl LambdaHost {
     pub async fn invoke(&self, payload: Value) -> Result<Value, StepError> {
         match Invocation::classify(payload)? {
             Invocation::Direct(event) => {
-                let emitted = self.step.handle(&event, &self.ports).await?;
+                let emitted = run_step(&*self.step, &event, &self.ports).await?;
                 // The bridge publishes these and acks only after its confirms;
                 // a lost answer means a redelivery, which returns them again.
                 self.ports.store.mark_published(self.step.function(), &event.id.to_string()).await?;
@@ -98,9 +100,10 @@ impl LambdaHost {
         let publisher = self.broker.as_deref().ok_or_else(|| {
             StepError::Retryable("AMQP_URL is not set: this function cannot publish the events it emits".to_owned())
         })?;
-        let emitted = self.step.handle(event, &self.ports).await?;
+        let emitted = run_step(&*self.step, event, &self.ports).await?;
         let origin = OutboxRef { function: self.step.function(), key: event.id.to_string() };
         publish_committed_soon(&*self.ports.store, publisher as &dyn Publisher, &origin, &emitted)
+            .instrument(step_span(self.step.function(), event))
             .await
             .map_err(StepError::from)?;
         Ok(emitted.len())

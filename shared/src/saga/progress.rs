@@ -43,7 +43,8 @@ fn order_created(order: &OrderRecord) -> Option<Event> {
         subject: order.order_id,
         time: entry.time,
         causation_id: None,
-        traceparent: String::new(),
+        traceparent: entry.traceparent.clone(),
+        parent_span: entry.parent_span.clone(),
         payload: Payload::OrderCreated(OrderCreated {
             customer_id: order.customer_id.clone(),
             items: order.items.clone(),
@@ -52,28 +53,52 @@ fn order_created(order: &OrderRecord) -> Option<Event> {
     })
 }
 
-/// Follows `order`'s saga through the processed records.
-pub async fn progress_of(store: &dyn Store, order: OrderRecord) -> Result<Progress, StoreError> {
-    let mut pending: Vec<Event> = order_created(&order).into_iter().collect();
+/// What the processed records tell of a saga: every event found, and for
+/// each delivery the table prescribes, what its consumer emitted (`None`: no
+/// record, so not handled yet). `progress_of` and the timeline read it.
+#[derive(Clone, Debug, Default)]
+pub struct SagaRecords {
+    /// Every event of the saga found, in the order the walk met them.
+    pub events: Vec<Event>,
+    /// (event, consumer, what the consumer emitted if it handled it).
+    pub deliveries: Vec<(Event, Function, Option<Vec<Event>>)>,
+}
+
+/// Walks `order`'s saga from its `order.created` and its deadline through
+/// the processed records of each event's consumers (the choreography table).
+pub async fn saga_records(store: &dyn Store, order: &OrderRecord) -> Result<SagaRecords, StoreError> {
+    let mut pending: Vec<Event> = order_created(order).into_iter().collect();
     if let Some(deadline) = store.processed(Function::SagaDeadline, &order.order_id.to_string()).await? {
         pending.extend(deadline);
     }
     let mut seen = HashSet::new();
-    let mut events = Vec::new();
-    let mut waiting = Vec::new();
+    let mut records = SagaRecords::default();
     while let Some(event) = pending.pop() {
         if !seen.insert(event.id) {
             continue;
         }
         for function in consumers_of(event.event_type()) {
-            match store.processed(function, &event.id.to_string()).await? {
-                Some(emitted) => pending.extend(emitted),
-                None => waiting.push(Waiting { event: event.clone(), function }),
+            let emitted = store.processed(function, &event.id.to_string()).await?;
+            if let Some(emitted) = &emitted {
+                pending.extend(emitted.iter().cloned());
             }
+            records.deliveries.push((event.clone(), function, emitted));
         }
-        events.push(event);
+        records.events.push(event);
     }
+    Ok(records)
+}
+
+/// Follows `order`'s saga through the processed records.
+pub async fn progress_of(store: &dyn Store, order: OrderRecord) -> Result<Progress, StoreError> {
+    let records = saga_records(store, &order).await?;
+    let mut waiting: Vec<Waiting> = records
+        .deliveries
+        .into_iter()
+        .filter(|(_, _, emitted)| emitted.is_none())
+        .map(|(event, function, _)| Waiting { event, function })
+        .collect();
     waiting.sort_by_key(|waiting| (waiting.event.time, waiting.event.id, waiting.function));
-    let last_event = events.into_iter().max_by_key(|event| (event.time, event.id));
+    let last_event = records.events.into_iter().max_by_key(|event| (event.time, event.id));
     Ok(Progress { order, last_event, waiting })
 }

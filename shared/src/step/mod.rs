@@ -104,6 +104,7 @@ where
         match store.commit(commit).await? {
             CommitOutcome::Committed => return Ok(emitted),
             CommitOutcome::Duplicate(first_run) => {
+                crate::telemetry::step::note_duplicate();
                 tracing::debug!(%function, event_id = %event.id, "duplicate event: returning the first run's events");
                 return Ok(first_run);
             }

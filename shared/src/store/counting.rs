@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{
-    Commit, CommitOutcome, LetterState, OpenOrdersPage, OrderRecord, OutboxCursor, OutboxPage, Reservation, SeedStock,
-    Shipment, StockLevel, Store, StoreError, StoredDeadLetter,
+    Commit, CommitOutcome, DeliveryNote, LetterState, OpenOrdersPage, OrderRecord, OutboxCursor, OutboxPage,
+    Reservation, SeedStock, Shipment, StockLevel, Store, StoreError, StoredDeadLetter,
 };
 use crate::contract::choreography::Function;
 use crate::contract::domain::{OrderId, Sku};
@@ -27,7 +27,7 @@ pub struct StoreCounts {
     commits: AtomicU64,
     /// Items those commits wrote: their records plus the processed record.
     transactional_item_writes: AtomicU64,
-    /// Writes outside any transaction: outbox marks (an `UpdateItem` each).
+    /// Writes outside any transaction: outbox marks and timeline notes (an `UpdateItem` each).
     single_item_writes: AtomicU64,
 }
 
@@ -119,6 +119,19 @@ impl Store for CountingStore {
 
     async fn discard_dead_letter(&self, function: Function, event_id: &str) -> Result<(), StoreError> {
         self.inner.discard_dead_letter(function, event_id).await
+    }
+
+    async fn note_delivery(&self, note: &DeliveryNote) -> Result<(), StoreError> {
+        StoreCounts::add(&self.counts.single_item_writes, 1);
+        self.inner.note_delivery(note).await
+    }
+
+    async fn delivery_notes(&self, order_id: OrderId) -> Result<Vec<DeliveryNote>, StoreError> {
+        self.inner.delivery_notes(order_id).await
+    }
+
+    async fn prune_delivery_notes(&self) -> Result<usize, StoreError> {
+        self.inner.prune_delivery_notes().await
     }
 
     async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {

@@ -12,6 +12,7 @@
 
 pub mod counting;
 mod dead_letters;
+mod deliveries;
 pub mod dynamodb;
 mod open_orders;
 mod outbox;
@@ -28,6 +29,7 @@ use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
 
 pub use dead_letters::{LetterState, StoredDeadLetter};
+pub use deliveries::{DeliveryNote, DeliveryOutcome};
 pub use open_orders::{
     OPEN_ORDERS_PAGE, OpenOrdersPage, all_open_orders, created_at, created_before_bound, open_statuses,
 };
@@ -207,6 +209,25 @@ pub trait Store: Send + Sync + 'static {
     async fn discard_dead_letter(&self, function: Function, event_id: &str) -> Result<(), StoreError> {
         let _ = function;
         Err(no_dead_letters(event_id))
+    }
+
+    // --- notes of deliveries that committed nothing new (see `deliveries.rs`) ---
+    /// Rule: keeps `note` for the order's timeline; best effort (a failure
+    /// changes nothing in the saga). A store that keeps none answers `Ok`,
+    /// and its timelines show only what the processed records hold.
+    async fn note_delivery(&self, note: &DeliveryNote) -> Result<(), StoreError> {
+        let _ = note;
+        Ok(())
+    }
+    /// Rule: every note kept of `order_id`'s deliveries, oldest first.
+    async fn delivery_notes(&self, order_id: OrderId) -> Result<Vec<DeliveryNote>, StoreError> {
+        let _ = order_id;
+        Ok(vec![])
+    }
+    /// Rule (retention): deletes the notes older than the store's retention of
+    /// processed records, whose deliveries they annotate; answers how many.
+    async fn prune_delivery_notes(&self) -> Result<usize, StoreError> {
+        Ok(0)
     }
 
     // --- inventory ---

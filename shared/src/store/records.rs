@@ -118,6 +118,13 @@ pub struct HistoryEntry {
     pub source: String,
     /// Lets a redelivered event be recognised and recorded once.
     pub event_id: Uuid,
+    /// The event's trace context, so the saga's timeline can start from the
+    /// order record (absent in records of older versions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
+    /// The event's parent span (see `Event::parent_span`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_span: Option<String>,
 }
 
 impl HistoryEntry {
@@ -127,6 +134,8 @@ impl HistoryEntry {
             time: event.time,
             source: event.source.clone(),
             event_id: event.id,
+            traceparent: event.traceparent.clone(),
+            parent_span: event.parent_span.clone(),
         }
     }
 }
@@ -150,6 +159,10 @@ pub struct OrderRecord {
     /// Set once cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<CancelReason>,
+    /// Who placed it, when the API knows (ARCHITECTURE.md §14.4): the IAM
+    /// caller's ARN, or `customer:<id>` for a JWT's customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_by: Option<String>,
     /// Sorted by event time, then id (v7 ids sort by creation), so the
     /// history reads causally even when events were delivered out of order.
     pub history: Vec<HistoryEntry>,

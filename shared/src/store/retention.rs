@@ -63,6 +63,12 @@ pub async fn prune_forever(store: Arc<dyn Store>, stop: impl Future<Output = ()>
             Ok(pruned) => tracing::info!(records = pruned, "pruned processed-event records past their retention"),
             Err(error) => tracing::warn!(%error, "pruning processed-event records failed; trying again in an hour"),
         }
+        // The timeline's notes go with the records they annotate (ARCHITECTURE.md §14.3).
+        match store.prune_delivery_notes().await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(notes = pruned, "pruned delivery notes past their retention"),
+            Err(error) => tracing::warn!(%error, "pruning delivery notes failed; trying again in an hour"),
+        }
         tokio::select! {
             () = tokio::time::sleep(PRUNE_EVERY) => {}
             () = &mut stop => return,

@@ -10,6 +10,8 @@
 
 pub mod aws;
 pub mod broker;
+pub mod jwt;
+pub mod logs;
 pub mod tls;
 
 use std::sync::Arc;
@@ -168,6 +170,7 @@ pub fn pending_order(created: &Event) -> OrderRecord {
         tracking_number: None,
         cancel_reason: None,
         history: vec![HistoryEntry::of(created)],
+        placed_by: None,
         version: 0,
     }
 }

@@ -6,6 +6,7 @@
 mod codec;
 mod dead_letters;
 mod errors;
+mod notes;
 mod open_orders;
 mod tables;
 mod transaction;
@@ -270,6 +271,15 @@ impl Store for DynamoStore {
     /// DynamoDB expires published records itself (TTL on `expires_at`).
     async fn prune_processed(&self) -> Result<usize, StoreError> {
         Ok(0)
+    }
+
+    /// See `notes.rs` (the TTL expires them too).
+    async fn note_delivery(&self, note: &crate::store::DeliveryNote) -> Result<(), StoreError> {
+        self.append_note(note).await
+    }
+
+    async fn delivery_notes(&self, order_id: OrderId) -> Result<Vec<crate::store::DeliveryNote>, StoreError> {
+        self.notes_of(order_id).await
     }
 
     async fn mark_published(&self, function: Function, key: &str) -> Result<(), StoreError> {

@@ -4,6 +4,7 @@
 //! SQL is in `writes`.
 
 mod dead_letters;
+mod deliveries;
 mod open_orders;
 mod outbox;
 mod threads;
@@ -68,7 +69,10 @@ impl SqliteStore {
     /// default retention of processed records.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            threads: Threads::open(path, &format!("{SCHEMA}{}{}", dead_letters::SCHEMA, open_orders::schema()))?,
+            threads: Threads::open(
+                path,
+                &format!("{SCHEMA}{}{}{}", dead_letters::SCHEMA, deliveries::SCHEMA, open_orders::schema()),
+            )?,
             retention: DEFAULT_PROCESSED_RETENTION,
         })
     }
@@ -209,6 +213,20 @@ impl Store for SqliteStore {
     async fn discard_dead_letter(&self, function: Function, event_id: &str) -> Result<(), StoreError> {
         let event_id = event_id.to_owned();
         self.threads.write(|()| true, move |connection| dead_letters::discard(connection, function, &event_id)).await
+    }
+
+    async fn note_delivery(&self, note: &crate::store::DeliveryNote) -> Result<(), StoreError> {
+        let note = note.clone();
+        self.threads.write(|()| true, move |connection| deliveries::note(connection, &note)).await
+    }
+
+    async fn delivery_notes(&self, order_id: OrderId) -> Result<Vec<crate::store::DeliveryNote>, StoreError> {
+        self.threads.read(move |connection| deliveries::of_order(connection, order_id)).await
+    }
+
+    async fn prune_delivery_notes(&self) -> Result<usize, StoreError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        self.threads.write(|_| true, move |connection| deliveries::prune(connection, cutoff)).await
     }
 
     async fn stock(&self, skus: &[Sku]) -> Result<Vec<StockLevel>, StoreError> {

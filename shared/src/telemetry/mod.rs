@@ -1,5 +1,12 @@
-//! Logging: human-readable lines locally, JSON when Lambda asks for it
-//! (`AWS_LAMBDA_LOG_FORMAT=JSON`). Filter with `RUST_LOG` (default `info`).
+//! What a person sees of the running system (ARCHITECTURE.md §14): logging
+//! (human-readable lines locally, JSON when Lambda asks for it,
+//! `AWS_LAMBDA_LOG_FORMAT=JSON`; filter with `RUST_LOG`, default `info`),
+//! each step's span and line (`step`), and the metrics (`metrics`).
+
+pub mod metrics;
+pub mod step;
+
+pub use self::step::{StepOutcome, run_step, step_span};
 
 use tracing_subscriber::EnvFilter;
 
