@@ -8,11 +8,11 @@ use axum::Router;
 use shared::Ports;
 use shared::bus::inprocess::InProcessBus;
 use shared::bus::{relay_forever, relay_outbox};
+use shared::host::auth::ApiAuth;
 use shared::store::Store;
 use tokio::sync::watch;
 
 use super::{StartError, UpConfig, app_router, app_router_with_auth, open_seeded_store};
-use shared::host::auth::ApiAuth;
 
 /// A running embedded system.
 pub struct Embedded {

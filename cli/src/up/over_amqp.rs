@@ -10,17 +10,15 @@ use async_trait::async_trait;
 use axum::Router;
 use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, redact, run_consumers};
 use shared::bus::{DeliverySettings, OutboxRef, StepObserver, publish_committed_soon, relay_forever};
-use shared::store::DeliveryOutcome;
-use shared::store::Store;
+use shared::host::auth::ApiAuth;
+use shared::store::{DeliveryOutcome, Store};
+use shared::telemetry::run_step;
 use shared::telemetry::step::note_delivery;
-use shared::telemetry::{run_step, step_span};
 use shared::{Event, Function, Ports, Step, StepError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::Instrument as _;
 
 use super::{StartError, UpConfig, app_router, app_router_with_auth, open_seeded_store};
-use shared::host::auth::ApiAuth;
 
 /// The steps linked into this binary, invoked by the consumer runner; each
 /// publishes what it emitted itself and settles its outbox entry.
@@ -56,9 +54,7 @@ impl StepInvoker for LinkedSteps {
         let step = self.steps.get(&function).ok_or_else(|| shared::step::not_consumed(function, event))?;
         let emitted = run_step(&**step, event, &self.ports).await?;
         let origin = OutboxRef { function, key: event.id.to_string() };
-        publish_committed_soon(&*self.ports.store, &*self.link, &origin, &emitted)
-            .instrument(step_span(function, event))
-            .await?;
+        publish_committed_soon(&*self.ports.store, &*self.link, &origin, &emitted).await?;
         if let Some(StepObserver(observe)) = &self.observer {
             observe(function, event, &emitted);
         }

@@ -22,9 +22,8 @@ use serde_json::Value;
 use crate::bus::amqp::{AmqpLink, amazon_mq, dead_letter_queue, park_dead_letter};
 use crate::bus::{OutboxRef, Publisher, publish_committed_soon};
 use crate::contract::events::Event;
-use crate::telemetry::{run_step, step_span};
+use crate::telemetry::run_step;
 use crate::{Ports, Step, StepError};
-use tracing::Instrument as _;
 
 /// Error types the bridge reads from a failed Invoke to choose retry or dead letter.
 pub const RETRYABLE_ERROR_TYPE: &str = "choreo.Retryable";
@@ -103,7 +102,6 @@ impl LambdaHost {
         let emitted = run_step(&*self.step, event, &self.ports).await?;
         let origin = OutboxRef { function: self.step.function(), key: event.id.to_string() };
         publish_committed_soon(&*self.ports.store, publisher as &dyn Publisher, &origin, &emitted)
-            .instrument(step_span(self.step.function(), event))
             .await
             .map_err(StepError::from)?;
         Ok(emitted.len())

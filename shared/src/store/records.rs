@@ -118,24 +118,29 @@ pub struct HistoryEntry {
     pub source: String,
     /// Lets a redelivered event be recognised and recorded once.
     pub event_id: Uuid,
-    /// The event's trace context, so the saga's timeline can start from the
-    /// order record (absent in records of older versions).
+    /// The trace context of a saga's first event (`order.created`), so the
+    /// timeline can start from the order record; empty for the other lines
+    /// and in records of older versions.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub traceparent: String,
-    /// The event's parent span (see `Event::parent_span`).
+    /// That event's parent span (see `Event::parent_span`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_span: Option<String>,
 }
 
 impl HistoryEntry {
     pub fn of(event: &Event) -> Self {
+        let starts_saga = event.causation_id.is_none();
         Self {
             event_type: event.event_type().as_str().to_owned(),
             time: event.time,
             source: event.source.clone(),
             event_id: event.id,
-            traceparent: event.traceparent.clone(),
-            parent_span: event.parent_span.clone(),
+            // Only a saga's first events need it here (the timeline starts from
+            // the order record); later ones are in the processed records, so the
+            // order record does not grow by a trace per line.
+            traceparent: if starts_saga { event.traceparent.clone() } else { String::new() },
+            parent_span: event.parent_span.clone().filter(|_| starts_saga),
         }
     }
 }

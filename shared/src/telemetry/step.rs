@@ -119,7 +119,8 @@ pub async fn note_delivery(ports: &Ports, function: Function, event: &Event, out
 
 /// The one line per step: `<function>: <event> -> <what it emitted>`, with
 /// the outcome and duration as fields (the span adds order and trace). On
-/// Lambda the metrics line (EMF) carries the same fields and is the line.
+/// Lambda the metrics line (EMF) carries the same fields and is the line of
+/// a step that succeeded; a failure still gets this one, with its error.
 fn log_step(
     function: Function,
     event: &Event,
@@ -127,7 +128,7 @@ fn log_step(
     result: &Result<Vec<Event>, StepError>,
     elapsed: Duration,
 ) {
-    if metrics::emf_enabled() {
+    if result.is_ok() && metrics::emf_enabled() {
         return;
     }
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
