@@ -178,14 +178,17 @@ impl Up {
         self.logs.join(format!("up-{generation}.log"))
     }
 
-    /// Lines of every process's log that mention `text`.
-    fn log_lines_with(&self, text: &str) -> usize {
+    /// Runs that failed with `error`: a step's own line (`<function>: <event>
+    /// failed`, one per run; the runner's "retrying after" line about the
+    /// same run is not counted) or a POST that could not store its order.
+    fn failed_runs(&self, error: &str) -> usize {
         (1..=self.started)
             .map(|generation| {
                 std::fs::read_to_string(self.log(generation))
                     .unwrap_or_default()
                     .lines()
-                    .filter(|line| line.contains(text))
+                    .filter(|line| line.contains(error))
+                    .filter(|line| line.contains(" failed") || line.contains("could not store the order"))
                     .count()
             })
             .sum()
@@ -438,7 +441,7 @@ async fn broker_fault_suite_loses_nothing_applies_nothing_twice_and_oversells_no
     let _ = stop_duplicator.send(true);
     let _ = duplicator.await;
 
-    let injected = up.log_lines_with(INJECTED);
+    let injected = up.failed_runs(INJECTED);
     let committed = count(&up.db, "SELECT count(*) FROM processed");
     let report = json!({
         "fault_suite": if plan.orders >= 10_000 { "full" } else { "reduced" },
