@@ -178,6 +178,24 @@ impl Up {
         self.logs.join(format!("up-{generation}.log"))
     }
 
+    /// Lines about a step run that failed with `error` (the step's own, the
+    /// runner's retry) that do not name the order and its trace.
+    fn anonymous_failure_lines(&self, error: &str) -> Vec<String> {
+        (1..=self.started)
+            .flat_map(|generation| {
+                std::fs::read_to_string(self.log(generation))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|line| {
+                        line.contains(error) && (line.contains(" failed") || line.contains("retrying after"))
+                    })
+                    .filter(|line| !(line.contains("order_id=") && line.contains("trace_id=")))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Runs that failed with `error`: a step's own line (`<function>: <event>
     /// failed`, one per run; the runner's "retrying after" line about the
     /// same run is not counted) or a POST that could not store its order.
@@ -442,6 +460,7 @@ async fn broker_fault_suite_loses_nothing_applies_nothing_twice_and_oversells_no
     let _ = duplicator.await;
 
     let injected = up.failed_runs(INJECTED);
+    let anonymous = up.anonymous_failure_lines(INJECTED);
     let committed = count(&up.db, "SELECT count(*) FROM processed");
     let report = json!({
         "fault_suite": if plan.orders >= 10_000 { "full" } else { "reduced" },
@@ -475,5 +494,10 @@ async fn broker_fault_suite_loses_nothing_applies_nothing_twice_and_oversells_no
     assert_eq!(dead_after_replay, 0, "the replay emptied the dead queues: {report}");
     assert!(copies.duplicated.load(Ordering::Relaxed) > 0 && copies.reordered.load(Ordering::Relaxed) > 0, "{report}");
     assert!(injected > 0, "failures were injected: {report}");
+    assert!(
+        anonymous.is_empty(),
+        "every line about a failed run names its order and trace: {:?}",
+        &anonymous[..anonymous.len().min(3)]
+    );
     assert!(status.success(), "the last process stopped cleanly: {status}");
 }

@@ -141,8 +141,12 @@ fn log_step(
             "{function}: {kind} -> {}",
             Emitted(emitted)
         ),
+        // The order and trace again: at `RUST_LOG=warn` the (info) step span
+        // is off, and this line must still say which saga it is about.
         Err(error) => tracing::warn!(
             target: "choreo::saga",
+            order_id = %event.subject,
+            trace_id = event.trace_id(),
             outcome = outcome.as_str(),
             duration_ms,
             %error,

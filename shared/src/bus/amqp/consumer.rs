@@ -206,6 +206,16 @@ async fn consume_queue(
     outcome
 }
 
+/// The order (`correlation_id`) and trace (`traceparent`) a message is
+/// about, for the runner's own lines; read only when one is written.
+fn about(delivery: &lapin::message::Delivery) -> (String, String) {
+    let order_id = delivery.properties.correlation_id().as_ref().map(ToString::to_string).unwrap_or_default();
+    let trace_id = header_text(delivery, "traceparent")
+        .and_then(|traceparent| traceparent.get(3..35).map(str::to_owned))
+        .unwrap_or_default();
+    (order_id, trace_id)
+}
+
 pub(super) fn header_text(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
     delivery.properties.headers().as_ref()?.inner().get(name)?.as_long_string().map(|text| text.to_string())
 }
@@ -249,12 +259,14 @@ async fn process(
     let settled = match outcome {
         Ok(()) => Ok(()),
         Err(error) if error.is_retryable() && attempt <= settings.max_retries => {
-            tracing::warn!(step = %function, attempt, %error, "retrying after {:?}", settings.retry_delay(attempt));
+            let (order_id, trace_id) = about(&delivery);
+            tracing::warn!(step = %function, %order_id, %trace_id, attempt, %error, "retrying after {:?}", settings.retry_delay(attempt));
             let properties = with_bookkeeping(delivery.properties.clone(), attempt + 1, &error.to_string(), function);
             link.send_to_queue(&retry_queue(function, attempt), delivery.data.clone(), properties).await
         }
         Err(error) => {
-            tracing::error!(step = %function, attempt, %error, "dead-lettered");
+            let (order_id, trace_id) = about(&delivery);
+            tracing::error!(step = %function, %order_id, %trace_id, attempt, %error, "dead-lettered");
             let properties = delivery.properties.clone();
             park_dead_letter(link, function, delivery.data.clone(), properties, attempt, &error.to_string()).await
         }
@@ -262,7 +274,8 @@ async fn process(
     match settled {
         Ok(()) => {
             if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                tracing::warn!(%error, step = %function, "ack failed; the broker will redeliver (idempotent)");
+                let (order_id, trace_id) = about(&delivery);
+                tracing::warn!(%error, step = %function, %order_id, %trace_id, "ack failed; the broker will redeliver (idempotent)");
             }
         }
         Err(error) => {
@@ -272,7 +285,8 @@ async fn process(
             // `max_retries` such returns, so this cannot go on forever.
             let returns = header_int(&delivery, DELIVERY_COUNT_HEADER).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
             let pause = settings.retry_delay(returns.saturating_add(1)).min(MAX_REQUEUE_PAUSE);
-            tracing::warn!(%error, step = %function, ?pause, returns, "could not settle a message; returning it to the queue");
+            let (order_id, trace_id) = about(&delivery);
+            tracing::warn!(%error, step = %function, %order_id, %trace_id, ?pause, returns, "could not settle a message; returning it to the queue");
             tokio::time::sleep(pause).await;
             let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
