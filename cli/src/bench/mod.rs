@@ -223,6 +223,8 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
         steps = now;
     }
 
+    // What the sagas cost, counted before the audit's own reads.
+    let counted = store_counts.snapshot();
     // The invariants, checked before anything is torn down: a fast run that
     // broke one is a failure, not a figure.
     let placed: Vec<_> = samples.iter().map(|&(order_id, path, ..)| (order_id, path)).collect();
@@ -248,7 +250,6 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
     let mix = format!("{:?}", config.mix).to_ascii_lowercase();
     let mut report = report(mode, &mix, config, completed, latencies, wall, steps);
     report["audit"] = json!(audit);
-    report["per_saga"] =
-        per_saga(config.orders, steps, finish.emitted.load(Ordering::Relaxed), store_counts.snapshot());
+    report["per_saga"] = per_saga(config.orders, steps, finish.emitted.load(Ordering::Relaxed), counted);
     Ok(report)
 }
