@@ -178,39 +178,33 @@ impl Up {
         self.logs.join(format!("up-{generation}.log"))
     }
 
-    /// Lines about a step run that failed with `error` (the step's own, the
-    /// runner's retry) that do not name the order and its trace.
-    fn anonymous_failure_lines(&self, error: &str) -> Vec<String> {
+    /// Every process's log lines that mention `text`, read once.
+    fn log_lines_with(&self, text: &str) -> Vec<String> {
         (1..=self.started)
             .flat_map(|generation| {
-                std::fs::read_to_string(self.log(generation))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|line| {
-                        line.contains(error) && (line.contains(" failed") || line.contains("retrying after"))
-                    })
-                    .filter(|line| !(line.contains("order_id=") && line.contains("trace_id=")))
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
+                let log = std::fs::read_to_string(self.log(generation)).unwrap_or_default();
+                log.lines().filter(|line| line.contains(text)).map(str::to_owned).collect::<Vec<_>>()
             })
             .collect()
     }
+}
 
-    /// Runs that failed with `error`: a step's own line (`<function>: <event>
-    /// failed`, one per run; the runner's "retrying after" line about the
-    /// same run is not counted) or a POST that could not store its order.
-    fn failed_runs(&self, error: &str) -> usize {
-        (1..=self.started)
-            .map(|generation| {
-                std::fs::read_to_string(self.log(generation))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|line| line.contains(error))
-                    .filter(|line| line.contains(" failed") || line.contains("could not store the order"))
-                    .count()
-            })
-            .sum()
-    }
+/// Of the lines about failures, those that each stand for one failed run: a
+/// step's own line (`<function>: <event> failed`; the runner's "retrying
+/// after" line about the same run is not counted) or a POST that could not
+/// store its order.
+fn failed_runs(lines: &[String]) -> usize {
+    lines.iter().filter(|line| line.contains(" failed") || line.contains("could not store the order")).count()
+}
+
+/// Of the lines about failures, those about a step run (the step's own, the
+/// runner's retry) that do not name the order and its trace.
+fn anonymous_lines(lines: &[String]) -> Vec<&String> {
+    lines
+        .iter()
+        .filter(|line| line.contains(" failed") || line.contains("retrying after"))
+        .filter(|line| !(line.contains("order_id=") && line.contains("trace_id=")))
+        .collect()
 }
 
 // ------------------------------------------------------------ the load
@@ -459,8 +453,9 @@ async fn broker_fault_suite_loses_nothing_applies_nothing_twice_and_oversells_no
     let _ = stop_duplicator.send(true);
     let _ = duplicator.await;
 
-    let injected = up.failed_runs(INJECTED);
-    let anonymous = up.anonymous_failure_lines(INJECTED);
+    let failure_lines = up.log_lines_with(INJECTED);
+    let injected = failed_runs(&failure_lines);
+    let anonymous = anonymous_lines(&failure_lines);
     let committed = count(&up.db, "SELECT count(*) FROM processed");
     let report = json!({
         "fault_suite": if plan.orders >= 10_000 { "full" } else { "reduced" },
