@@ -6,11 +6,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChoreoProcess, Scratch, Vhost, assert_conserved, eventually, history_types, stock, wait_all_terminal};
+use common::{
+    ChoreoProcess, Posters, Scratch, Vhost, assert_conserved, eventually, history_types, stock, wait_all_terminal,
+};
 use serde_json::Value;
 use shared::contract::domain::{OrderId, OrderStatus};
 use shared::store::sqlite::SqliteStore;
@@ -69,31 +70,8 @@ async fn kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_n
     let client = first.client();
 
     // GIVEN four clients posting orders, each with its Idempotency-Key
-    let next = Arc::new(AtomicUsize::new(0));
-    let accepted: Arc<Mutex<BTreeMap<usize, String>>> = Arc::default();
-    let mut posters = Vec::new();
-    for _ in 0..4 {
-        let (client, next, accepted) = (client.clone(), Arc::clone(&next), Arc::clone(&accepted));
-        posters.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::SeqCst);
-                if n >= ORDERS {
-                    break;
-                }
-                match client.create_order(&order(n), Some(&key(n))).await {
-                    Ok(id) => {
-                        accepted.lock().unwrap().insert(n, id);
-                    }
-                    Err(_) => break, // the process is gone
-                }
-            }
-        }));
-    }
-    eventually("120 orders accepted", Duration::from_secs(60), || async {
-        let count = accepted.lock().unwrap().len();
-        if count >= 120 { Ok(()) } else { Err(format!("{count} accepted")) }
-    })
-    .await;
+    let posters = Posters::start(&client, 4, ORDERS, order, key);
+    posters.until_accepted(120).await;
 
     // WHEN the process is killed outright mid-load, with messages in hand
     // whose commits wait: the test holds SQLite's write lock (a busy
@@ -111,13 +89,11 @@ async fn kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_n
     drop(lock);
     let status = first.wait_exit(Duration::from_secs(15)).await;
     assert!(!status.success(), "killed, not stopped: {status}");
-    for poster in posters {
-        poster.await.expect("a poster");
-    }
+    let accepted = posters.finish().await;
     // The kill caught sagas mid-way (else this test would prove nothing).
     let store = SqliteStore::open(&scratch.db()).expect("the database opens");
     let mut open = 0;
-    let accepted_ids: Vec<String> = accepted.lock().unwrap().values().cloned().collect();
+    let accepted_ids: Vec<String> = accepted.values().cloned().collect();
     for id in &accepted_ids {
         let record = store.order(OrderId::parse(id).expect("an order id")).await.expect("the store answers");
         if record.is_some_and(|record| !matches!(record.status, OrderStatus::Shipped | OrderStatus::Cancelled)) {
@@ -130,7 +106,7 @@ async fn kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_n
     // AND started again; the clients retry every order with the same key
     let mut second = ChoreoProcess::spawn(&vhost, &scratch.db(), &inventory);
     let client = second.client();
-    let before = accepted.lock().unwrap().clone();
+    let before = accepted;
     let mut ids = Vec::new();
     for n in 0..ORDERS {
         let id = client.create_order(&order(n), Some(&key(n))).await.expect("accepted after the restart");

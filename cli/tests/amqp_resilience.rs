@@ -20,12 +20,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use choreo::client::Client;
 use common::{
-    ChoreoProcess, InProcess, Levels, RestartBrokerOnDrop, Scratch, Vhost, assert_conserved,
+    ChoreoProcess, InProcess, Levels, Posters, RestartBrokerOnDrop, Scratch, Vhost, assert_conserved,
     assert_function_queues_empty, drain_saga_ended, eventually, history_types, message_count, stock, test_settings,
     wait_all_terminal,
 };
@@ -551,29 +551,8 @@ async fn sigterm_under_load_exits_cleanly_and_a_restart_finishes_every_order() {
     let client = first.client();
 
     // GIVEN four clients posting orders (each with its Idempotency-Key)
-    let next = Arc::new(AtomicUsize::new(0));
-    let accepted: Arc<Mutex<BTreeMap<usize, String>>> = Arc::default();
-    let mut posters = Vec::new();
-    for _ in 0..4 {
-        let (client, next, accepted) = (client.clone(), Arc::clone(&next), Arc::clone(&accepted));
-        posters.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::SeqCst);
-                if n >= ORDERS {
-                    break;
-                }
-                let key = idempotency_key(n);
-                if let Ok(id) = client.create_order(&mixed_order(n).1, Some(&key)).await {
-                    accepted.lock().expect("not poisoned").insert(n, id);
-                }
-            }
-        }));
-    }
-    eventually("40 orders accepted", Duration::from_secs(60), || async {
-        let count = accepted.lock().expect("not poisoned").len();
-        if count >= 40 { Ok(()) } else { Err(format!("{count} accepted")) }
-    })
-    .await;
+    let posters = Posters::start(&client, 4, ORDERS, |n| mixed_order(n).1, idempotency_key);
+    posters.until_accepted(40).await;
 
     // WHEN the process gets SIGTERM mid-way
     first.terminate();
@@ -581,16 +560,13 @@ async fn sigterm_under_load_exits_cleanly_and_a_restart_finishes_every_order() {
     // THEN it exits 0, promptly
     let status = first.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "choreo up exited with {status} after SIGTERM");
-    for poster in posters {
-        poster.await.expect("a poster");
-    }
+    let before_restart = posters.finish().await;
 
     // WHEN it starts again on the same database and vhost, and the clients
     // retry what got no answer, with the same keys
     let mut second = ChoreoProcess::spawn(&vhost, &scratch.db(), &inventory);
     let client = second.client();
     let mut orders = Vec::new();
-    let before_restart = accepted.lock().expect("not poisoned").clone();
     assert!(before_restart.len() >= 40, "{} accepted", before_restart.len());
     for n in 0..ORDERS {
         let (path, body) = mixed_order(n);

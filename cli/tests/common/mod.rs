@@ -335,6 +335,69 @@ impl Drop for ChoreoProcess {
     }
 }
 
+// ------------------------------------------------------------- clients
+
+/// Clients posting orders `0..count` at once, each with its Idempotency-Key;
+/// an order refused (the process is gone or stopping) is skipped: the tests
+/// post every order again after a restart.
+pub struct Posters {
+    /// The orders accepted so far, by number.
+    accepted: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, String>>>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Posters {
+    pub fn start(
+        client: &Client,
+        clients: usize,
+        count: usize,
+        order: fn(usize) -> Value,
+        key: fn(usize) -> String,
+    ) -> Self {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, String>>> = Arc::default();
+        let clients = (0..clients)
+            .map(|_| {
+                let (client, next, accepted) = (client.clone(), Arc::clone(&next), Arc::clone(&accepted));
+                tokio::spawn(async move {
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if n >= count {
+                            break;
+                        }
+                        if let Ok(id) = client.create_order(&order(n), Some(&key(n))).await {
+                            accepted.lock().expect("not poisoned").insert(n, id);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { accepted, clients }
+    }
+
+    /// The orders accepted so far, by number.
+    fn accepted(&self) -> std::collections::BTreeMap<usize, String> {
+        self.accepted.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits until at least `wanted` orders were accepted.
+    pub async fn until_accepted(&self, wanted: usize) {
+        eventually(&format!("{wanted} orders accepted"), Duration::from_secs(60), || async {
+            let count = self.accepted.lock().expect("not poisoned").len();
+            if count >= wanted { Ok(()) } else { Err(format!("{count} accepted")) }
+        })
+        .await;
+    }
+
+    /// Waits for every client to run out of orders; answers what was accepted.
+    pub async fn finish(mut self) -> std::collections::BTreeMap<usize, String> {
+        for client in std::mem::take(&mut self.clients) {
+            client.await.expect("a client");
+        }
+        self.accepted()
+    }
+}
+
 // ------------------------------------------------------------- orders
 
 /// The event types of an order's `history`, oldest first.
