@@ -12,8 +12,8 @@ use choreo::up::{AmqpSystem, UpConfig};
 use common::{SAGA_TIMEOUT, Scratch, Vhost, default_catalog, eventually, init_logging, test_settings};
 use shared::contract::domain::{CancelReason, OrderId, OrderStatus, Sku};
 use shared::step::ShipCountries;
-use shared::store::{Commit, CommitOutcome, OrderRecord, Store, Write};
-use shared::testkit::{item, order_created, pending_order};
+use shared::store::{OrderRecord, Store};
+use shared::testkit::{given_lost_order, item};
 use shared::{Event, Function, Payload};
 
 async fn start(vhost: &Vhost, scratch: &Scratch, deadline: Duration) -> AmqpSystem {
@@ -27,20 +27,6 @@ async fn start(vhost: &Vhost, scratch: &Scratch, deadline: Duration) -> AmqpSyst
         store_counts: None,
     };
     AmqpSystem::start_with_deadline(config, &vhost.url, deadline).await.expect("choreo up --amqp starts")
-}
-
-/// GIVEN an order of 2 WIDGET-1 stored, its `order.created` lost; answers that event.
-async fn lost_order(store: &dyn Store) -> Event {
-    let data = order_created(vec![item("WIDGET-1", 2)]);
-    let created = Event::new(Function::CreateOrder, OrderId::new(), None, Payload::OrderCreated(data));
-    let commit = Commit {
-        function: Function::CreateOrder,
-        key: created.id.to_string(),
-        writes: vec![Write::Order(pending_order(&created))],
-        emitted: vec![],
-    };
-    assert_eq!(store.commit(commit).await.expect("commit"), CommitOutcome::Committed);
-    created
 }
 
 async fn terminal(store: &dyn Store, order_id: OrderId) -> OrderRecord {
@@ -62,7 +48,7 @@ async fn amqp_an_order_stuck_past_its_deadline_is_cancelled_and_a_late_redrive_c
     // GIVEN choreo up --amqp with a 300 ms saga deadline, and a lost order.created
     let (vhost, scratch) = (Vhost::new("deadline"), Scratch::new());
     let system = start(&vhost, &scratch, Duration::from_millis(300)).await;
-    let created = lost_order(&*system.store).await;
+    let created = given_lost_order(&*system.store, "WIDGET-1", 2).await;
 
     // WHEN the deadline passes
     let order = terminal(&*system.store, created.subject).await;
@@ -101,7 +87,7 @@ async fn amqp_a_stuck_saga_is_listed_and_a_redrive_through_the_broker_finishes_i
     // GIVEN choreo up --amqp with a far deadline, and a lost order.created
     let (vhost, scratch) = (Vhost::new("stuck"), Scratch::new());
     let system = start(&vhost, &scratch, Duration::from_secs(3600)).await;
-    let created = lost_order(&*system.store).await;
+    let created = given_lost_order(&*system.store, "WIDGET-1", 2).await;
 
     // WHEN the stuck sagas are listed
     let stuck = stuck_progress(&*system.store, Duration::ZERO).await.expect("the store answers");
@@ -127,7 +113,7 @@ async fn amqp_sagas_stuck_names_the_dead_letter_holding_a_saga() {
     // settle-inventory dead-letters (it holds no reservation)
     let (vhost, scratch) = (Vhost::new("stuck-dead"), Scratch::new());
     let system = start(&vhost, &scratch, Duration::from_secs(3600)).await;
-    let created = lost_order(&*system.store).await;
+    let created = given_lost_order(&*system.store, "WIDGET-1", 2).await;
     let failed = shared::contract::events::ShipmentFailed {
         items: vec![item("WIDGET-1", 2)],
         detail: "a test".to_owned(),

@@ -4,11 +4,11 @@
 
 use std::process::Command;
 
+use shared::Function;
 use shared::contract::domain::OrderId;
 use shared::store::sqlite::SqliteStore;
-use shared::store::{Commit, CommitOutcome, LetterState, Store, Write};
-use shared::testkit::{item, order_created, pending_order};
-use shared::{Event, Function, Payload};
+use shared::store::{LetterState, Store};
+use shared::testkit::given_lost_order;
 
 fn choreo(args: &[&str], db: &std::path::Path) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_choreo"))
@@ -29,15 +29,7 @@ async fn sagas_stuck_prints_each_stuck_saga_and_redrive_hands_its_event_back() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let db = dir.path().join("choreo.db");
     let store = SqliteStore::open(&db).expect("the store opens");
-    let data = order_created(vec![item("WIDGET-1", 1)]);
-    let created = Event::new(Function::CreateOrder, OrderId::new(), None, Payload::OrderCreated(data));
-    let commit = Commit {
-        function: Function::CreateOrder,
-        key: created.id.to_string(),
-        writes: vec![Write::Order(pending_order(&created))],
-        emitted: vec![],
-    };
-    assert_eq!(store.commit(commit).await.expect("commit"), CommitOutcome::Committed);
+    let created = given_lost_order(&store, "WIDGET-1", 1).await;
 
     // WHEN `choreo sagas stuck --older-than 0s` runs
     let (ok, stdout, stderr) = choreo(&["sagas", "stuck", "--older-than", "0s"], &db);

@@ -175,6 +175,21 @@ pub fn pending_order(created: &Event) -> OrderRecord {
     }
 }
 
+/// GIVEN an order of `quantity` `sku_text` stored as `create-order` stores
+/// it, but its `order.created` never published (lost); answers that event.
+pub async fn given_lost_order(store: &dyn Store, sku_text: &str, quantity: i64) -> Event {
+    let data = order_created(vec![item(sku_text, quantity)]);
+    let created = Event::new(Function::CreateOrder, OrderId::new(), None, Payload::OrderCreated(data));
+    let commit = Commit {
+        function: Function::CreateOrder,
+        key: created.id.to_string(),
+        writes: vec![Write::Order(pending_order(&created))],
+        emitted: vec![],
+    };
+    assert_eq!(store.commit(commit).await.expect("commit the lost order"), CommitOutcome::Committed);
+    created
+}
+
 /// A SQLite store in its own temporary file, deleted when dropped.
 pub struct TestStore {
     /// The store under test.
