@@ -109,6 +109,10 @@ pub struct UpArgs {
     /// Use RabbitMQ at this URL instead of the in-process bus.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp: Option<String>,
+    /// Use the Kafka cluster at these bootstrap servers (host:port,…) instead of the in-process bus;
+    /// TLS and SASL come from the KAFKA_* variables (README, "Kafka").
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", conflicts_with = "amqp")]
+    pub kafka: Option<String>,
     /// How queues are consumed and retried.
     #[command(flatten)]
     pub queues: QueueArgs,

@@ -13,11 +13,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 use choreo::client::Client;
-use choreo::up::{AmqpSystem, DEFAULT_CATALOG, Embedded, UpConfig, parse_catalog, serve};
+use choreo::up::{AmqpSystem, DEFAULT_CATALOG, Embedded, KafkaSystem, UpConfig, parse_catalog, serve};
 use clap::Parser;
 use serde_json::json;
 use shared::Function;
 use shared::bus::amqp::{AmqpLink, Topology, redact};
+use shared::bus::kafka::KafkaSettings;
 use shared::host::auth::{ApiAuth, JwksVerifier};
 use shared::step::ShipCountries;
 
@@ -81,6 +82,7 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         None => parse_catalog("infra/inventory.seed.json (built in)", DEFAULT_CATALOG)?,
     };
     if args.amqp.is_none() && args.queues.prefetch.is_some() {
+        // Kafka has no prefetch: a group fetches what its partitions hold.
         return Err("--prefetch (CHOREO_PREFETCH) applies to RabbitMQ only: add --amqp URL or drop it".into());
     }
     let store = args.store.settings()?;
@@ -108,6 +110,16 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         );
         serve(listener, system.router.clone(), shutdown_signal()).await?;
         tracing::info!("stopping: finishing the messages in hand");
+        system.shutdown().await;
+        return Ok(());
+    }
+    if let Some(kafka) = KafkaSettings::from_env(args.kafka.as_deref())? {
+        let servers = kafka.bootstrap_servers.clone();
+        let system = KafkaSystem::start(config, kafka, args.saga_deadline).await?.with_auth(auth);
+        let listener = bind(address).await?;
+        println!("choreo is up: http://{} (store {}; Kafka {}; Ctrl-C stops)", listener.local_addr()?, store, servers);
+        serve(listener, system.router.clone(), shutdown_signal()).await?;
+        tracing::info!("stopping: finishing the records in hand");
         system.shutdown().await;
         return Ok(());
     }

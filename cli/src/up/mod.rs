@@ -6,10 +6,12 @@
 mod embedded;
 mod limits;
 mod over_amqp;
+mod over_kafka;
 
 pub use self::embedded::Embedded;
 pub use self::limits::{HttpLimits, with_limits};
 pub use self::over_amqp::{AmqpSystem, LinkedSteps};
+pub use self::over_kafka::KafkaSystem;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, redact, run_consumers};
-use shared::bus::{DeliverySettings, OutboxRef, StepObserver, publish_committed_soon, relay_forever};
+use shared::bus::{DeliverySettings, OutboxRef, Publisher, StepObserver, publish_committed_soon, relay_forever};
 use shared::host::auth::ApiAuth;
 use shared::store::{DeliveryOutcome, Store};
 use shared::telemetry::run_step;
@@ -27,8 +27,8 @@ pub struct LinkedSteps {
     steps: HashMap<Function, Arc<dyn Step>>,
     /// What every step is handed.
     ports: Ports,
-    /// Publishes what each step emits.
-    link: Arc<AmqpLink>,
+    /// Publishes what each step emits (RabbitMQ or Kafka).
+    link: Arc<dyn Publisher>,
     /// Told of each handled step (`choreo bench` times sagas with it).
     observer: Option<StepObserver>,
     /// The consumer runner's retries: a retryable failure past them is
@@ -37,7 +37,12 @@ pub struct LinkedSteps {
 }
 
 impl LinkedSteps {
-    pub fn new(steps: Vec<Arc<dyn Step>>, ports: Ports, link: Arc<AmqpLink>, observer: Option<StepObserver>) -> Self {
+    pub fn new(
+        steps: Vec<Arc<dyn Step>>,
+        ports: Ports,
+        link: Arc<dyn Publisher>,
+        observer: Option<StepObserver>,
+    ) -> Self {
         let steps = steps.into_iter().map(|step| (step.function(), step)).collect();
         Self { steps, ports, link, observer, max_retries: DeliverySettings::default().max_retries }
     }
@@ -61,13 +66,7 @@ impl StepInvoker for LinkedSteps {
         Ok(vec![]) // published above, with its outbox entry settled
     }
 
-    async fn handle_delivery(
-        &self,
-        function: Function,
-        event: &Event,
-        _delivery: &lapin::message::Delivery,
-        attempt: u32,
-    ) -> Result<Vec<Event>, StepError> {
+    async fn handle_attempt(&self, function: Function, event: &Event, attempt: u32) -> Result<Vec<Event>, StepError> {
         let handled = self.handle(function, event).await;
         if let Err(error) = &handled
             && error.is_retryable()
@@ -121,7 +120,8 @@ impl AmqpSystem {
             .await
             .map_err(|error| StartError::Broker(format!("cannot set up RabbitMQ at {}: {error}", redact(url))))?;
         let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
-        let steps = LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&link), config.observer);
+        let steps =
+            LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&link) as Arc<dyn Publisher>, config.observer);
         let handler = Arc::new(steps.retrying(settings.max_retries));
         let (shutdown, stop) = watch::channel(false);
         let functions = Function::consumers().collect();

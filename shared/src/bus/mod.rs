@@ -5,6 +5,7 @@
 pub mod amqp;
 mod delivery;
 pub mod inprocess;
+pub mod kafka;
 mod relay;
 
 use async_trait::async_trait;

@@ -39,7 +39,11 @@ async fn read_secret(arn: &str) -> Result<String, String> {
     read_secret_within(&crate::config::aws_sdk_config().await, arn, SECRET_TIMEOUT).await
 }
 
-async fn read_secret_within(config: &aws_config::SdkConfig, arn: &str, timeout: Duration) -> Result<String, String> {
+pub(crate) async fn read_secret_within(
+    config: &aws_config::SdkConfig,
+    arn: &str,
+    timeout: Duration,
+) -> Result<String, String> {
     tokio::time::timeout(timeout, fetch_secret(config, arn))
         .await
         .unwrap_or_else(|_| Err(format!("Secrets Manager did not answer within {timeout:?}")))

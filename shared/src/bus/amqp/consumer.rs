@@ -44,8 +44,14 @@ pub trait StepInvoker: Send + Sync + 'static {
         function: Function,
         event: &Event,
         _delivery: &lapin::message::Delivery,
-        _attempt: u32,
+        attempt: u32,
     ) -> Result<Vec<Event>, StepError> {
+        self.handle_attempt(function, event, attempt).await
+    }
+
+    /// [`StepInvoker::handle`] knowing which attempt this is (the runner's
+    /// count, 1-based): what the Kafka runner calls, and RabbitMQ's by default.
+    async fn handle_attempt(&self, function: Function, event: &Event, _attempt: u32) -> Result<Vec<Event>, StepError> {
         self.handle(function, event).await
     }
 }

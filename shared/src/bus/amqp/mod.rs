@@ -27,6 +27,7 @@ mod migration;
 mod tls;
 mod topology;
 
+pub(crate) use self::broker_url::read_secret_within;
 pub use self::broker_url::redact;
 pub use self::consumer::{StepInvoker, run_consumers};
 pub use self::dead_letters::{DeadMessage, ReplayError, list_dead_letters, park_dead_letter, replay_dead_letters};
