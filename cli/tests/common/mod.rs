@@ -13,6 +13,7 @@
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 
 pub mod bridge;
+pub mod kafka;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

@@ -11,6 +11,7 @@
 pub mod aws;
 pub mod broker;
 pub mod jwt;
+pub mod kafka;
 pub mod logs;
 pub mod tls;
 

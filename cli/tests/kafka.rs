@@ -1,0 +1,251 @@
+//! `choreo up --kafka` (ARCHITECTURE.md §15) against a real Kafka-protocol
+//! broker (tansu, one per test, started by the testkit): every path of the
+//! saga as over RabbitMQ; the broker killed and restarted mid-load with
+//! nothing lost; every event delivered again with the same final state; a
+//! step failing past its retries parked on its dead-letter topic, listed and
+//! replayed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::kafka::{KafkaBroker, OnKafka, dead_letters, kafka_settings};
+use common::{
+    Posters, SAGA_TIMEOUT, SagaPath, Scratch, assert_conserved, assert_saga_ends, default_catalog, eventually,
+    history_types, test_settings, wait_all_terminal,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use shared::Function;
+use shared::bus::kafka::{KafkaSettings, replay_dead_records, subscriptions};
+use shared::testkit::order_body;
+
+async fn run_path(path: SagaPath) {
+    let (body, expected) = path.order();
+    // GIVEN choreo up --kafka on a broker and database of its own
+    let broker = KafkaBroker::start();
+    let scratch = Scratch::new();
+    let catalog = default_catalog();
+    let system = OnKafka::start(kafka_settings(&broker, "choreo."), &scratch.db(), &catalog, test_settings()).await;
+
+    // WHEN an order is placed
+    let order_id = system.client.create_order(&body, None).await.expect("the order is accepted");
+
+    // THEN its saga ends as expected, stock exactly as over RabbitMQ, conserved, nothing dead-lettered
+    assert_saga_ends(&system.client, &order_id, &expected).await;
+    assert_conserved(&*system.store, &catalog).await;
+    assert_eq!(dead_letters(&system.link).await, vec![], "{}", broker.log());
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_an_order_in_stock_ships() {
+    run_path(SagaPath::Ships).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_an_order_short_of_stock_waits_for_a_replenishment_then_ships() {
+    run_path(SagaPath::Replenished).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_an_order_whose_replenishment_fails_is_cancelled_out_of_stock() {
+    run_path(SagaPath::OutOfStock).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_a_shipment_to_antarctica_fails_and_releases_exactly_the_reserved_stock() {
+    run_path(SagaPath::ShipmentFailed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_an_unknown_sku_cancels_the_order() {
+    run_path(SagaPath::UnknownSku).await;
+}
+
+/// Orders of two endings, all in stock (so no history repeats an event): shipped, or cancelled (AQ).
+fn order(n: usize) -> Value {
+    match n % 3 {
+        0 => order_body("WIDGET-1", 1, "FR"),
+        1 => order_body("BOLT-7", 3, "FR"),
+        _ => order_body("BOLT-7", 2, "AQ"),
+    }
+}
+
+fn key(n: usize) -> String {
+    format!("kafka-load-{n}")
+}
+
+/// Status and event types of every order, by id.
+async fn outcomes(system: &OnKafka, ids: &[String]) -> BTreeMap<String, (String, Vec<String>)> {
+    let orders = wait_all_terminal(&system.client, ids, SAGA_TIMEOUT).await;
+    orders
+        .iter()
+        .map(|order| {
+            let id = order["order_id"].as_str().unwrap_or_default().to_owned();
+            (id, (order["status"].as_str().unwrap_or_default().to_owned(), history_types(order)))
+        })
+        .collect()
+}
+
+/// Every order ended once: no event twice in its history.
+fn assert_no_event_twice(outcomes: &BTreeMap<String, (String, Vec<String>)>) {
+    for (id, (_, history)) in outcomes {
+        let mut sorted = history.clone();
+        sorted.sort();
+        let before = sorted.len();
+        sorted.dedup();
+        assert_eq!(sorted.len(), before, "order {id} has an event twice: {history:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_the_broker_killed_and_restarted_mid_load_loses_nothing() {
+    // GIVEN choreo up --kafka and clients posting 60 orders
+    let mut broker = KafkaBroker::start();
+    let scratch = Scratch::new();
+    let catalog = default_catalog();
+    let system = OnKafka::start(kafka_settings(&broker, "choreo."), &scratch.db(), &catalog, test_settings()).await;
+    let posters = Posters::start(&system.client, 4, 60, order, key);
+
+    // WHEN the broker is killed (SIGKILL) with sagas in flight, and started again on its data a moment later
+    posters.until_accepted(20).await;
+    broker.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    broker.restart();
+    let accepted = posters.finish().await;
+
+    // THEN every order was accepted (the outbox held what the broker could not take), every saga ended,
+    // none twice, and stock is conserved
+    assert_eq!(accepted.len(), 60, "every order is accepted: a commit waits in the outbox while the broker is away");
+    let ids: Vec<String> = accepted.into_values().collect();
+    let outcomes = outcomes(&system, &ids).await;
+    assert_eq!(outcomes.len(), 60);
+    assert_no_event_twice(&outcomes);
+    let shipped = outcomes.values().filter(|(status, _)| status == "SHIPPED").count();
+    assert_eq!(shipped, 40, "two orders in three ship, those to AQ are cancelled: {outcomes:#?}");
+    assert_conserved(&*system.store, &catalog).await;
+    assert_eq!(dead_letters(&system.link).await, vec![], "{}", broker.log());
+    system.shutdown().await;
+}
+
+/// Records of `group`'s topics not yet committed by it.
+fn lag(kafka: &KafkaSettings, group: &str, topics: &[String]) -> Result<i64, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", group)
+        .create()
+        .map_err(|error| error.to_string())?;
+    let timeout = Duration::from_secs(5);
+    let mut lag = 0;
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|error| error.to_string())?;
+        let mut list = TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|described| described.partitions()) {
+            list.add_partition(topic, partition.id());
+        }
+        let committed = consumer.committed_offsets(list, timeout).map_err(|error| error.to_string())?;
+        for element in committed.elements() {
+            let (_, high) =
+                consumer.fetch_watermarks(topic, element.partition(), timeout).map_err(|error| error.to_string())?;
+            let at = match element.offset() {
+                Offset::Offset(at) => at,
+                _ => 0,
+            };
+            lag += high - at;
+        }
+    }
+    Ok(lag)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_every_event_delivered_again_leaves_the_same_final_state() {
+    // GIVEN 12 sagas ended over Kafka
+    let broker = KafkaBroker::start();
+    let scratch = Scratch::new();
+    let catalog = default_catalog();
+    let system = OnKafka::start(kafka_settings(&broker, "choreo."), &scratch.db(), &catalog, test_settings()).await;
+    let posters = Posters::start(&system.client, 2, 12, order, key);
+    let ids: Vec<String> = posters.finish().await.into_values().collect();
+    let before = outcomes(&system, &ids).await;
+    let stock_before = assert_conserved(&*system.store, &catalog).await;
+    system.shutdown().await;
+
+    // WHEN the system starts again with new consumer groups, which read every topic from its start:
+    // every event of every saga is delivered a second time to each function
+    let again = kafka_settings(&broker, "again.");
+    let system = OnKafka::start(again.clone(), &scratch.db(), &catalog, test_settings()).await;
+    eventually("the new groups have consumed every topic", SAGA_TIMEOUT, || {
+        let again = again.clone();
+        async move {
+            let mut behind = Vec::new();
+            for function in Function::consumers() {
+                let (again, group) = (again.clone(), again.group(function));
+                let lag = tokio::task::spawn_blocking(move || lag(&again, &group, &subscriptions(function)))
+                    .await
+                    .map_err(|error| error.to_string())??;
+                if lag > 0 {
+                    behind.push(format!("{function}: {lag}"));
+                }
+            }
+            if behind.is_empty() { Ok(()) } else { Err(behind.join(", ")) }
+        }
+    })
+    .await;
+
+    // THEN every order and every stock level is exactly as before: nothing applied twice
+    assert_eq!(outcomes(&system, &ids).await, before);
+    assert_no_event_twice(&before);
+    assert_eq!(assert_conserved(&*system.store, &catalog).await, stock_before);
+    assert_eq!(dead_letters(&system.link).await, vec![]);
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_a_step_failing_past_its_retries_is_dead_lettered_listed_and_replayed() {
+    // GIVEN choreo up --kafka with two quick retries, and ship-order's store writes failing
+    let broker = KafkaBroker::start();
+    let scratch = Scratch::new();
+    let catalog = default_catalog();
+    let settings = shared::bus::DeliverySettings { max_retries: 2, ..test_settings() };
+    let system = OnKafka::start(kafka_settings(&broker, "choreo."), &scratch.db(), &catalog, settings).await;
+    let db = rusqlite::Connection::open(scratch.db()).expect("the test opens the database");
+    db.execute_batch(
+        "CREATE TRIGGER ship_order_down BEFORE INSERT ON processed WHEN NEW.function = 'ship-order'
+           BEGIN SELECT RAISE(ABORT, 'injected: ship-order store down'); END;",
+    )
+    .expect("the trigger installs");
+
+    // WHEN an order is placed
+    let order_id = system.client.create_order(&order_body("WIDGET-1", 1, "FR"), None).await.expect("accepted");
+
+    // THEN after its first attempt and two retries, ship-order's input is on its dead-letter topic
+    let letters = eventually("a dead letter", SAGA_TIMEOUT, || async {
+        let letters = shared::bus::kafka::list_dead_records(&system.link, 10).await?;
+        if letters.is_empty() { Err("none yet".to_owned()) } else { Ok(letters) }
+    })
+    .await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.function, "ship-order");
+    assert_eq!(letter.event_type.as_deref(), Some("inventory.reserved"));
+    assert_eq!(letter.order_id.as_deref(), Some(order_id.as_str()));
+    assert_eq!(letter.attempts, Some(3), "{letter:?}");
+    assert!(letter.error.as_deref().unwrap_or_default().contains("injected"), "{letter:?}");
+    let order = system.client.order(&order_id).await.expect("the order reads");
+    assert_eq!(order["status"], "RESERVED", "the saga waits: {order:#}");
+
+    // WHEN the store is mended and the dead letters replayed
+    db.execute_batch("DROP TRIGGER ship_order_down").expect("the trigger drops");
+    let replayed = replay_dead_records(&system.link, None, None).await.expect("the replay runs");
+
+    // THEN the one letter went back, the order ships, and nothing is left to replay
+    assert_eq!(replayed, 1);
+    let order = wait_all_terminal(&system.client, std::slice::from_ref(&order_id), SAGA_TIMEOUT).await.remove(0);
+    assert_eq!(order["status"], "SHIPPED", "{order:#}");
+    assert_eq!(dead_letters(&system.link).await, vec![]);
+    assert_conserved(&*system.store, &catalog).await;
+    system.shutdown().await;
+}

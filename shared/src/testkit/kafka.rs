@@ -1,0 +1,102 @@
+//! A Kafka-protocol broker per test: `tansu` (a Kafka-compatible broker from
+//! crates.io) on a free local port, its data in a SQLite file of its own so
+//! that a restart keeps every record; killed when the guard drops.
+//!
+//! The binary is `$TANSU` or `tansu` on the `PATH`; `scripts/ensure-tansu`
+//! installs it (the test command runs it).
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long the broker may take to accept connections.
+const START_BOUND: Duration = Duration::from_secs(30);
+
+/// A running broker, killed on drop.
+pub struct KafkaBroker {
+    /// `127.0.0.1:<port>`, the bootstrap servers of every client.
+    pub bootstrap: String,
+    port: u16,
+    data: TempDir,
+    child: Option<Child>,
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU") {
+        return PathBuf::from(path);
+    }
+    PathBuf::from("tansu")
+}
+
+impl KafkaBroker {
+    /// Starts a broker with an empty store and waits until it accepts connections.
+    pub fn start() -> Self {
+        let data = tempfile::tempdir().expect("a temporary directory for the broker's data");
+        // Bound then released: tansu needs the number on its command line.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free local port")
+            .port();
+        let mut broker = Self { bootstrap: format!("127.0.0.1:{port}"), port, data, child: None };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.data.path().join("tansu.log")).expect("the broker's log file");
+        let child = Command::new(tansu_binary())
+            .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .current_dir(self.data.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run the Kafka-compatible broker '{}' ({error}): run scripts/ensure-tansu, or set TANSU",
+                    tansu_binary().display()
+                )
+            });
+        self.child = Some(child);
+        let started = Instant::now();
+        while TcpStream::connect(&self.bootstrap).is_err() {
+            assert!(
+                started.elapsed() < START_BOUND,
+                "tansu did not listen on {} within {START_BOUND:?}",
+                self.bootstrap
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker at once (SIGKILL: no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data, after [`KafkaBroker::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// What the broker wrote to stderr (for a failing test's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("tansu.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
