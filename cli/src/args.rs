@@ -28,6 +28,9 @@ pub enum Command {
         /// RabbitMQ to publish to.
         #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
         amqp: String,
+        /// Publish to Kafka instead.
+        #[command(flatten)]
+        kafka: KafkaArgs,
         /// The store whose outbox is relayed.
         #[command(flatten)]
         store: StoreArgs,
@@ -42,6 +45,10 @@ pub enum Command {
     Template,
     /// Print the RabbitMQ topology as management-plugin definitions (infra/rabbitmq/definitions.json).
     Topology {
+        /// Print the Kafka topics and consumer groups instead (partitions and replication from
+        /// KAFKA_PARTITIONS and KAFKA_REPLICATION).
+        #[arg(long)]
+        kafka: bool,
         /// Virtual host the definitions are for.
         #[arg(long, default_value = "/")]
         vhost: String,
@@ -109,10 +116,9 @@ pub struct UpArgs {
     /// Use RabbitMQ at this URL instead of the in-process bus.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp: Option<String>,
-    /// Use the Kafka cluster at these bootstrap servers (host:port,…) instead of the in-process bus;
-    /// TLS and SASL come from the KAFKA_* variables (README, "Kafka").
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", conflicts_with = "amqp")]
-    pub kafka: Option<String>,
+    /// Use Kafka instead of the in-process bus.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// How queues are consumed and retried.
     #[command(flatten)]
     pub queues: QueueArgs,
@@ -267,6 +273,9 @@ pub struct BenchArgs {
     /// Bare lapin through the broker (same messages, no handlers, no store): the physical limit.
     #[arg(long, requires = "amqp")]
     pub raw: bool,
+    /// Run over Kafka at these bootstrap servers (functions hosted in-process) instead.
+    #[arg(long, value_name = "BOOTSTRAP_SERVERS", conflicts_with = "amqp")]
+    pub kafka: Option<String>,
     /// The saga paths the orders take.
     #[arg(long, value_enum, default_value_t = choreo::bench::Mix::Ship)]
     pub mix: choreo::bench::Mix,
@@ -286,6 +295,9 @@ pub struct BridgeArgs {
     /// RabbitMQ to consume from.
     #[arg(long, env = "AMQP_URL", hide_env_values = true, default_value = shared::bus::amqp::DEFAULT_AMQP_URL)]
     pub amqp: String,
+    /// Consume from Kafka instead.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// AWS API endpoint instead of AWS (http://127.0.0.1:9000 for `cargo lambda watch`; moto for SQS).
     #[arg(long, env = "CHOREO_AWS_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
@@ -320,12 +332,15 @@ pub struct BridgeArgs {
 
 #[derive(Subcommand)]
 pub enum DlqCommand {
-    /// Print dead letters (they stay where they are): RabbitMQ's with --amqp
+    /// Print dead letters (they stay where they are): Kafka's with --kafka, RabbitMQ's with --amqp
     /// (or AMQP_URL), else those `choreo up` parked in the configured store.
     List {
         /// RabbitMQ holding the dead-letter queues [default: the store's dead letters]
         #[arg(long, env = "AMQP_URL", hide_env_values = true)]
         amqp: Option<String>,
+        /// Kafka holding the dead-letter topics instead.
+        #[command(flatten)]
+        kafka: KafkaArgs,
         /// The store `choreo up` (in-process bus) parks its dead letters in.
         #[command(flatten)]
         store: StoreArgs,
@@ -333,13 +348,16 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Send dead letters back to their function: RabbitMQ's to its queue
-    /// with --amqp (or AMQP_URL), else the store's, which the running
+    /// Send dead letters back to their function: Kafka's through its first retry topic with --kafka,
+    /// RabbitMQ's to its queue with --amqp (or AMQP_URL), else the store's, which the running
     /// `choreo up` (or its next start) delivers again.
     Replay {
         /// RabbitMQ holding the dead-letter queues [default: the store's dead letters]
         #[arg(long, env = "AMQP_URL", hide_env_values = true)]
         amqp: Option<String>,
+        /// Kafka holding the dead-letter topics instead.
+        #[command(flatten)]
+        kafka: KafkaArgs,
         /// The store `choreo up` (in-process bus) parks its dead letters in.
         #[command(flatten)]
         store: StoreArgs,
@@ -417,5 +435,21 @@ mod tests {
         assert_eq!(prefix(&["--endpoint", "http://127.0.0.1:9000"]), "");
         assert_eq!(prefix(&["--endpoint", "http://127.0.0.1:9000", "--function-prefix", "prod-"]), "prod-");
         assert_eq!(prefix(&["--function-prefix", ""]), "");
+    }
+}
+
+/// `--kafka BOOTSTRAP_SERVERS`: Kafka instead of RabbitMQ (or of the in-process
+/// bus); TLS and SASL come from the `KAFKA_*` variables (`shared::bus::kafka`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct KafkaArgs {
+    /// Kafka's bootstrap servers (host:port,…); TLS and SASL from the KAFKA_* variables (README, "Kafka").
+    #[arg(long = "kafka", env = "KAFKA_BOOTSTRAP_SERVERS", value_name = "BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: Option<String>,
+}
+
+impl KafkaArgs {
+    /// The cluster's settings when `--kafka` (or `KAFKA_BOOTSTRAP_SERVERS`) is given.
+    pub fn settings(&self) -> Result<Option<shared::bus::kafka::KafkaSettings>, ConfigError> {
+        shared::bus::kafka::KafkaSettings::from_env(self.bootstrap_servers.as_deref())
     }
 }

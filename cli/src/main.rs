@@ -17,14 +17,15 @@ use choreo::up::{AmqpSystem, DEFAULT_CATALOG, Embedded, KafkaSystem, UpConfig, p
 use clap::Parser;
 use serde_json::json;
 use shared::Function;
+use shared::bus::Publisher;
 use shared::bus::amqp::{AmqpLink, Topology, redact};
-use shared::bus::kafka::KafkaSettings;
+use shared::bus::kafka::KafkaLink;
 use shared::host::auth::{ApiAuth, JwksVerifier};
 use shared::step::ShipCountries;
 
 use self::args::{
-    AuthArg, BenchArgs, BridgeArgs, Cli, Command, DlqCommand, OrderCommand, SagaArgs, SagasCommand, StockCommand,
-    StoreArgs, UpArgs,
+    AuthArg, BenchArgs, BridgeArgs, Cli, Command, DlqCommand, KafkaArgs, OrderCommand, SagaArgs, SagasCommand,
+    StockCommand, StoreArgs, UpArgs,
 };
 
 #[tokio::main]
@@ -44,13 +45,14 @@ async fn main() -> ExitCode {
             print!("{}", shared::contract::choreography::mermaid());
             Ok(())
         }
-        Command::Relay { amqp, store } => relay(amqp, store).await,
+        Command::Relay { amqp, kafka, store } => relay(amqp, kafka, store).await,
         Command::Stock { command } => stock(command).await,
         Command::Template => {
             print!("{}", choreo::template::sam_template());
             Ok(())
         }
-        Command::Topology { vhost, queues } => {
+        Command::Topology { kafka: true, queues, .. } => kafka_topology(&queues.settings()),
+        Command::Topology { vhost, queues, .. } => {
             let definitions = Topology::derive(&queues.settings()).definitions_json(&vhost);
             println!("{}", serde_json::to_string_pretty(&definitions).unwrap_or_default());
             Ok(())
@@ -113,7 +115,7 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         system.shutdown().await;
         return Ok(());
     }
-    if let Some(kafka) = KafkaSettings::from_env(args.kafka.as_deref())? {
+    if let Some(kafka) = args.kafka.settings()? {
         let servers = kafka.bootstrap_servers.clone();
         let system = KafkaSystem::start(config, kafka, args.saga_deadline).await?.with_auth(auth);
         let listener = bind(address).await?;
@@ -152,10 +154,16 @@ async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, AnyError> 
 
 async fn bench(args: BenchArgs) -> Result<(), AnyError> {
     use choreo::bench::{BenchConfig, BenchSystem};
-    let system = match (&args.amqp, args.raw) {
-        (Some(url), true) => BenchSystem::Raw(url.clone()),
-        (Some(url), false) => BenchSystem::Amqp(url.clone()),
-        (None, _) => BenchSystem::Embedded,
+    // Only the flag: KAFKA_BOOTSTRAP_SERVERS set for other commands must not turn a bench into a Kafka one.
+    let kafka = match &args.kafka {
+        Some(servers) => KafkaArgs { bootstrap_servers: Some(servers.clone()) }.settings()?,
+        None => None,
+    };
+    let system = match (&args.amqp, args.raw, kafka) {
+        (Some(url), true, _) => BenchSystem::Raw(url.clone()),
+        (Some(url), false, _) => BenchSystem::Amqp(url.clone()),
+        (None, _, Some(kafka)) => BenchSystem::Kafka(kafka),
+        (None, _, None) => BenchSystem::Embedded,
     };
     let config = BenchConfig {
         system,
@@ -199,8 +207,14 @@ async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
         }
     };
     let call_timeout = std::time::Duration::from_secs(args.call_timeout_secs);
-    let config =
-        BridgeConfig { amqp_url: args.amqp, functions, target, settings: args.queues.settings(), call_timeout };
+    let config = BridgeConfig {
+        amqp_url: args.amqp,
+        kafka: args.kafka.settings()?,
+        functions,
+        target,
+        settings: args.queues.settings(),
+        call_timeout,
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -213,19 +227,32 @@ async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
     Ok(())
 }
 
-async fn relay(amqp: String, store: StoreArgs) -> Result<(), AnyError> {
+/// `choreo topology --kafka`: the topics and groups, as JSON.
+fn kafka_topology(delivery: &shared::bus::DeliverySettings) -> Result<(), AnyError> {
+    // The servers do not shape the topics (KAFKA_PARTITIONS and KAFKA_REPLICATION do): any will do.
+    let kafka = KafkaArgs { bootstrap_servers: Some("-".into()) }.settings()?.ok_or("servers are given")?;
+    let topology = shared::bus::kafka::KafkaTopology::derive(&kafka, delivery);
+    println!("{}", serde_json::to_string_pretty(&topology)?);
+    Ok(())
+}
+
+async fn relay(amqp: String, kafka: KafkaArgs, store: StoreArgs) -> Result<(), AnyError> {
     // The store the functions use: CHOREO_STORE=dynamodb (+ CHOREO_TABLE_PREFIX) or CHOREO_DB.
     let settings = store.settings()?;
     let store = settings.open().await?;
-    let link = AmqpLink::new(&amqp, "choreo-relay");
+    let (publisher, target): (Arc<dyn Publisher>, String) = match kafka.settings()? {
+        Some(kafka) => {
+            let servers = kafka.bootstrap_servers.clone();
+            (KafkaLink::new(kafka, "choreo-relay"), format!("Kafka {servers}"))
+        }
+        None => (AmqpLink::new(&amqp, "choreo-relay"), redact(&amqp)),
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let relay =
-        tokio::spawn(shared::bus::relay_forever(store, std::sync::Arc::clone(&link) as std::sync::Arc<_>, stopped));
-    println!("relaying the outbox of {settings} to {} (Ctrl-C stops)", redact(&amqp));
+    let relay = tokio::spawn(shared::bus::relay_forever(store, Arc::clone(&publisher), stopped));
+    println!("relaying the outbox of {settings} to {target} (Ctrl-C stops)");
     shutdown_signal().await;
     let _ = stop.send(true);
     let _ = relay.await;
-    link.close().await;
     Ok(())
 }
 
@@ -251,23 +278,39 @@ async fn stock(command: StockCommand) -> Result<(), AnyError> {
 
 async fn dlq(command: DlqCommand) -> Result<(), AnyError> {
     match command {
-        DlqCommand::List { amqp: Some(amqp), limit, .. } => {
-            let link = AmqpLink::new(&amqp, "choreo-dlq");
-            let letters = shared::bus::amqp::list_dead_letters(&link, limit).await?;
-            link.close().await;
+        DlqCommand::List { amqp, kafka, store, limit } => {
+            let letters = match (kafka.settings()?, amqp) {
+                (Some(kafka), _) => {
+                    let link = KafkaLink::new(kafka, "choreo-dlq");
+                    shared::bus::kafka::list_dead_records(&link, limit).await?
+                }
+                (None, Some(amqp)) => {
+                    let link = AmqpLink::new(&amqp, "choreo-dlq");
+                    let letters = shared::bus::amqp::list_dead_letters(&link, limit).await?;
+                    link.close().await;
+                    letters
+                }
+                (None, None) => {
+                    let store = store.settings()?.open().await?;
+                    shared::bus::inprocess::list_stored_dead_letters(&*store, limit).await?
+                }
+            };
             print_dead_letters(&letters)?;
         }
-        DlqCommand::List { amqp: None, store, limit } => {
-            let store = store.settings()?.open().await?;
-            print_dead_letters(&shared::bus::inprocess::list_stored_dead_letters(&*store, limit).await?)?;
-        }
-        DlqCommand::Replay { amqp, store, function, message_id } => {
+        DlqCommand::Replay { amqp, kafka, store, function, message_id } => {
             let function = match function {
                 Some(name) => Some(Function::from_name(&name).ok_or_else(|| format!("no function named '{name}'"))?),
                 None => None,
             };
-            let replayed = match amqp {
-                Some(amqp) => {
+            let replayed = match (kafka.settings()?, amqp) {
+                (Some(kafka), _) => {
+                    let link = KafkaLink::new(kafka, "choreo-dlq");
+                    let replayed =
+                        shared::bus::kafka::replay_dead_records(&link, function, message_id.as_deref()).await?;
+                    link.close().await;
+                    replayed
+                }
+                (None, Some(amqp)) => {
                     let link = AmqpLink::new(&amqp, "choreo-dlq");
                     let replayed =
                         shared::bus::amqp::replay_dead_letters(&link, function, message_id.as_deref()).await?;
@@ -275,7 +318,9 @@ async fn dlq(command: DlqCommand) -> Result<(), AnyError> {
                     replayed
                 }
                 // Marked for replay in the store; `choreo up` delivers them.
-                None => store.settings()?.open().await?.replay_dead_letters(function, message_id.as_deref()).await?,
+                (None, None) => {
+                    store.settings()?.open().await?.replay_dead_letters(function, message_id.as_deref()).await?
+                }
             };
             println!("replayed {replayed} dead letter(s)");
         }

@@ -616,6 +616,7 @@ async fn the_bridge_acks_an_input_only_after_the_confirm_of_what_the_function_an
     input_is_acked_only_after_the_confirm(&vhost, |url| async move {
         let config = BridgeConfig {
             amqp_url: url,
+            kafka: None,
             functions: vec![Function::ShipOrder],
             target: InvokeTarget::Lambda {
                 endpoint: Some(endpoint),
@@ -754,6 +755,7 @@ async fn a_hung_invocation_is_cut_short_retried_and_dead_lettered() {
     link.declare(&Topology::derive(&settings)).await.expect("declare the topology");
     let config = BridgeConfig {
         amqp_url: vhost.url.clone(),
+        kafka: None,
         functions: vec![Function::ShipOrder],
         target: InvokeTarget::Lambda {
             endpoint: Some(endpoint),

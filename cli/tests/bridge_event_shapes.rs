@@ -73,6 +73,7 @@ async fn bridge_one_message(shape: EventShape, answer: Answer, expected: usize) 
     link.declare(&Topology::derive(&settings)).await.expect("declare the topology");
     let config = BridgeConfig {
         amqp_url: vhost.url.clone(),
+        kafka: None,
         functions: vec![Function::ShipOrder],
         target: InvokeTarget::Lambda { endpoint: Some(endpoint), function_prefix: String::new(), event_shape: shape },
         settings: settings.clone(),

@@ -59,6 +59,7 @@ impl RunningBridge {
         let endpoint = Some(endpoint.to_owned());
         let config = BridgeConfig {
             amqp_url: vhost.url.clone(),
+            kafka: None,
             functions,
             target: InvokeTarget::Lambda { endpoint, function_prefix: String::new(), event_shape },
             settings,

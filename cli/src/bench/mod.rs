@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use shared::bus::kafka::{KafkaLink, KafkaSettings, retry_topics, start_group_at_end, subscriptions};
 use shared::bus::{DeliverySettings, StepObserver};
 use shared::contract::domain::OrderId;
 use shared::step::ShipCountries;
@@ -27,7 +28,7 @@ use tokio::sync::Notify;
 use self::report::report;
 use crate::audit::audit;
 use crate::client::Client;
-use crate::up::{AmqpSystem, Embedded, UpConfig, serve};
+use crate::up::{AmqpSystem, Embedded, KafkaSystem, UpConfig, serve};
 pub use crate::workload::Mix;
 use crate::workload::{catalog, order_body, path_of};
 
@@ -36,6 +37,8 @@ use crate::workload::{catalog, order_body, path_of};
 pub enum BenchSystem {
     Embedded,
     Amqp(String),
+    /// Over Kafka (functions in-process), at these settings.
+    Kafka(KafkaSettings),
     /// Bare lapin through the broker at this URL: no handlers, no store.
     Raw(String),
 }
@@ -139,6 +142,28 @@ fn per_saga(orders: usize, steps: usize, emitted: usize, store: StoreCountsSnaps
     })
 }
 
+/// The system a run drives, kept until its end.
+enum Running {
+    Embedded(Embedded),
+    Amqp(AmqpSystem),
+    Kafka(KafkaSystem),
+}
+
+/// The settings with consumer groups of this run only, each placed at the
+/// end of its topics: the records of earlier runs on the same cluster belong
+/// to another database.
+async fn fresh_groups(kafka: &KafkaSettings, delivery: &DeliverySettings) -> Result<KafkaSettings, BenchError> {
+    let kafka = KafkaSettings { group_prefix: format!("bench-{}.", OrderId::new()), ..kafka.clone() };
+    let link = KafkaLink::new(kafka.clone(), "choreo-bench");
+    link.create_topics(delivery).await.map_err(BenchError::Other)?;
+    for function in Function::consumers() {
+        start_group_at_end(&link, &kafka.group(function), subscriptions(function)).await.map_err(BenchError::Other)?;
+        let retries = retry_topics(function, delivery);
+        start_group_at_end(&link, &kafka.retry_group(function), retries).await.map_err(BenchError::Other)?;
+    }
+    Ok(kafka)
+}
+
 /// Runs the benchmark and answers its report.
 pub async fn run(config: BenchConfig) -> Result<Value, BenchError> {
     match config.system.clone() {
@@ -159,14 +184,20 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
         observer: Some(finish.observer()),
         store_counts: Some(Arc::clone(&store_counts)),
     };
-    let (router, store, mode, amqp, _embedded) = match &target {
+    let (router, store, mode, running) = match &target {
         BenchSystem::Amqp(url) => {
             let system = AmqpSystem::start(up_config, url).await?;
-            (system.router.clone(), Arc::clone(&system.store), "amqp", Some(system), None)
+            (system.router.clone(), Arc::clone(&system.store), "amqp", Running::Amqp(system))
+        }
+        BenchSystem::Kafka(kafka) => {
+            let kafka = fresh_groups(kafka, &config.delivery).await?;
+            let deadline = shared::saga::DEFAULT_SAGA_DEADLINE;
+            let system = KafkaSystem::start(up_config, kafka, deadline).await?;
+            (system.router.clone(), Arc::clone(&system.store), "kafka", Running::Kafka(system))
         }
         _ => {
             let system = Embedded::start(up_config).await?;
-            (system.router.clone(), Arc::clone(&system.store), "embedded", None, Some(system))
+            (system.router.clone(), Arc::clone(&system.store), "embedded", Running::Embedded(system))
         }
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -232,8 +263,11 @@ async fn saga(config: &BenchConfig, target: BenchSystem) -> Result<Value, BenchE
 
     let _ = stop_server.send(());
     let _ = server.await;
-    if let Some(system) = amqp {
-        system.shutdown().await;
+    match running {
+        Running::Amqp(system) => system.shutdown().await,
+        Running::Kafka(system) => system.shutdown().await,
+        // Its bus stops when dropped, after the run.
+        Running::Embedded(system) => drop(system),
     }
     let _ = std::fs::remove_file(&db);
     if !audit.holds() {

@@ -10,8 +10,10 @@
 //! - `--invoke sqs`: the CloudEvent is sent to the function's SQS queue; the
 //!   function, invoked by its SQS event source, publishes its own events.
 //!
+//! With `--kafka` the functions' consumer groups feed the same invocations.
+//!
 //! Retries, dead letters, reconnects and the drain on shutdown are those of
-//! [`shared::bus::amqp::run_consumers`]; this module only says how a function is
+//! [`shared::bus::amqp::run_consumers`] (or of its Kafka twin); this module only says how a function is
 //! reached and how its answer maps to [`StepError`].
 
 mod event_shape;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use shared::Function;
 use shared::bus::DeliverySettings;
 use shared::bus::amqp::{AmqpLink, DeclareError, StepInvoker, Topology, redact, run_consumers};
+use shared::bus::kafka::{KafkaLink, KafkaSettings, run_kafka_consumers};
 use tokio::sync::watch;
 
 pub use self::event_shape::EventShape;
@@ -76,6 +79,8 @@ pub enum InvokeTarget {
 pub struct BridgeConfig {
     /// RabbitMQ whose queues are consumed.
     pub amqp_url: String,
+    /// Kafka whose topics are consumed instead, when given.
+    pub kafka: Option<KafkaSettings>,
     /// The consuming functions whose queues are bridged.
     pub functions: Vec<Function>,
     /// How the functions are reached.
@@ -94,6 +99,8 @@ pub enum BridgeError {
     Broker(String),
     #[error("consuming stopped: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("consuming from Kafka stopped: {0}")]
+    Kafka(String),
 }
 
 /// The functions named by `--functions` (all consumers when none is named).
@@ -186,6 +193,11 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
         return Err(BridgeError::Config("no function to bridge".to_owned()));
     }
     let link = AmqpLink::new(&config.amqp_url, "choreo-bridge");
+    if config.kafka.is_some()
+        && let InvokeTarget::Lambda { event_shape: EventShape::AmazonMq, .. } = config.target
+    {
+        return Err(BridgeError::Config("--event-shape amazon-mq needs RabbitMQ, not --kafka".to_owned()));
+    }
     let invoker: Arc<dyn StepInvoker> = match &config.target {
         InvokeTarget::Lambda { endpoint, function_prefix, event_shape } => {
             // No retries inside the SDK: a failed invocation goes through
@@ -198,7 +210,10 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
                 .build();
             let client = aws_sdk_lambda::Client::from_conf(lambda);
             tracing::info!(endpoint = endpoint.as_deref().unwrap_or("AWS"), prefix = %function_prefix, shape = ?event_shape, "invoking functions over the Lambda Invoke API");
-            let vhost = link.vhost().await.map_err(|error| BridgeError::Broker(error.to_string()))?;
+            let vhost = match config.kafka {
+                Some(_) => String::new(), // names Amazon MQ queues only
+                None => link.vhost().await.map_err(|error| BridgeError::Broker(error.to_string()))?,
+            };
             Arc::new(LambdaInvoker::new(client, function_prefix, *event_shape, &vhost, config.call_timeout))
         }
         InvokeTarget::Sqs { endpoint, queue_urls } => {
@@ -215,6 +230,9 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
             Arc::new(SqsForwarder::new(client, queue_urls.clone(), config.call_timeout))
         }
     };
+    if let Some(kafka) = config.kafka {
+        return run_from_kafka(kafka, config.functions, invoker, config.settings, shutdown).await;
+    }
     // Fail fast with a clear message when the broker is not there at start
     // (or holds queues to migrate); after that, `run_consumers` reconnects by itself.
     link.declare(&Topology::derive(&config.settings)).await.map_err(|error| {
@@ -224,6 +242,27 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
     let names: Vec<&str> = config.functions.iter().map(|function| function.name()).collect();
     tracing::info!(functions = %names.join(","), amqp = %redact(&config.amqp_url), "bridge started");
     run_consumers(link, config.functions, invoker, config.settings, shutdown).await?;
+    tracing::info!("bridge stopped");
+    Ok(())
+}
+
+/// `choreo bridge --kafka`: the same invocations, fed by the functions' consumer groups.
+async fn run_from_kafka(
+    kafka: KafkaSettings,
+    functions: Vec<Function>,
+    invoker: Arc<dyn StepInvoker>,
+    settings: DeliverySettings,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), BridgeError> {
+    let servers = kafka.bootstrap_servers.clone();
+    let link = KafkaLink::new(kafka, "choreo-bridge");
+    // Fail fast with a clear message when the cluster is not there at start.
+    link.create_topics(&settings)
+        .await
+        .map_err(|error| BridgeError::Broker(format!("cannot set up Kafka at {servers}: {error}")))?;
+    let names: Vec<&str> = functions.iter().map(|function| function.name()).collect();
+    tracing::info!(functions = %names.join(","), kafka = %servers, "bridge started");
+    run_kafka_consumers(link, functions, invoker, settings, shutdown).await.map_err(BridgeError::Kafka)?;
     tracing::info!("bridge stopped");
     Ok(())
 }

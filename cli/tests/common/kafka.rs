@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use choreo::client::Client;
 use choreo::up::{KafkaSystem, UpConfig, serve};
-use shared::Function;
 use shared::bus::DeliverySettings;
 use shared::bus::kafka::{KafkaLink, KafkaSettings, list_dead_records};
 use shared::step::ShipCountries;
@@ -73,9 +72,4 @@ impl OnKafka {
 pub async fn dead_letters(link: &KafkaLink) -> Vec<(String, Option<String>)> {
     let letters = list_dead_records(link, 1000).await.expect("the dead-letter topics read");
     letters.into_iter().map(|letter| (letter.function, letter.event_type)).collect()
-}
-
-/// The functions whose groups consume, for messages.
-pub fn consumers() -> Vec<Function> {
-    Function::consumers().collect()
 }

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::link::KafkaLink;
-use super::topology::{dead_letter_topic, retry_topic, subscriptions};
+use super::topology::{dead_letter_topic, retry_topic, retry_topics, subscriptions};
 use super::{ATTEMPT_HEADER, DUE_HEADER, ERROR_HEADER, FUNCTION_HEADER, TRACEPARENT_HEADER};
 use crate::bus::amqp::StepInvoker;
 use crate::bus::{DeliverySettings, PublishError};
@@ -91,10 +91,7 @@ async fn consume_group(
 ) -> Result<(), String> {
     let (group, topics) = match lane {
         Lane::Events => (link.settings().group(function), subscriptions(function)),
-        Lane::Retries => (
-            link.settings().retry_group(function),
-            (1..=settings.max_retries).map(|retry| retry_topic(function, retry)).collect(),
-        ),
+        Lane::Retries => (link.settings().retry_group(function), retry_topics(function, &settings)),
     };
     let consumer = Arc::new(link.consumer(&group).await.map_err(|error| format!("group {group}: {error}"))?);
     let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();

@@ -4,22 +4,18 @@
 //! whose committed offsets mark what was replayed: `list` shows the records
 //! after them, `replay` sends those back and commits past them.
 
-use std::time::Duration;
-
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::consumer::{header_text, with_bookkeeping};
 use super::link::KafkaLink;
+use super::offsets::{CALL_TIMEOUT, PartitionEnds, group_consumer, partition_ends};
 use super::topology::{dead_letter_topic, retry_topic};
 use super::{ATTEMPT_HEADER, ERROR_HEADER};
 use crate::bus::PublishError;
 use crate::bus::amqp::DeadMessage;
 use crate::contract::choreography::Function;
-
-/// How long reading the dead letters may wait on the cluster, per call.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Parks a record that can never be handled on `function`'s dead-letter
 /// topic with the bookkeeping headers; returns once the cluster has it.
@@ -94,16 +90,10 @@ async fn read_unreplayed(
     function: Function,
     limit: usize,
 ) -> Result<(Vec<OwnedMessage>, TopicPartitionList), String> {
-    let consumer = base_consumer(link, function).await?;
+    let consumer = group_consumer(link, &replay_group(link, function)).await?;
     tokio::task::spawn_blocking(move || read_blocking(&consumer, function, limit))
         .await
         .map_err(|error| error.to_string())?
-}
-
-async fn base_consumer(link: &KafkaLink, function: Function) -> Result<BaseConsumer, String> {
-    let mut config = link.client_config().await?;
-    config.set("group.id", replay_group(link, function)).set("enable.auto.commit", "false");
-    config.create::<BaseConsumer>().map_err(|error| error.to_string())
 }
 
 fn read_blocking(
@@ -113,23 +103,16 @@ fn read_blocking(
 ) -> Result<(Vec<OwnedMessage>, TopicPartitionList), String> {
     let topic = dead_letter_topic(function);
     let text = |error: rdkafka::error::KafkaError| format!("{topic}: {error}");
-    let metadata = consumer.fetch_metadata(Some(&topic), READ_TIMEOUT).map_err(text)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|described| described.name() == topic)
-        .flat_map(|described| described.partitions().iter().map(|partition| partition.id()))
-        .collect();
+    let ends = partition_ends(consumer, &topic)?;
     let mut wanted = TopicPartitionList::new();
-    for partition in &partitions {
-        wanted.add_partition(&topic, *partition);
+    for end in &ends {
+        wanted.add_partition(&topic, end.partition);
     }
-    let committed = consumer.committed_offsets(wanted, READ_TIMEOUT).map_err(text)?;
+    let committed = consumer.committed_offsets(wanted, CALL_TIMEOUT).map_err(text)?;
     let (mut start, mut end) = (TopicPartitionList::new(), TopicPartitionList::new());
     // Partitions still being read, with the offset that ends each.
     let mut remaining: Vec<(i32, i64)> = Vec::new();
-    for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(&topic, partition, READ_TIMEOUT).map_err(text)?;
+    for PartitionEnds { partition, low, high } in ends {
         let from = match committed.find_partition(&topic, partition).map(|element| element.offset()) {
             Some(Offset::Offset(offset)) => offset.max(low),
             _ => low,
@@ -146,8 +129,8 @@ fn read_blocking(
     }
     consumer.assign(&start).map_err(text)?;
     while !remaining.is_empty() && records.len() < limit {
-        let message = match consumer.poll(READ_TIMEOUT) {
-            None => return Err(format!("{topic}: no record within {READ_TIMEOUT:?} though some are there")),
+        let message = match consumer.poll(CALL_TIMEOUT) {
+            None => return Err(format!("{topic}: no record within {CALL_TIMEOUT:?} though some are there")),
             Some(message) => message.map_err(text)?,
         };
         let (partition, offset) = (message.partition(), message.offset());
@@ -161,7 +144,7 @@ fn read_blocking(
 
 /// Marks everything before `end` replayed.
 async fn commit(link: &KafkaLink, function: Function, end: TopicPartitionList) -> Result<(), String> {
-    let consumer = base_consumer(link, function).await?;
+    let consumer = group_consumer(link, &replay_group(link, function)).await?;
     tokio::task::spawn_blocking(move || consumer.commit(&end, CommitMode::Sync))
         .await
         .map_err(|error| error.to_string())?

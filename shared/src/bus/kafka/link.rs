@@ -83,6 +83,7 @@ impl KafkaLink {
             // A new group starts at the beginning: the topics are choreo's own,
             // so nothing in them predates the saga they belong to.
             .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", self.settings.fetch_wait_ms.to_string())
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000");
         config.create::<StreamConsumer>().map_err(|error| error.to_string())

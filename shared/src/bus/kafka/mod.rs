@@ -9,14 +9,18 @@
 mod consumer;
 mod dead_letters;
 mod link;
+mod offsets;
 mod settings;
 mod topology;
 
 pub use self::consumer::run_kafka_consumers;
 pub use self::dead_letters::{list_dead_records, park_dead_record, replay_dead_records};
 pub use self::link::KafkaLink;
+pub use self::offsets::start_group_at_end;
 pub use self::settings::{Credentials, DEFAULT_GROUP_PREFIX, DEFAULT_PARTITIONS, KafkaSecurity, KafkaSettings};
-pub use self::topology::{KafkaTopology, TopicSpec, dead_letter_topic, event_topic, retry_topic, subscriptions};
+pub use self::topology::{
+    GroupSpec, KafkaTopology, TopicSpec, dead_letter_topic, event_topic, retry_topic, retry_topics, subscriptions,
+};
 
 /// Record headers choreo writes and reads (the AMQP headers' names, so a
 /// dead letter reads the same on either bus).

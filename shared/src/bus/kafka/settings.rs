@@ -12,6 +12,7 @@
 //! | `KAFKA_PARTITIONS` | partitions of each topic choreo creates | 16 |
 //! | `KAFKA_REPLICATION` | replication factor of those topics | 1 |
 //! | `KAFKA_GROUP_PREFIX` | prefix of the consumer groups (`<prefix><function>`) | `choreo.` |
+//! | `KAFKA_FETCH_WAIT_MS` | longest wait of a fetch that finds nothing (a broker that does not answer as soon as data arrives, like tansu, makes it each hop's latency) | 100 |
 
 use std::time::Duration;
 
@@ -58,10 +59,13 @@ pub struct KafkaSettings {
     pub replication: i32,
     /// Consumer groups are `<group_prefix><function>`.
     pub group_prefix: String,
+    /// `fetch.wait.max.ms` of the consumers.
+    pub fetch_wait_ms: u32,
 }
 
 pub const DEFAULT_PARTITIONS: i32 = 16;
 pub const DEFAULT_GROUP_PREFIX: &str = "choreo.";
+pub const DEFAULT_FETCH_WAIT_MS: u32 = 100;
 const SECRET_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl KafkaSettings {
@@ -73,6 +77,7 @@ impl KafkaSettings {
             partitions: DEFAULT_PARTITIONS,
             replication: 1,
             group_prefix: DEFAULT_GROUP_PREFIX.to_owned(),
+            fetch_wait_ms: DEFAULT_FETCH_WAIT_MS,
         }
     }
 
@@ -149,6 +154,7 @@ impl KafkaSettings {
             partitions: number("KAFKA_PARTITIONS", DEFAULT_PARTITIONS)?,
             replication: number("KAFKA_REPLICATION", 1)?,
             group_prefix: var("KAFKA_GROUP_PREFIX").unwrap_or_else(|| DEFAULT_GROUP_PREFIX.to_owned()),
+            fetch_wait_ms: number("KAFKA_FETCH_WAIT_MS", DEFAULT_FETCH_WAIT_MS as i32)?.unsigned_abs(),
         }))
     }
 

@@ -11,6 +11,7 @@
 //! - `choreo.<function>.dead`: records that can never be handled, listed and
 //!   replayed by `choreo dlq`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -51,24 +52,31 @@ pub struct TopicSpec {
     pub partitions: i32,
     pub replication: i32,
     /// Topic-level settings (`retention.ms`, `min.insync.replicas`, …).
-    pub config: Vec<(&'static str, String)>,
+    pub config: BTreeMap<&'static str, String>,
 }
 
 /// Every topic, and which topics each function's groups subscribe to.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KafkaTopology {
     pub topics: Vec<TopicSpec>,
-    /// `(group, topics)` for each consuming function's event group.
-    pub groups: Vec<(String, Vec<String>)>,
+    /// Each consuming function's event group and what it subscribes to.
+    pub groups: Vec<GroupSpec>,
+}
+
+/// A consumer group and its topics.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GroupSpec {
+    pub group: String,
+    pub topics: Vec<String>,
 }
 
 impl KafkaTopology {
     pub fn derive(kafka: &KafkaSettings, delivery: &DeliverySettings) -> Self {
         let topic = |name: String, retention: Duration| {
-            let mut config = vec![("retention.ms", retention.as_millis().to_string())];
+            let mut config = BTreeMap::from([("retention.ms", retention.as_millis().to_string())]);
             if kafka.replication > 1 {
                 // With acks=all, a write needs this many replicas in sync.
-                config.push(("min.insync.replicas", (kafka.replication - 1).min(2).to_string()));
+                config.insert("min.insync.replicas", (kafka.replication - 1).min(2).to_string());
             }
             TopicSpec { name, partitions: kafka.partitions, replication: kafka.replication, config }
         };
@@ -79,11 +87,9 @@ impl KafkaTopology {
             event_types.into_iter().map(|event_type| topic(event_topic(event_type), EVENT_RETENTION)).collect();
         let mut groups = Vec::new();
         for function in Function::consumers() {
-            for retry in 1..=delivery.max_retries {
-                topics.push(topic(retry_topic(function, retry), EVENT_RETENTION));
-            }
+            topics.extend(retry_topics(function, delivery).into_iter().map(|name| topic(name, EVENT_RETENTION)));
             topics.push(topic(dead_letter_topic(function), DEAD_LETTER_RETENTION));
-            groups.push((kafka.group(function), subscriptions(function)));
+            groups.push(GroupSpec { group: kafka.group(function), topics: subscriptions(function) });
         }
         Self { topics, groups }
     }
@@ -111,6 +117,11 @@ impl KafkaTopology {
     }
 }
 
+/// The retry topics of `function`, first to last, which its retry group reads.
+pub fn retry_topics(function: Function, delivery: &DeliverySettings) -> Vec<String> {
+    (1..=delivery.max_retries).map(|retry| retry_topic(function, retry)).collect()
+}
+
 /// The event topics `function`'s group subscribes to.
 pub fn subscriptions(function: Function) -> Vec<String> {
     function.spec().consumes.iter().map(|event_type| event_topic(*event_type)).collect()
@@ -129,7 +140,7 @@ mod tests {
                 assert!(names.contains(&event_topic(*event_type).as_str()), "{event_type:?} has a topic");
             }
         }
-        for (group, topics) in &topology.groups {
+        for GroupSpec { group, topics } in &topology.groups {
             assert!(!topics.is_empty(), "{group} subscribes to something");
             assert!(topics.iter().all(|topic| names.contains(&topic.as_str())), "{group}: {topics:?}");
         }
