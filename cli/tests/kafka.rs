@@ -3,13 +3,14 @@
 //! saga as over RabbitMQ; the broker killed and restarted mid-load with
 //! nothing lost; every event delivered again with the same final state; a
 //! step failing past its retries parked on its dead-letter topic, listed and
-//! replayed.
+//! replayed; TLS to the cluster.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use choreo::up::KafkaSystem;
 use common::kafka::{KafkaBroker, OnKafka, dead_letters, kafka_settings};
 use common::{
     Posters, SAGA_TIMEOUT, SagaPath, Scratch, assert_conserved, assert_saga_ends, default_catalog, eventually,
@@ -19,8 +20,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use shared::Function;
-use shared::bus::kafka::{KafkaSettings, replay_dead_records, subscriptions};
+use shared::bus::kafka::{KafkaSecurity, KafkaSettings, replay_dead_records, subscriptions};
+use shared::testkit::kafka::free_port;
 use shared::testkit::order_body;
+use shared::testkit::tls::TlsTerminator;
 
 async fn run_path(path: SagaPath) {
     let (body, expected) = path.order();
@@ -247,5 +250,42 @@ async fn kafka_a_step_failing_past_its_retries_is_dead_lettered_listed_and_repla
     assert_eq!(order["status"], "SHIPPED", "{order:#}");
     assert_eq!(dead_letters(&system.link).await, vec![]);
     assert_conserved(&*system.store, &catalog).await;
+    system.shutdown().await;
+}
+
+/// A broker behind a TLS listener, as a managed cluster's looks from a client.
+fn broker_behind_tls() -> (KafkaBroker, TlsTerminator) {
+    let port = free_port();
+    let tls = TlsTerminator::start(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    (KafkaBroker::start_on(port, tls.port), tls)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_over_tls_a_saga_ends_and_an_unknown_ca_is_refused_with_a_clear_error() {
+    let (broker, tls) = broker_behind_tls();
+    let scratch = Scratch::new();
+    let catalog = default_catalog();
+    let over_tls = |ca_file: std::path::PathBuf| KafkaSettings {
+        security: KafkaSecurity::Tls { ca_file: Some(ca_file.display().to_string()) },
+        ..kafka_settings(&broker, "choreo.")
+    };
+
+    // WHEN the system is pointed at the TLS listener with a CA that did not sign it
+    let config = common::kafka::up_config(&scratch.db(), &catalog, test_settings());
+    let deadline = shared::saga::DEFAULT_SAGA_DEADLINE;
+    let refused = match KafkaSystem::start(config, over_tls(tls.unrelated_ca_file()), deadline).await {
+        Ok(_) => panic!("a broker whose certificate the CA did not sign is refused"),
+        Err(error) => error.to_string(),
+    };
+    // THEN it does not start, and says which cluster it could not set up
+    assert!(refused.contains("cannot set up Kafka at localhost:"), "{refused}");
+    assert!(refused.contains("KAFKA_CA_FILE"), "what to check is named: {refused}");
+
+    // WHEN it trusts the right CA, THEN an order ships over TLS
+    let system = OnKafka::start(over_tls(tls.ca_file.clone()), &scratch.db(), &catalog, test_settings()).await;
+    let order_id = system.client.create_order(&order_body("WIDGET-1", 1, "FR"), None).await.expect("accepted");
+    let order = wait_all_terminal(&system.client, std::slice::from_ref(&order_id), SAGA_TIMEOUT).await.remove(0);
+    assert_eq!(order["status"], "SHIPPED", "{order:#}");
+    assert!(tls.handshakes() > 0, "the clients went through the TLS listener");
     system.shutdown().await;
 }

@@ -36,17 +36,22 @@ pub fn kafka_settings(broker: &KafkaBroker, group_prefix: &str) -> KafkaSettings
     }
 }
 
+/// `choreo up`'s configuration on the SQLite file `db`.
+pub fn up_config(db: &Path, catalog: &[SeedStock], settings: DeliverySettings) -> UpConfig {
+    UpConfig {
+        store: shared::config::StoreSettings::sqlite(db),
+        catalog: catalog.to_vec(),
+        ship_countries: ShipCountries::default(),
+        delivery: settings,
+        observer: None,
+        store_counts: None,
+    }
+}
+
 impl OnKafka {
     pub async fn start(kafka: KafkaSettings, db: &Path, catalog: &[SeedStock], settings: DeliverySettings) -> Self {
         init_logging();
-        let config = UpConfig {
-            store: shared::config::StoreSettings::sqlite(db),
-            catalog: catalog.to_vec(),
-            ship_countries: ShipCountries::default(),
-            delivery: settings,
-            observer: None,
-            store_counts: None,
-        };
+        let config = up_config(db, catalog, settings);
         let deadline = shared::saga::DEFAULT_SAGA_DEADLINE;
         let system = KafkaSystem::start(config, kafka, deadline).await.expect("choreo up --kafka starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free local port");

@@ -17,11 +17,23 @@ const START_BOUND: Duration = Duration::from_secs(30);
 
 /// A running broker, killed on drop.
 pub struct KafkaBroker {
-    /// `127.0.0.1:<port>`, the bootstrap servers of every client.
+    /// `host:port` of the bootstrap servers every client is given.
     pub bootstrap: String,
+    /// The port it listens on.
     port: u16,
+    /// The port it tells clients to connect to (another when a TLS terminator stands in front).
+    advertised_port: u16,
     data: TempDir,
     child: Option<Child>,
+}
+
+/// A local port free at the time of asking (bound, then released: tansu
+/// needs the number on its command line).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free local port")
+        .port()
 }
 
 fn tansu_binary() -> PathBuf {
@@ -34,23 +46,32 @@ fn tansu_binary() -> PathBuf {
 impl KafkaBroker {
     /// Starts a broker with an empty store and waits until it accepts connections.
     pub fn start() -> Self {
+        let port = free_port();
+        Self::start_on(port, port)
+    }
+
+    /// A broker listening on `port` that tells clients to connect to
+    /// `localhost:advertised_port` (a TLS terminator in front of it).
+    pub fn start_on(port: u16, advertised_port: u16) -> Self {
         let data = tempfile::tempdir().expect("a temporary directory for the broker's data");
-        // Bound then released: tansu needs the number on its command line.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free local port")
-            .port();
-        let mut broker = Self { bootstrap: format!("127.0.0.1:{port}"), port, data, child: None };
+        let bootstrap =
+            if port == advertised_port { format!("127.0.0.1:{port}") } else { format!("localhost:{advertised_port}") };
+        let mut broker = Self { bootstrap, port, advertised_port, data, child: None };
         broker.spawn();
         broker
     }
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = if self.port == self.advertised_port {
+            url.clone()
+        } else {
+            format!("tcp://localhost:{}", self.advertised_port)
+        };
         let log = std::fs::File::create(self.data.path().join("tansu.log")).expect("the broker's log file");
         let child = Command::new(tansu_binary())
             .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .current_dir(self.data.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

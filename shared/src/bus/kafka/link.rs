@@ -16,7 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::OnceCell;
 
-use super::settings::KafkaSettings;
+use super::settings::{KafkaSecurity, KafkaSettings};
 use super::topology::{KafkaTopology, event_topic};
 use super::{CONTENT_TYPE_HEADER, TRACEPARENT_HEADER};
 use crate::bus::amqp::CONTENT_TYPE;
@@ -89,11 +89,20 @@ impl KafkaLink {
         config.create::<StreamConsumer>().map_err(|error| error.to_string())
     }
 
-    /// Creates the topics of `delivery`'s retry policy that are missing.
+    /// Creates the topics of `delivery`'s retry policy that are missing. A
+    /// failure names what the cluster last said (a TLS or SASL refusal is
+    /// otherwise only a timeout).
     pub async fn create_topics(&self, delivery: &DeliverySettings) -> Result<(), String> {
         let config = self.settings.client_config(&self.client_id).await?;
         let admin: AdminClient<DefaultClientContext> = config.create().map_err(|error| error.to_string())?;
-        KafkaTopology::derive(&self.settings, delivery).create(&admin).await
+        let created = KafkaTopology::derive(&self.settings, delivery).create(&admin).await;
+        // librdkafka reports a refused TLS handshake or SASL login only as a
+        // timeout here: say what to check.
+        created.map_err(|error| match &self.settings.security {
+            KafkaSecurity::Plaintext => format!("{error} (is the cluster reachable, and does it take plaintext?)"),
+            KafkaSecurity::Tls { .. } => format!("{error} (is the cluster reachable, and do the TLS roots — KAFKA_CA_FILE or the system's — trust its certificate?)"),
+            KafkaSecurity::Sasl { .. } => format!("{error} (is the cluster reachable, do the TLS roots trust it, and are the SASL mechanism and credentials right?)"),
+        })
     }
 
     /// Produces one record and waits until every in-sync replica has it.

@@ -163,11 +163,7 @@ impl KafkaSettings {
     /// bounded time so that a step's retry policy, not librdkafka's, decides.
     pub(super) async fn client_config(&self, client_id: &str) -> Result<ClientConfig, String> {
         let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.bootstrap_servers)
-            .set("client.id", client_id)
-            // Quiet librdkafka's own stderr lines about brokers coming and going; errors reach us.
-            .set("log_level", "3");
+        config.set("bootstrap.servers", &self.bootstrap_servers).set("client.id", client_id);
         match &self.security {
             KafkaSecurity::Plaintext => {
                 config.set("security.protocol", "plaintext");

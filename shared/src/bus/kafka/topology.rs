@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
 use super::settings::KafkaSettings;
@@ -96,7 +96,7 @@ impl KafkaTopology {
 
     /// Creates the topics that do not exist yet; existing ones are left as
     /// they are (their partition count is the operator's to change).
-    pub async fn create(&self, admin: &AdminClient<DefaultClientContext>) -> Result<(), String> {
+    pub async fn create<C: ClientContext + 'static>(&self, admin: &AdminClient<C>) -> Result<(), String> {
         let new_topics: Vec<NewTopic<'_>> = self
             .topics
             .iter()
@@ -105,7 +105,8 @@ impl KafkaTopology {
                 spec.config.iter().fold(new, |new, (key, value)| new.set(key, value))
             })
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let bound = Some(Duration::from_secs(10));
+        let options = AdminOptions::new().operation_timeout(bound).request_timeout(bound);
         let results = admin.create_topics(&new_topics, &options).await.map_err(|error| error.to_string())?;
         for result in results {
             match result {
