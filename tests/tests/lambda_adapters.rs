@@ -9,24 +9,20 @@
 //! function emitted is read back from the consumer queues.
 //!
 //! Fixtures keep the AWS envelope; what must match the test store is filled
-//! in: `{{EVENT_ID}}`/`{{ORDER_ID}}` in the CloudEvent bodies
-//! (`cloudevent-<type>.json`), and per message slot `n` of an envelope
-//! `{{BODY_n}}` (SQS body), `{{BODY_BASE64_n}}`/`{{BODY_SIZE_n}}` (Amazon MQ
-//! data and `bodySize`), `{{EVENT_ID_n}}`, `{{ORDER_ID_n}}`, `{{TYPE_n}}`,
-//! plus `{{FUNCTION}}` and `{{QUEUE}}`.
+//! in by `choreo_e2e::lambda_fixtures`.
 //!
 //! The five steps come from the function crates (dev-dependencies of this
 //! crate): the very `Step` each function's `main` hands to
 //! `shared::host::lambda::run`.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use aws_lambda_events::event::sqs::SqsEvent;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use choreo_e2e::lambda_fixtures::{cloudevent, decode, envelope};
 use chrono::Utc;
 use lambda_runtime::Diagnostic;
 use lapin::options::BasicGetOptions;
@@ -59,87 +55,11 @@ const AVAILABLE: u64 = 10;
 const CATALOG: &[(&str, u64, u64)] = &[(SKU, AVAILABLE, 50)];
 
 // ---------------------------------------------------------------------------
-// Fixtures
-
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{name} is not JSON: {error}"))
-}
-
-fn placeholder(name: &str) -> String {
-    format!("{{{{{name}}}}}")
-}
-
-/// Fills placeholders in keys and string values: a string that is exactly
-/// one placeholder becomes its value (so `bodySize` becomes a number), and a
-/// placeholder inside a longer string is replaced by the value's text.
-fn fill(value: &mut Value, values: &[(String, Value)]) {
-    let text_of = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_owned);
-    let fill_text = |text: &str| {
-        values.iter().fold(text.to_owned(), |text, (name, value)| text.replace(&placeholder(name), &text_of(value)))
-    };
-    match value {
-        Value::String(text) => {
-            let whole = values.iter().find(|(name, _)| *text == placeholder(name)).map(|(_, value)| value.clone());
-            *value = whole.unwrap_or_else(|| Value::String(fill_text(text)));
-        }
-        Value::Array(items) => items.iter_mut().for_each(|item| fill(item, values)),
-        Value::Object(map) => {
-            *map = std::mem::take(map)
-                .into_iter()
-                .map(|(key, mut item)| {
-                    fill(&mut item, values);
-                    (fill_text(&key), item)
-                })
-                .collect();
-        }
-        _ => {}
-    }
-}
-
-/// The CloudEvent of fixture `name` about `order_id`, with a fresh id, as
-/// the text a queue carries.
-fn cloudevent(name: &str, order_id: OrderId) -> String {
-    let mut body = fixture(name);
-    let values = [
-        ("EVENT_ID".to_owned(), json!(Uuid::now_v7().to_string())),
-        ("ORDER_ID".to_owned(), json!(order_id.to_string())),
-    ];
-    fill(&mut body, &values);
-    body.to_string()
-}
-
-/// The AWS envelope of fixture `name` for `function`, carrying `bodies` in
-/// its message slots 1, 2, …
-fn envelope(name: &str, function: Function, bodies: &[&str]) -> Value {
-    let mut values =
-        vec![("FUNCTION".to_owned(), json!(function.name())), ("QUEUE".to_owned(), json!(function.queue()))];
-    for (slot, body) in (1..).zip(bodies) {
-        let cloudevent: Value = serde_json::from_str(body).expect("a body slot holds a JSON CloudEvent");
-        values.extend([
-            (format!("BODY_{slot}"), json!(body)),
-            (format!("BODY_BASE64_{slot}"), json!(BASE64.encode(body))),
-            (format!("BODY_SIZE_{slot}"), json!(body.len())),
-            (format!("EVENT_ID_{slot}"), cloudevent["id"].clone()),
-            (format!("ORDER_ID_{slot}"), cloudevent["subject"].clone()),
-            (format!("TYPE_{slot}"), cloudevent["type"].clone()),
-        ]);
-    }
-    let mut envelope = fixture(name);
-    fill(&mut envelope, &values);
-    let text = envelope.to_string();
-    assert!(!text.contains("{{"), "{name} has a placeholder this test does not fill: {text}");
-    envelope
-}
+// Fixtures (`choreo_e2e::lambda_fixtures`)
 
 /// The key of a function's queue in `rmqMessagesByQueue` (`<queue>::<vhost>`).
 fn rmq_key(function: Function) -> String {
     format!("{}::/", function.queue())
-}
-
-fn decode(body: &str) -> Event {
-    Event::from_json(body.as_bytes()).unwrap_or_else(|error| panic!("a fixture CloudEvent does not decode: {error}"))
 }
 
 // ---------------------------------------------------------------------------

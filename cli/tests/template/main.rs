@@ -10,15 +10,17 @@
 //! `cargo run -p choreo -- template > template.yaml` (or run this test with
 //! `UPDATE_TEMPLATE=1`).
 
-use std::collections::BTreeSet;
+mod kafka;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use choreo::bridge::sqs_url_env_var;
 use choreo::template::{
     BRIDGE_CONTAINER, BRIDGE_EXECUTION_ROLE, BRIDGE_INVOKES_LAMBDA, BRIDGE_INVOKES_SQS, BRIDGE_SERVICE,
-    BRIDGE_TASK_DEFINITION, BRIDGE_TASK_ROLE, HAS_ALARM_TOPIC, HTTP_API, IN_VPC, MQ_NETWORK_ACTIONS, QUERIED_TABLES,
-    READ_ACTIONS, RUN_BRIDGE, SAGA_DEADLINE, SCHEDULED, TABLE_DELETION_POLICY, TABLES, Target, USE_AMAZON_MQ, USE_SQS,
-    VPC_ACTIONS, dead_letter_queue_id, function_id, function_id_of, is_query, queue_id, sam_template, sam_template_for,
-    table_id,
+    BRIDGE_TASK_DEFINITION, BRIDGE_TASK_ROLE, HAS_ALARM_TOPIC, HTTP_API, IN_VPC, KafkaSource, MAPPING_NETWORK_ACTIONS,
+    QUERIED_TABLES, READ_ACTIONS, RUN_BRIDGE, SAGA_DEADLINE, SCHEDULED, TABLE_DELETION_POLICY, TABLES, Target,
+    USE_AMAZON_MQ, USE_MSK, USE_SELF_MANAGED_KAFKA, USE_SQS, VPC_ACTIONS, dead_letter_queue_id, function_id,
+    function_id_of, is_query, kafka_topic, queue_id, sam_template, sam_template_for, table_id,
 };
 use serde_json::{Value, json};
 use shared::bus::amqp::dead_letter_queue;
@@ -143,19 +145,25 @@ fn check_functions(template: &Value, choreography: &[FunctionSpec]) -> Vec<Strin
     problems
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Source {
     Sqs,
     AmazonMq,
+    Kafka(KafkaSource),
 }
 
-/// Each consumer has an SQS mapping (queue + DLQ, partial batch failures) and
-/// an Amazon MQ mapping on `Function::queue()`, under their conditions;
-/// nobody else has a mapping.
+const SOURCES: [Source; 4] =
+    [Source::Sqs, Source::AmazonMq, Source::Kafka(KafkaSource::Msk), Source::Kafka(KafkaSource::SelfManaged)];
+
+/// Each consumer has an SQS mapping (queue + DLQ, partial batch failures),
+/// an Amazon MQ mapping on `Function::queue()`, and a Kafka mapping of each
+/// source per event type it consumes, each under its condition; nobody else
+/// has a mapping.
 fn check_event_sources(template: &Value, choreography: &[FunctionSpec]) -> Vec<String> {
     let mut problems = Vec::new();
     let by_id = |id: &str| choreography.iter().find(|spec| function_id(spec) == id);
-    let mut found = BTreeSet::new();
+    // What each (function, source) reads: its queue, or a topic per mapping.
+    let mut found: BTreeMap<(&str, Source), Vec<String>> = BTreeMap::new();
     for (id, mapping) in of_type(template, "AWS::Lambda::EventSourceMapping") {
         let properties = &mapping["Properties"];
         let Some(spec) = properties["FunctionName"]["Ref"].as_str().and_then(by_id) else {
@@ -166,13 +174,18 @@ fn check_event_sources(template: &Value, choreography: &[FunctionSpec]) -> Vec<S
         let source = match mapping["Condition"].as_str() {
             Some(USE_SQS) => Source::Sqs,
             Some(USE_AMAZON_MQ) => Source::AmazonMq,
+            Some(USE_MSK) => Source::Kafka(KafkaSource::Msk),
+            Some(USE_SELF_MANAGED_KAFKA) => Source::Kafka(KafkaSource::SelfManaged),
             other => {
-                problems.push(format!("{id} has condition {other:?}: it would exist in both EventSource modes"));
+                problems.push(format!("{id} has condition {other:?}: it would exist in several EventSource modes"));
                 continue;
             }
         };
-        match source {
-            Source::Sqs => problems.extend(check_sqs_mapping(template, id, spec, properties)),
+        let reads = match source {
+            Source::Sqs => {
+                problems.extend(check_sqs_mapping(template, id, spec, properties));
+                queue_id(spec)
+            }
             Source::AmazonMq => {
                 if properties["Queues"] != json!([spec.function.queue()]) {
                     problems.push(format!(
@@ -185,41 +198,66 @@ fn check_event_sources(template: &Value, choreography: &[FunctionSpec]) -> Vec<S
                     problems.push(format!("{id} is not mapped to the MqBrokerArn broker"));
                 }
                 let mut grants = vec![("mq:DescribeBroker", reference("MqBrokerArn"))];
-                grants.extend(MQ_NETWORK_ACTIONS.iter().map(|action| (*action, json!("*"))));
+                grants.extend(MAPPING_NETWORK_ACTIONS.iter().map(|action| (*action, json!("*"))));
                 problems.extend(check_grants(template, &function_id(spec), USE_AMAZON_MQ, &grants));
-                let access: BTreeSet<_> = properties["SourceAccessConfigurations"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|item| item["Type"].as_str())
-                    .collect();
-                if access != BTreeSet::from(["BASIC_AUTH", "VIRTUAL_HOST"]) {
+                let access: BTreeSet<_> = access_types(properties).into_iter().collect();
+                if access != BTreeSet::from(["BASIC_AUTH".to_owned(), "VIRTUAL_HOST".to_owned()]) {
                     problems.push(format!("{id} has source access {access:?} instead of BASIC_AUTH and VIRTUAL_HOST"));
                 }
+                spec.function.queue()
             }
-        }
-        if !found.insert((spec.name, source)) {
-            problems.push(format!("{} has more than one mapping of one kind", spec.name));
-        }
+            Source::Kafka(kafka_source) => {
+                let (mapping_problems, topic) = kafka::check_mapping(template, id, spec, properties, kafka_source);
+                problems.extend(mapping_problems);
+                topic
+            }
+        };
+        found.entry((spec.name, source)).or_default().push(reads);
     }
     for spec in choreography {
-        for source in [Source::Sqs, Source::AmazonMq] {
-            let key = (spec.name, source);
-            match (spec.consumes.is_empty(), found.contains(&key)) {
-                (false, false) => problems.push(format!("{} consumes events but has no {:?} mapping", key.0, key.1)),
-                (true, true) => problems.push(format!("{} consumes nothing but has a {:?} mapping", key.0, key.1)),
+        for source in SOURCES {
+            let mut reads = found.get(&(spec.name, source)).cloned().unwrap_or_default();
+            match (source, spec.consumes.is_empty(), reads.len()) {
+                (Source::Kafka(_), _, _) => {
+                    reads.sort();
+                    let mut expected: Vec<String> = spec.consumes.iter().map(|event| kafka_topic(*event)).collect();
+                    expected.sort();
+                    if reads != expected {
+                        problems.push(format!(
+                            "{} has {source:?} mappings of {reads:?} instead of {expected:?}",
+                            spec.name
+                        ));
+                    }
+                }
+                (_, false, 0) => problems.push(format!("{} consumes events but has no {source:?} mapping", spec.name)),
+                (_, true, 1..) => problems.push(format!("{} consumes nothing but has a {source:?} mapping", spec.name)),
+                (_, false, 2..) => problems.push(format!("{} has more than one {source:?} mapping", spec.name)),
                 _ => {}
             }
         }
-        // SAM events cannot carry a condition: an SQS or MQ event would exist in both modes.
+        // SAM events cannot carry a condition: an SQS or MQ event would exist in every mode.
         let events = &resources(template).get(&function_id(spec)).map(|f| &f["Properties"]["Events"]);
         for event in events.and_then(Value::as_object).into_iter().flat_map(|events| events.values()) {
-            if event["Type"] == "SQS" || event["Type"] == "MQ" {
+            if ["SQS", "MQ", "MSK", "SelfManagedKafka"].contains(&event["Type"].as_str().unwrap_or_default()) {
                 problems.push(format!("{} has an unconditional {} event", spec.name, event["Type"]));
             }
         }
     }
     problems
+}
+
+/// The `Type` of each of a mapping's `SourceAccessConfigurations` (a `Fn::If` gives its first branch's).
+fn access_types(properties: &Value) -> Vec<String> {
+    properties["SourceAccessConfigurations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| item.get("Fn::If").map_or(item, |branches| &branches[1]))
+        .map(|item| match &item["Type"] {
+            Value::String(kind) => kind.clone(),
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 fn check_sqs_mapping(template: &Value, id: &str, spec: &FunctionSpec, properties: &Value) -> Vec<String> {
@@ -783,22 +821,8 @@ fn each_function_reaches_only_its_services_tables() {
 }
 
 #[test]
-fn publishing_functions_get_the_amqp_secret_and_nothing_wider() {
-    let template = committed();
-    for spec in CHOREOGRAPHY.iter().filter(|spec| !spec.is_scheduled()) {
-        let function = &resources(&template)[&function_id(spec)]["Properties"];
-        let secret = &function["Environment"]["Variables"]["AMQP_SECRET_ARN"];
-        assert_eq!(!secret.is_null(), !spec.emits.is_empty(), "{}: AMQP_SECRET_ARN", spec.name);
-    }
-    for statement in statements(&template["Resources"]) {
-        if strings(&statement["Action"]).iter().any(|action| action.starts_with("secretsmanager:")) {
-            let resource = &statement["Resource"];
-            assert!(
-                *resource == reference("AmqpSecretArn") || *resource == reference("MqCredentialsSecretArn"),
-                "a statement reads the secrets {resource}"
-            );
-        }
-    }
+fn publishing_functions_get_their_bus_and_nothing_wider() {
+    assert_no_problems(kafka::check_bus(&committed(), CHOREOGRAPHY));
 }
 
 #[test]
