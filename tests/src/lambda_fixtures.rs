@@ -78,8 +78,7 @@ pub fn envelope(name: &str, function: Function, bodies: &[&str]) -> Value {
         let order_id = cloudevent["subject"].as_str().unwrap_or_default().to_owned();
         if slot == 1 {
             let event_type = cloudevent["type"].as_str().and_then(EventType::parse);
-            // TODO(issue 12): shared::bus::kafka's event_topic once it is on main.
-            let topic = event_type.map(|t| format!("choreo.{}", t.as_str())).unwrap_or_default();
+            let topic = event_type.map(shared::bus::kafka::event_topic).unwrap_or_default();
             values.push(("TOPIC".to_owned(), json!(topic)));
         }
         values.extend([

@@ -26,12 +26,14 @@
 //!   CloudFormation cannot read them from the ARN of a cluster the stack did
 //!   not create, so `KafkaBootstrapServers` is a parameter in both modes
 //!   (`aws kafka get-bootstrap-brokers` prints MSK's SASL/SCRAM list).
-//! - The topics must exist before the mappings poll them (MSK does not
-//!   create topics by default): `choreo topology --kafka` creates them.
+//! - The topics must exist before the mappings poll and the functions
+//!   publish (MSK creates none by default; a produce to a missing topic is
+//!   refused): create them first, as `choreo topology --kafka` lists them.
 
 use super::functions::{MAPPING_NETWORK_ACTIONS, statement};
 use super::yaml::*;
 use super::*;
+use shared::bus::kafka::{DEFAULT_GROUP_PREFIX, event_topic};
 use shared::contract::events::EventType;
 
 /// Where a Kafka mapping reads.
@@ -66,15 +68,15 @@ pub const MSK_CLUSTER_ACTIONS: &[&str] = &["kafka:DescribeClusterV2", "kafka:Get
 /// they get the first `VPC_SLOTS` of `SubnetIds` and `SecurityGroupIds`.
 pub const VPC_SLOTS: usize = 3;
 
-/// The topic of `event_type`'s events.
-// TODO(issue 12): shared::bus::kafka::topology::event_topic once it is on main.
+/// The topic of `event_type`'s events: the bus's own naming.
 pub fn kafka_topic(event_type: EventType) -> String {
-    format!("choreo.{}", event_type.as_str())
+    event_topic(event_type)
 }
 
-/// The consumer group of `spec`'s mapping of `event_type` (see the module's doc).
+/// The consumer group of `spec`'s mapping of `event_type` (see the module's
+/// doc): the function's group (`<prefix><function>`) and the event type.
 pub fn kafka_group(spec: &FunctionSpec, event_type: EventType) -> String {
-    format!("choreo.{}.{}", spec.name, event_type.as_str())
+    format!("{DEFAULT_GROUP_PREFIX}{}.{}", spec.name, event_type.as_str())
 }
 
 /// Logical id of `spec`'s mapping of `event_type` from `source`.
