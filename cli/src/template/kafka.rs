@@ -31,10 +31,12 @@
 //!   refused): create them first, as `choreo topology --kafka` lists them.
 
 use super::functions::{MAPPING_NETWORK_ACTIONS, statement};
+use super::operations::alarm;
 use super::yaml::*;
 use super::*;
-use shared::bus::kafka::{DEFAULT_GROUP_PREFIX, event_topic};
+use shared::bus::kafka::{DEFAULT_GROUP_PREFIX, dead_letter_topic, event_topic};
 use shared::contract::events::EventType;
+use shared::host::lambda::DEAD_LETTERED_MESSAGE;
 
 /// Where a Kafka mapping reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -223,4 +225,47 @@ pub(super) fn bus_policies() -> Vec<Node> {
             )]),
         ),
     ]
+}
+
+/// The metric (namespace, name) counting records parked on the Kafka
+/// dead-letter topics, per `Function` (a dimension): a topic has no depth
+/// in CloudWatch, so each parking's log line is counted instead.
+pub const KAFKA_DEAD_LETTER_METRIC: (&str, &str) = ("choreo/Kafka", "DeadLettered");
+
+/// Counts the parking lines of `spec`'s log group (`shared::host::lambda`
+/// logs [`DEAD_LETTERED_MESSAGE`] with the `function` field, as JSON).
+pub(super) fn dead_letter_filter(spec: &FunctionSpec) -> Node {
+    let (namespace, metric) = KAFKA_DEAD_LETTER_METRIC;
+    map([
+        ("Type", s("AWS::Logs::MetricFilter")),
+        ("Condition", s(USE_KAFKA)),
+        (
+            "Properties",
+            map([
+                ("LogGroupName", reference(&log_group_id(spec.name))),
+                ("FilterPattern", s(format!("{{ $.message = \"{DEAD_LETTERED_MESSAGE}\" }}"))),
+                (
+                    "MetricTransformations",
+                    list([map([
+                        ("MetricNamespace", s(namespace)),
+                        ("MetricName", s(metric)),
+                        ("MetricValue", s("1")),
+                        ("Dimensions", list([map([("Key", s("Function")), ("Value", s("$.function"))])])),
+                    ])]),
+                ),
+            ]),
+        ),
+    ])
+}
+
+/// A record of `spec`'s parked on its dead-letter topic (EventSource MSK or SelfManagedKafka).
+pub(super) fn dead_letter_alarm(spec: &FunctionSpec) -> Node {
+    let (namespace, metric) = KAFKA_DEAD_LETTER_METRIC;
+    alarm(
+        Some(USE_KAFKA),
+        &format!("{}-kafka-dead-letters", spec.name),
+        &format!("Records for {} were parked on {}", spec.name, dead_letter_topic(spec.function)),
+        (namespace, metric, "Sum"),
+        vec![("Function", s(spec.name))],
+    )
 }

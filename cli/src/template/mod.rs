@@ -55,7 +55,10 @@ mod yaml;
 use self::api::http_api;
 use self::bridge::bridge_resources;
 use self::functions::function;
-use self::kafka::{kafka_mapping_id, msk_mapping, self_managed_kafka_mapping};
+use self::kafka::{
+    dead_letter_alarm as kafka_dead_letter_alarm, dead_letter_filter as kafka_dead_letter_filter, kafka_mapping_id,
+    msk_mapping, self_managed_kafka_mapping,
+};
 use self::operations::{errors_alarm, function_log_group, mq_dead_queue_alarm, sqs_dead_letter_alarm};
 use self::parameters::{conditions, parameters, rules};
 use self::queues::{dead_letter_queue, mq_mapping, queue, sqs_mapping};
@@ -68,7 +71,9 @@ pub use self::bridge::{
     BRIDGE_TASK_DEFINITION, BRIDGE_TASK_ROLE,
 };
 pub use self::functions::{MAPPING_NETWORK_ACTIONS, VPC_ACTIONS};
-pub use self::kafka::{KafkaSource, MSK_CLUSTER_ACTIONS, STARTING_POSITION, VPC_SLOTS, kafka_group, kafka_topic};
+pub use self::kafka::{
+    KAFKA_DEAD_LETTER_METRIC, KafkaSource, MSK_CLUSTER_ACTIONS, STARTING_POSITION, VPC_SLOTS, kafka_group, kafka_topic,
+};
 pub use self::scheduled::{Grant, RELAY, SCHEDULED, ScheduledFunction, Target};
 pub use self::tables::TABLE_DELETION_POLICY;
 
@@ -348,6 +353,8 @@ fn resources(choreography: &[FunctionSpec]) -> Node {
                     self_managed_kafka_mapping(spec, event_type),
                 ));
             }
+            entries.push((format!("{name}KafkaDeadLetterFilter"), kafka_dead_letter_filter(spec)));
+            entries.push((format!("{name}KafkaDeadLetterAlarm"), kafka_dead_letter_alarm(spec)));
         }
     }
     for scheduled in SCHEDULED {

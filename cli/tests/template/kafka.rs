@@ -7,16 +7,17 @@
 use std::collections::BTreeMap;
 
 use choreo::template::{
-    HAS_KAFKA_SECRET_KEY, KAFKA_SCRAM_256, KafkaSource, MAPPING_NETWORK_ACTIONS, MSK_CLUSTER_ACTIONS, SCHEDULED,
-    SELF_MANAGED_KAFKA_IN_VPC, STARTING_POSITION, USE_AMQP, USE_KAFKA, USE_MSK, VPC_SLOTS, function_id, function_id_of,
-    kafka_group, kafka_topic, sam_template,
+    HAS_KAFKA_SECRET_KEY, KAFKA_DEAD_LETTER_METRIC, KAFKA_SCRAM_256, KafkaSource, MAPPING_NETWORK_ACTIONS,
+    MSK_CLUSTER_ACTIONS, SCHEDULED, SELF_MANAGED_KAFKA_IN_VPC, STARTING_POSITION, USE_AMQP, USE_KAFKA, USE_MSK,
+    VPC_SLOTS, function_id, function_id_of, kafka_group, kafka_topic, log_group_id, sam_template,
 };
 use serde_json::{Value, json};
 use shared::contract::choreography::{CHOREOGRAPHY, FunctionSpec};
+use shared::host::lambda::DEAD_LETTERED_MESSAGE;
 
 use super::{
-    access_types, assert_no_problems, check_event_sources, check_grants, of_type, parse, reference, resources,
-    statements, strings,
+    access_types, alarms_on, assert_no_problems, check_event_sources, check_grants, of_type, parse, reference,
+    resources, statements, strings,
 };
 
 fn split(parameter: &str) -> Value {
@@ -171,6 +172,57 @@ pub(super) fn check_bus(template: &Value, choreography: &[FunctionSpec]) -> Vec<
         }
     }
     problems
+}
+
+/// A topic has no depth metric: each consumer's parked records are counted
+/// from its own log group (the line `shared::host::lambda` logs) and alarmed
+/// on, under `UseKafka`.
+pub(super) fn check_dead_letter_alarms(template: &Value, choreography: &[FunctionSpec]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (namespace, metric) = KAFKA_DEAD_LETTER_METRIC;
+    let transformation = json!([{
+        "MetricNamespace": namespace, "MetricName": metric, "MetricValue": "1",
+        "Dimensions": [{"Key": "Function", "Value": "$.function"}],
+    }]);
+    for spec in choreography.iter().filter(|spec| !spec.consumes.is_empty()) {
+        let counted = of_type(template, "AWS::Logs::MetricFilter").any(|(_, filter)| {
+            let properties = &filter["Properties"];
+            filter["Condition"] == USE_KAFKA
+                && properties["LogGroupName"] == reference(&log_group_id(spec.name))
+                && properties["FilterPattern"].as_str().is_some_and(|pattern| pattern.contains(DEAD_LETTERED_MESSAGE))
+                && properties["MetricTransformations"] == transformation
+        });
+        if !counted {
+            problems
+                .push(format!("{}'s parked records are not counted from its log group under {USE_KAFKA}", spec.name));
+        }
+        let alarms = alarms_on(template, (namespace, metric), ("Function", &json!(spec.name)));
+        let conditions: Vec<&Value> = alarms.iter().map(|id| &template["Resources"][id]["Condition"]).collect();
+        if conditions != [&json!(USE_KAFKA)] {
+            problems
+                .push(format!("{}'s parked records have no alarm under {USE_KAFKA} (alarms: {alarms:?})", spec.name));
+        }
+    }
+    problems
+}
+
+#[test]
+fn parked_kafka_records_are_counted_and_alarmed_on() {
+    assert_no_problems(check_dead_letter_alarms(&super::committed(), CHOREOGRAPHY));
+}
+
+#[test]
+fn a_kafka_dead_letter_filter_or_alarm_missing_is_noticed() {
+    let mut template = parse(&sam_template());
+    let resources = template["Resources"].as_object_mut().expect("Resources");
+    resources.remove("ShipOrderKafkaDeadLetterAlarm");
+    let filter = &mut resources["SettleInventoryKafkaDeadLetterFilter"]["Properties"];
+    filter["FilterPattern"] = json!("{ $.message = \"something else\" }");
+
+    let problems = check_dead_letter_alarms(&template, CHOREOGRAPHY).join("\n");
+    assert!(problems.contains("ship-order's parked records have no alarm"), "{problems}");
+    assert!(problems.contains("settle-inventory's parked records are not counted"), "{problems}");
+    assert!(!problems.contains("order-status"), "{problems}");
 }
 
 #[test]

@@ -22,10 +22,11 @@ use shared::bus::DeliverySettings;
 use shared::bus::amqp::DeadMessage;
 use shared::bus::kafka::{KafkaLink, KafkaSettings, dead_letter_topic, event_topic, list_dead_records};
 use shared::contract::domain::OrderId;
-use shared::host::lambda::{Bus, Invocation, LambdaHost, RETRYABLE_ERROR_TYPE};
+use shared::host::lambda::{Bus, DEAD_LETTERED_MESSAGE, Invocation, LambdaHost, RETRYABLE_ERROR_TYPE};
 use shared::store::Store;
 use shared::testkit::TestStore;
 use shared::testkit::kafka::KafkaBroker;
+use shared::testkit::logs::CapturedLogs;
 use shared::{Event, StepError};
 
 use super::consumers::{CATALOG, Consumer};
@@ -219,9 +220,11 @@ for_each_consumer! {
 
 /// WHEN a self-managed Kafka batch holds a record per partition, one of
 /// them with a value that is not base64, THEN the other is handled and
-/// published, and the undecodable one is parked with its value as it came.
+/// published, and the undecodable one is parked with its value as it came
+/// and logged as the template's dead-letter alarm counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_managed_kafka_records_are_handled_and_an_undecodable_one_parked() {
+    let logs = CapturedLogs::install();
     let consumer = Consumer::ReserveInventory;
     let host = Host::new(consumer).await;
     let orders = [OrderId::new(), OrderId::new()];
@@ -239,6 +242,13 @@ async fn self_managed_kafka_records_are_handled_and_an_undecodable_one_parked() 
     assert_eq!(letter.body, "%% not base64 %%");
     assert!(letter.error.as_deref().is_some_and(|error| error.contains("not base64")), "{letter:?}");
     assert_eq!(letter.order_id.as_deref(), Some(orders[1].to_string().as_str()), "parked under its order");
+    // The line the template's metric filter counts (`{ $.message = … }`, the `Function` dimension).
+    let counted = logs.lines().into_iter().any(|line| {
+        line["message"] == DEAD_LETTERED_MESSAGE
+            && line["function"] == consumer.function().name()
+            && line["partition"] == format!("{topic}-2")
+    });
+    assert!(counted, "no '{DEAD_LETTERED_MESSAGE}' line with its function was logged");
     consumer.assert_effect(&host.given, &orders[..1]).await;
     host.assert_published(consumer, &[decode(&bodies[0])]).await;
     host.assert_outbox_settled().await;

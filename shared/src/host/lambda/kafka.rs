@@ -18,6 +18,11 @@ use crate::contract::events::Event;
 pub const MSK_EVENT_SOURCE: &str = "aws:kafka";
 pub const SELF_MANAGED_KAFKA_EVENT_SOURCE: &str = "SelfManagedKafka";
 
+/// The message logged for each parked record, with the `function` field:
+/// a topic has no depth metric to alarm on, so the template counts these
+/// lines (a metric filter per function) and alarms on them.
+pub const DEAD_LETTERED_MESSAGE: &str = "dead-lettered a record that can never be handled";
+
 impl LambdaHost {
     /// Kafka mappings have no partial batch response, like Amazon MQ's
     /// (`handle_rabbitmq`). A retryable failure fails the invocation: the
@@ -60,7 +65,8 @@ impl LambdaHost {
                 let offset = record.offset;
                 match self.park_record(&record, body, &error).await {
                     Ok(dead_letter_topic) => {
-                        tracing::error!(%partition, offset, %error, %dead_letter_topic, "dead-lettered a record that can never be handled");
+                        let function = self.step.function().name();
+                        tracing::error!(function, %partition, offset, %error, %dead_letter_topic, "{DEAD_LETTERED_MESSAGE}");
                         dead_lettered.push(json!({
                             "partition": partition, "offset": offset, "error": error.to_string(),
                             "dead_letter_topic": dead_letter_topic,

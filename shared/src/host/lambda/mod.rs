@@ -28,7 +28,7 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
 pub use self::bus::{Bus, BusKind};
-pub use self::kafka::{MSK_EVENT_SOURCE, SELF_MANAGED_KAFKA_EVENT_SOURCE};
+pub use self::kafka::{DEAD_LETTERED_MESSAGE, MSK_EVENT_SOURCE, SELF_MANAGED_KAFKA_EVENT_SOURCE};
 use crate::bus::amqp::{amazon_mq, dead_letter_queue, park_dead_letter};
 use crate::bus::{OutboxRef, publish_committed_soon};
 use crate::contract::events::Event;
