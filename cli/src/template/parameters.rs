@@ -104,7 +104,8 @@ pub(super) fn parameters() -> Node {
         (
             MSK_CLUSTER,
             optional(
-                "ARN of the Amazon MSK cluster (EventSource MSK)",
+                "ARN of the Amazon MSK cluster (EventSource MSK); the functions publish to its brokers, so \
+                 they need SubnetIds in its VPC unless the cluster has public access",
                 "arn:aws[a-z-]*:kafka:[a-z0-9-]+:[0-9]{12}:cluster/[A-Za-z0-9-]+/[0-9a-f-]+",
             ),
         ),
