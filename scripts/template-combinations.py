@@ -7,7 +7,7 @@ empty defaults.
 
     template-combinations.py TEMPLATE OUTDIR
 
-For each combination of EventSource (SQS, AmazonMQ) x ApiAuth (IAM, JWT) x
+For each combination of EventSource (SQS, AmazonMQ, MSK, SelfManagedKafka) x ApiAuth (IAM, JWT) x
 bridge (off, --invoke sqs, --invoke lambda) x VPC (off, on):
 - the template's Rules are evaluated with its parameter values; a
   combination they refuse is not deployable and is not written, and whether
@@ -29,14 +29,32 @@ import yaml
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
+AMQP_SECRET = {"AmqpSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:choreo-amqp-AbCdEf"}
 VALUES = {
-    "base": {"AmqpSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:choreo-amqp-AbCdEf"},
+    "base": {},
     "AmazonMQ": {
+        **AMQP_SECRET,
         "EventSource": "AmazonMQ",
         "MqBrokerArn": f"arn:aws:mq:{REGION}:{ACCOUNT}:broker:choreo:b-1234abcd-56ef-78ab-90cd-1234567890ab",
         "MqCredentialsSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:choreo-mq-AbCdEf",
     },
-    "SQS": {"EventSource": "SQS"},
+    "SQS": {**AMQP_SECRET, "EventSource": "SQS"},
+    # No AMQP secret in the Kafka modes: nothing of RabbitMQ may need one there.
+    "MSK": {
+        "EventSource": "MSK",
+        "MskClusterArn": f"arn:aws:kafka:{REGION}:{ACCOUNT}:cluster/choreo/1234abcd-56ef-78ab-90cd-1234567890ab-2",
+        "KafkaBootstrapServers": "b-1.choreo.abc123.c2.kafka.us-east-1.amazonaws.com:9096,"
+        "b-2.choreo.abc123.c2.kafka.us-east-1.amazonaws.com:9096",
+        "KafkaSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:AmazonMSK_choreo-AbCdEf",
+        "KafkaSecretKeyArn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-56ef-78ab-90cd-1234567890ab",
+    },
+    # SCRAM-SHA-256 and a secret under the default key: the other branches of those choices.
+    "SelfManagedKafka": {
+        "EventSource": "SelfManagedKafka",
+        "KafkaBootstrapServers": "kafka-1.example.com:9094,kafka-2.example.com:9094,kafka-3.example.com:9094",
+        "KafkaSecretArn": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:choreo-kafka-AbCdEf",
+        "KafkaSaslMechanism": "SCRAM-SHA-256",
+    },
     "IAM": {"ApiAuth": "IAM"},
     "JWT": {"ApiAuth": "JWT", "JwtIssuer": "https://issuer.example.com/", "JwtAudience": "choreo"},
     "no-bridge": {},
@@ -54,7 +72,12 @@ VALUES = {
         "AlarmTopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:choreo-alarms",
     },
 }
-DIMENSIONS = [["SQS", "AmazonMQ"], ["IAM", "JWT"], ["no-bridge", "bridge-sqs", "bridge-lambda"], ["no-vpc", "vpc"]]
+DIMENSIONS = [
+    ["SQS", "AmazonMQ", "MSK", "SelfManagedKafka"],
+    ["IAM", "JWT"],
+    ["no-bridge", "bridge-sqs", "bridge-lambda"],
+    ["no-vpc", "vpc"],
+]
 
 
 def deployable(event_source, bridge, vpc):
@@ -87,6 +110,18 @@ def evaluate(node, parameters, conditions, cache):
             return all(evaluate(item, parameters, conditions, cache) for item in value)
         if key == "Fn::Or":
             return any(evaluate(item, parameters, conditions, cache) for item in value)
+        if key == "Fn::Join":
+            delimiter, items = value
+            return delimiter.join(str(evaluate(item, parameters, conditions, cache)) for item in items)
+        if key == "Fn::Split":
+            delimiter, text = value
+            return str(evaluate(text, parameters, conditions, cache)).split(delimiter)
+        if key == "Fn::Select":
+            index, items = value
+            items = evaluate(items, parameters, conditions, cache)
+            if not 0 <= int(index) < len(items):
+                raise Unresolvable(f"Fn::Select {index} of {items!r} is out of range")
+            return items[int(index)]
     if isinstance(node, (str, int, float)):
         return node
     raise Unresolvable(f"cannot evaluate {node!r}")

@@ -7,6 +7,8 @@
 //! Waiting for a saga is `app.settle().await` (the bus going idle), never a sleep.
 //! Set `TEST_LOG=1` to see each saga step logged.
 
+pub mod lambda_fixtures;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 

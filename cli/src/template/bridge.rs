@@ -103,7 +103,7 @@ fn execution_role() -> Node {
     ecs_role(
         vec![policy(
             "read-amqp-url",
-            vec![statement("ReadAmqpUrl", &["secretsmanager:GetSecretValue"], reference("AmqpSecretArn"))],
+            vec![statement("ReadAmqpUrl", &["secretsmanager:GetSecretValue"], reference(AMQP_SECRET))],
         )],
         vec![sub("arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy")],
     )
@@ -133,7 +133,7 @@ fn task_definition(consumers: &[&FunctionSpec]) -> Node {
         // The image's entry point is `choreo` (infra/Dockerfile).
         ("Command", list([s("bridge"), s("--invoke"), reference("BridgeInvoke")])),
         ("Environment", list(environment)),
-        ("Secrets", list([map([("Name", s("AMQP_URL")), ("ValueFrom", reference("AmqpSecretArn"))])])),
+        ("Secrets", list([map([("Name", s("AMQP_URL")), ("ValueFrom", reference(AMQP_SECRET))])])),
         (
             "LogConfiguration",
             map([

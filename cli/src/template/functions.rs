@@ -1,15 +1,16 @@
 //! Each function's resource: runtime, environment, and least-privilege IAM
 //! derived from the tables its service owns and the queues it uses.
 
+use super::kafka::{bus_environment, bus_policies, mapping_policies};
 use super::yaml::*;
 use super::*;
 
 pub(super) fn function(spec: &FunctionSpec) -> Node {
     let mut properties = Vec::new();
     if !spec.emits.is_empty() {
-        // The function publishes what it emits over AMQP; the URL (with its
-        // credentials) stays in Secrets Manager and is read at first use.
-        properties.push(("Environment", map([("Variables", map([("AMQP_SECRET_ARN", reference("AmqpSecretArn"))]))])));
+        // The function publishes what it emits, over AMQP or to Kafka; the
+        // credentials stay in Secrets Manager and are read at first use.
+        properties.push(("Environment", map([("Variables", map(bus_environment()))])));
     }
     let events = (!spec.routes.is_empty()).then(|| {
         let events = spec.routes.iter().map(|route| {
@@ -89,11 +90,11 @@ pub(super) fn describe(spec: &FunctionSpec) -> String {
     format!("choreo {} ({service} service) - {}", spec.name, parts.join("; "))
 }
 
-/// Least privilege: DynamoDB on the tables of [`table_access`], the AMQP
+/// Least privilege: DynamoDB on the tables of [`table_access`], the bus's
 /// secret for functions that publish, and, under its condition, what the
 /// event source needs (what SAM's `SQS` / `MQ` events would have granted,
 /// restricted to the function's own queue, plus the broker network access
-/// Amazon MQ mappings need). They are inline in the role SAM makes, so they
+/// Amazon MQ mappings need; the Kafka mappings' in `kafka.rs`). They are inline in the role SAM makes, so they
 /// exist before the function and its mappings.
 pub(super) fn policies(spec: &FunctionSpec) -> Node {
     let table_arns = |access: Access| -> Vec<Node> {
@@ -112,10 +113,10 @@ pub(super) fn policies(spec: &FunctionSpec) -> Node {
     if !reads.is_empty() {
         statements.push(statement("ReadQueriedTables", READ_ACTIONS, list(reads)));
     }
-    if !spec.emits.is_empty() {
-        statements.push(statement("ReadAmqpUrl", &["secretsmanager:GetSecretValue"], reference("AmqpSecretArn")));
-    }
     let mut policies = common_policies(statements);
+    if !spec.emits.is_empty() {
+        policies.extend(bus_policies());
+    }
     if !spec.consumes.is_empty() {
         let sqs = statement(
             "ConsumeOwnQueue",
@@ -125,10 +126,11 @@ pub(super) fn policies(spec: &FunctionSpec) -> Node {
         let mq = [
             statement("DescribeBroker", &["mq:DescribeBroker"], reference("MqBrokerArn")),
             statement("ReadBrokerCredentials", &["secretsmanager:GetSecretValue"], reference("MqCredentialsSecretArn")),
-            statement("ReachBroker", MQ_NETWORK_ACTIONS, s("*")),
+            statement("ReachBroker", MAPPING_NETWORK_ACTIONS, s("*")),
         ];
         policies.push(when(USE_SQS, map([("Statement", list([sqs]))])));
         policies.push(when(USE_AMAZON_MQ, map([("Statement", list(mq))])));
+        policies.extend(mapping_policies());
     }
     list(policies)
 }
@@ -147,9 +149,10 @@ pub const VPC_ACTIONS: &[&str] = &[
     "ec2:UnassignPrivateIpAddresses",
 ];
 
-/// What an Amazon MQ event source mapping does with the function's role to
-/// reach the broker's network, whether or not the function is in a VPC.
-pub const MQ_NETWORK_ACTIONS: &[&str] = &[
+/// What an Amazon MQ or MSK event source mapping (and a self-managed Kafka
+/// one in the VPC) does with the function's role to reach the broker's
+/// network, whether or not the function is in a VPC.
+pub const MAPPING_NETWORK_ACTIONS: &[&str] = &[
     "ec2:CreateNetworkInterface",
     "ec2:DeleteNetworkInterface",
     "ec2:DescribeNetworkInterfaces",

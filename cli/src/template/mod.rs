@@ -10,9 +10,12 @@
 //! (`parameters.rs`), with rules that refuse inconsistent ones; the main ones:
 //! - `ApiAuth` (`IAM` | `JWT`): how the HTTP API authorizes its callers. The
 //!   API is never open.
-//! - `EventSource` (`SQS` | `AmazonMQ`): what invokes the consuming functions,
-//!   an SQS queue per function (fed by `choreo bridge --invoke sqs`) or an
-//!   Amazon MQ for RabbitMQ event-source mapping on the function's queue.
+//! - `EventSource` (`SQS` | `AmazonMQ` | `MSK` | `SelfManagedKafka`): what
+//!   invokes the consuming functions, an SQS queue per function (fed by
+//!   `choreo bridge --invoke sqs`), an Amazon MQ for RabbitMQ event-source
+//!   mapping on the function's queue, or Kafka event-source mappings on the
+//!   topics of the events it consumes (`kafka.rs`). In the two Kafka modes the
+//!   functions publish to Kafka, and nothing of RabbitMQ or SQS is created.
 //! - `BridgeImageUri`: when set (EventSource SQS), the bridge runs as an ECS
 //!   Fargate service (`bridge.rs`).
 //! - `SubnetIds` / `SecurityGroupIds`: when set, every function and the
@@ -35,12 +38,13 @@
 //! nor a `Condition` on one event. So the template states what SAM would have
 //! expanded them to, with conditions: the API's security schemes in an inline
 //! OpenAPI body (SAM adds each route's integration to it from the events),
-//! and the SQS / Amazon MQ mappings as `AWS::Lambda::EventSourceMapping`
+//! and the SQS / Amazon MQ / Kafka mappings as `AWS::Lambda::EventSourceMapping`
 //! resources, each with its condition.
 
 mod api;
 mod bridge;
 mod functions;
+mod kafka;
 mod operations;
 mod parameters;
 mod queues;
@@ -51,6 +55,10 @@ mod yaml;
 use self::api::http_api;
 use self::bridge::bridge_resources;
 use self::functions::function;
+use self::kafka::{
+    dead_letter_alarm as kafka_dead_letter_alarm, dead_letter_filter as kafka_dead_letter_filter, kafka_mapping_id,
+    msk_mapping, self_managed_kafka_mapping,
+};
 use self::operations::{errors_alarm, function_log_group, mq_dead_queue_alarm, sqs_dead_letter_alarm};
 use self::parameters::{conditions, parameters, rules};
 use self::queues::{dead_letter_queue, mq_mapping, queue, sqs_mapping};
@@ -62,7 +70,10 @@ pub use self::bridge::{
     BRIDGE_CLUSTER, BRIDGE_CONTAINER, BRIDGE_DOWN_ALARM, BRIDGE_EXECUTION_ROLE, BRIDGE_LOG_GROUP, BRIDGE_SERVICE,
     BRIDGE_TASK_DEFINITION, BRIDGE_TASK_ROLE,
 };
-pub use self::functions::{MQ_NETWORK_ACTIONS, VPC_ACTIONS};
+pub use self::functions::{MAPPING_NETWORK_ACTIONS, VPC_ACTIONS};
+pub use self::kafka::{
+    KAFKA_DEAD_LETTER_METRIC, KafkaSource, MSK_CLUSTER_ACTIONS, STARTING_POSITION, VPC_SLOTS, kafka_group, kafka_topic,
+};
 pub use self::scheduled::{Grant, RELAY, SCHEDULED, ScheduledFunction, Target};
 pub use self::tables::TABLE_DELETION_POLICY;
 
@@ -99,6 +110,20 @@ pub const AUTH_IS_JWT: &str = "AuthIsJwt";
 pub const USE_SQS: &str = "UseSqs";
 /// Name of the condition true when `EventSource` is `AmazonMQ`.
 pub const USE_AMAZON_MQ: &str = "UseAmazonMq";
+/// Name of the condition true when `EventSource` is `MSK`.
+pub const USE_MSK: &str = "UseMsk";
+/// Name of the condition true when `EventSource` is `SelfManagedKafka`.
+pub const USE_SELF_MANAGED_KAFKA: &str = "UseSelfManagedKafka";
+/// Name of the condition true in either Kafka mode: the functions publish to Kafka.
+pub const USE_KAFKA: &str = "UseKafka";
+/// Name of the condition true in the RabbitMQ modes (SQS, AmazonMQ): the functions publish over AMQP.
+pub const USE_AMQP: &str = "UseAmqp";
+/// Name of the condition true when the Kafka secret is encrypted with a key of the account's (`KafkaSecretKeyArn`).
+pub const HAS_KAFKA_SECRET_KEY: &str = "HasKafkaSecretKey";
+/// Name of the condition true when `KafkaSaslMechanism` is `SCRAM-SHA-256`.
+pub const KAFKA_SCRAM_256: &str = "KafkaScram256";
+/// Name of the condition true when self-managed Kafka mappings reach the brokers through the VPC.
+pub const SELF_MANAGED_KAFKA_IN_VPC: &str = "SelfManagedKafkaInVpc";
 /// Name of the condition true when `SubnetIds` is set: every function (and the bridge) runs in the VPC.
 pub const IN_VPC: &str = "InVpc";
 /// Name of the condition true when `AlarmTopicArn` is set.
@@ -124,6 +149,12 @@ pub const SUBNET_IDS: &str = "SubnetIds";
 pub const SECURITY_GROUP_IDS: &str = "SecurityGroupIds";
 pub const LOG_RETENTION: &str = "LogRetentionDays";
 pub const ALARM_TOPIC: &str = "AlarmTopicArn";
+pub const AMQP_SECRET: &str = "AmqpSecretArn";
+pub const MSK_CLUSTER: &str = "MskClusterArn";
+pub const KAFKA_BOOTSTRAP_SERVERS: &str = "KafkaBootstrapServers";
+pub const KAFKA_SECRET: &str = "KafkaSecretArn";
+pub const KAFKA_SECRET_KEY: &str = "KafkaSecretKeyArn";
+pub const KAFKA_SASL_MECHANISM: &str = "KafkaSaslMechanism";
 
 /// Logical id of the HTTP API.
 pub const HTTP_API: &str = "HttpApi";
@@ -141,7 +172,10 @@ pub fn sam_template_for(choreography: &[FunctionSpec]) -> String {
     let template = map([
         ("AWSTemplateFormatVersion", s("2010-09-09")),
         ("Transform", s("AWS::Serverless-2016-10-31")),
-        ("Description", s("choreo: an order saga by choreography, Rust functions reacting to RabbitMQ events")),
+        (
+            "Description",
+            s("choreo: an order saga by choreography, Rust functions reacting to RabbitMQ or Kafka events"),
+        ),
         // cfn-lint's W1030 (a Ref) and W1033 (a Fn::Split) check values
         // against their parameter's default, and the optional parameters
         // default to "" (unused then: the Amazon MQ ones in SQS mode, the
@@ -311,6 +345,16 @@ fn resources(choreography: &[FunctionSpec]) -> Node {
             entries.push((format!("{name}SqsMapping"), sqs_mapping(spec)));
             entries.push((format!("{name}MqMapping"), mq_mapping(spec)));
             entries.push((dead_queue_alarm_id(spec), mq_dead_queue_alarm(spec)));
+            // Lambda's Kafka mappings take one topic each: one per event type consumed.
+            for &event_type in spec.consumes {
+                entries.push((kafka_mapping_id(spec, event_type, KafkaSource::Msk), msk_mapping(spec, event_type)));
+                entries.push((
+                    kafka_mapping_id(spec, event_type, KafkaSource::SelfManaged),
+                    self_managed_kafka_mapping(spec, event_type),
+                ));
+            }
+            entries.push((format!("{name}KafkaDeadLetterFilter"), kafka_dead_letter_filter(spec)));
+            entries.push((format!("{name}KafkaDeadLetterAlarm"), kafka_dead_letter_alarm(spec)));
         }
     }
     for scheduled in SCHEDULED {

@@ -2,6 +2,7 @@
 //! refuse inconsistent choices before anything is created, and the
 //! conditions the resources hang on.
 
+use super::kafka::vpc_slot_conditions;
 use super::yaml::*;
 use super::*;
 
@@ -66,9 +67,10 @@ pub(super) fn parameters() -> Node {
         (
             "EventSource",
             one_of(
-                "What invokes the consuming functions: an SQS queue each, or Amazon MQ for RabbitMQ",
+                "What invokes the consuming functions: an SQS queue each, Amazon MQ for RabbitMQ, or Kafka \
+                 (Amazon MSK or self-managed); with Kafka the functions publish to Kafka too",
                 "SQS",
-                &["SQS", "AmazonMQ"],
+                &["SQS", "AmazonMQ", "MSK", "SelfManagedKafka"],
             ),
         ),
         ("BatchSize", number("Messages a consuming function receives at once", 10, 1, 10)),
@@ -77,10 +79,11 @@ pub(super) fn parameters() -> Node {
             number("Most concurrent invocations each SQS queue makes of its function (EventSource SQS)", 10, 2, 1000),
         ),
         (
-            "AmqpSecretArn",
-            with(
-                string("Secrets Manager secret whose value is the AMQP URL the functions publish with", None),
-                vec![("AllowedPattern", s(format!("^{SECRET_ARN_PATTERN}$")))],
+            AMQP_SECRET,
+            optional(
+                "Secrets Manager secret whose value is the AMQP URL the functions publish with \
+                 (EventSource SQS or AmazonMQ)",
+                SECRET_ARN_PATTERN,
             ),
         ),
         (
@@ -98,6 +101,48 @@ pub(super) fn parameters() -> Node {
             ),
         ),
         ("MqVirtualHost", string("RabbitMQ virtual host of the queues (EventSource AmazonMQ)", Some("/"))),
+        (
+            MSK_CLUSTER,
+            optional(
+                "ARN of the Amazon MSK cluster (EventSource MSK); the functions publish to its brokers, so \
+                 they need SubnetIds in its VPC unless the cluster has public access",
+                "arn:aws[a-z-]*:kafka:[a-z0-9-]+:[0-9]{12}:cluster/[A-Za-z0-9-]+/[0-9a-f-]+",
+            ),
+        ),
+        (
+            KAFKA_BOOTSTRAP_SERVERS,
+            optional(
+                "Comma-separated host:port of the Kafka brokers the functions publish to, and the self-managed \
+                 mappings read (EventSource MSK or SelfManagedKafka; for MSK its SASL/SCRAM brokers, from \
+                 aws kafka get-bootstrap-brokers)",
+                "[A-Za-z0-9.-]+:[0-9]+(,[A-Za-z0-9.-]+:[0-9]+)*",
+            ),
+        ),
+        (
+            KAFKA_SECRET,
+            optional(
+                "Secrets Manager secret with the Kafka SASL/SCRAM username and password, JSON \
+                 {\"username\",\"password\"} (EventSource MSK or SelfManagedKafka; MSK: named AmazonMSK_*, \
+                 associated with the cluster)",
+                SECRET_ARN_PATTERN,
+            ),
+        ),
+        (
+            KAFKA_SECRET_KEY,
+            optional(
+                "Customer managed KMS key encrypting KafkaSecretArn (required by MSK; empty: the secret uses \
+                 the aws/secretsmanager key)",
+                "arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]+",
+            ),
+        ),
+        (
+            KAFKA_SASL_MECHANISM,
+            one_of(
+                "SASL/SCRAM mechanism of the Kafka credentials (MSK: SCRAM-SHA-512 only)",
+                "SCRAM-SHA-512",
+                &["SCRAM-SHA-512", "SCRAM-SHA-256"],
+            ),
+        ),
         (
             RELAY_SCHEDULE,
             string("How often the relay-outbox function publishes stranded outbox entries", Some("rate(1 minute)")),
@@ -194,6 +239,11 @@ fn is_empty(parameter: &str) -> Node {
     equals(reference(parameter), s(""))
 }
 
+/// `EventSource` is one of `values`.
+fn any_event_source(values: &[&str]) -> Node {
+    map([("Fn::Or", list(values.iter().map(|value| equals(reference("EventSource"), s(*value)))))])
+}
+
 fn not_empty(parameter: &str, description: &str) -> Node {
     map([("Assert", not(is_empty(parameter))), ("AssertDescription", s(description))])
 }
@@ -227,6 +277,57 @@ pub(super) fn rules() -> Node {
             ]),
         ),
         (
+            "AmqpNeedsItsSecret",
+            map([
+                ("RuleCondition", any_event_source(&["SQS", "AmazonMQ"])),
+                (
+                    "Assertions",
+                    list([not_empty(
+                        AMQP_SECRET,
+                        "EventSource SQS or AmazonMQ needs AmqpSecretArn (the functions publish over AMQP)",
+                    )]),
+                ),
+            ]),
+        ),
+        (
+            "MskNeedsClusterServersAndCredentials",
+            map([
+                ("RuleCondition", equals(reference("EventSource"), s("MSK"))),
+                (
+                    "Assertions",
+                    list([
+                        not_empty(MSK_CLUSTER, "EventSource MSK needs MskClusterArn"),
+                        not_empty(
+                            KAFKA_BOOTSTRAP_SERVERS,
+                            "EventSource MSK needs KafkaBootstrapServers (the functions publish to them)",
+                        ),
+                        not_empty(KAFKA_SECRET, "EventSource MSK needs KafkaSecretArn (SASL/SCRAM)"),
+                        not_empty(
+                            KAFKA_SECRET_KEY,
+                            "EventSource MSK needs KafkaSecretKeyArn: MSK takes only secrets encrypted with a customer managed key",
+                        ),
+                        map([
+                            ("Assert", equals(reference(KAFKA_SASL_MECHANISM), s("SCRAM-SHA-512"))),
+                            ("AssertDescription", s("MSK's SASL/SCRAM is SCRAM-SHA-512")),
+                        ]),
+                    ]),
+                ),
+            ]),
+        ),
+        (
+            "SelfManagedKafkaNeedsServersAndCredentials",
+            map([
+                ("RuleCondition", equals(reference("EventSource"), s("SelfManagedKafka"))),
+                (
+                    "Assertions",
+                    list([
+                        not_empty(KAFKA_BOOTSTRAP_SERVERS, "EventSource SelfManagedKafka needs KafkaBootstrapServers"),
+                        not_empty(KAFKA_SECRET, "EventSource SelfManagedKafka needs KafkaSecretArn (SASL/SCRAM)"),
+                    ]),
+                ),
+            ]),
+        ),
+        (
             // Amazon MQ's event source mappings read the broker's queues
             // themselves; a bridge would compete with them for every message.
             "BridgeNeedsSqsAndSubnets",
@@ -240,7 +341,7 @@ pub(super) fn rules() -> Node {
                             (
                                 "AssertDescription",
                                 s(
-                                    "The bridge runs with EventSource SQS; with AmazonMQ the functions read the broker directly",
+                                    "The bridge runs with EventSource SQS; with AmazonMQ or Kafka the mappings read the broker directly",
                                 ),
                             ),
                         ]),
@@ -269,17 +370,29 @@ pub(super) fn rules() -> Node {
 }
 
 pub(super) fn conditions() -> Node {
-    map([
+    let mut conditions: Vec<(String, Node)> = [
         (AUTH_IS_IAM, equals(reference("ApiAuth"), s("IAM"))),
         (AUTH_IS_JWT, equals(reference("ApiAuth"), s("JWT"))),
         (USE_SQS, equals(reference("EventSource"), s("SQS"))),
         (USE_AMAZON_MQ, equals(reference("EventSource"), s("AmazonMQ"))),
+        (USE_MSK, equals(reference("EventSource"), s("MSK"))),
+        (USE_SELF_MANAGED_KAFKA, equals(reference("EventSource"), s("SelfManagedKafka"))),
+        (USE_KAFKA, map([("Fn::Or", list([condition(USE_MSK), condition(USE_SELF_MANAGED_KAFKA)]))])),
+        (USE_AMQP, not(condition(USE_KAFKA))),
+        (HAS_KAFKA_SECRET_KEY, and([condition(USE_KAFKA), not(is_empty(KAFKA_SECRET_KEY))])),
+        (KAFKA_SCRAM_256, equals(reference(KAFKA_SASL_MECHANISM), s("SCRAM-SHA-256"))),
         (IN_VPC, not(is_empty(SUBNET_IDS))),
+        (SELF_MANAGED_KAFKA_IN_VPC, and([condition(USE_SELF_MANAGED_KAFKA), condition(IN_VPC)])),
         (HAS_ALARM_TOPIC, not(is_empty(ALARM_TOPIC))),
         // UseSqs as well: the rule above refuses a bridge in AmazonMQ mode,
         // and with it in the condition the bridge may name the SQS queues.
         (RUN_BRIDGE, and([not(is_empty(BRIDGE_IMAGE)), condition(USE_SQS)])),
         (BRIDGE_INVOKES_SQS, equals(reference("BridgeInvoke"), s("sqs"))),
         (BRIDGE_INVOKES_LAMBDA, equals(reference("BridgeInvoke"), s("lambda"))),
-    ])
+    ]
+    .into_iter()
+    .map(|(name, condition)| (name.to_owned(), condition))
+    .collect();
+    conditions.extend(vpc_slot_conditions());
+    Node::Map(conditions)
 }

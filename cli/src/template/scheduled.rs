@@ -17,6 +17,7 @@
 //! get no function resource; their grants are the host's.
 
 use super::functions::{common_policies, serverless_function, statement};
+use super::kafka::{bus_environment, bus_policies};
 use super::yaml::*;
 use super::*;
 use shared::Function;
@@ -33,9 +34,11 @@ pub struct ScheduledFunction {
     pub schedule: &'static str,
     /// Its timeout (s).
     pub timeout_s: i64,
-    /// Environment variables it reads, each from a parameter: (variable, parameter).
+    /// Environment variables it reads, each from a parameter: (variable,
+    /// parameter); every scheduled function publishes, so it also gets the
+    /// bus's (`kafka::bus_environment`).
     pub environment: &'static [(&'static str, &'static str)],
-    /// Everything its role may do.
+    /// Everything its role may do, besides reading the bus's secret (`kafka::bus_policies`).
     pub grants: &'static [Grant],
     /// Scheduled rows of the choreography table it runs in each invocation.
     pub hosts: &'static [Function],
@@ -74,11 +77,7 @@ pub const RELAY: ScheduledFunction = ScheduledFunction {
     // A pass reads the outbox in pages and gives up after a few transient
     // failures; a longer outbox is finished by the next passes.
     timeout_s: 60,
-    environment: &[
-        ("RELAY_GRACE_SECONDS", RELAY_GRACE),
-        ("AMQP_SECRET_ARN", "AmqpSecretArn"),
-        ("CHOREO_SAGA_DEADLINE", SAGA_DEADLINE),
-    ],
+    environment: &[("RELAY_GRACE_SECONDS", RELAY_GRACE), ("CHOREO_SAGA_DEADLINE", SAGA_DEADLINE)],
     grants: &[
         // The outbox is the processed table's sparse index.
         Grant { sid: "ReadOutbox", actions: &["dynamodb:Query"], on: Target::Index(PROCESSED) },
@@ -92,11 +91,6 @@ pub const RELAY: ScheduledFunction = ScheduledFunction {
             sid: "RecordDeadlines",
             actions: &["dynamodb:GetItem", "dynamodb:PutItem"],
             on: Target::Table(PROCESSED),
-        },
-        Grant {
-            sid: "ReadAmqpUrl",
-            actions: &["secretsmanager:GetSecretValue"],
-            on: Target::Parameter("AmqpSecretArn"),
         },
     ],
     hosts: &[Function::SagaDeadline],
@@ -118,9 +112,14 @@ pub(super) fn target_arn(target: &Target) -> Node {
 }
 
 pub(super) fn scheduled_function(function: &ScheduledFunction) -> Node {
-    let variables = function.environment.iter().map(|(variable, parameter)| (*variable, reference(parameter)));
+    let mut variables: Vec<(&str, Node)> =
+        function.environment.iter().map(|(variable, parameter)| (*variable, reference(parameter))).collect();
+    // It republishes outbox entries, on the stack's bus.
+    variables.extend(bus_environment());
     let statements =
         function.grants.iter().map(|grant| statement(grant.sid, grant.actions, target_arn(&grant.on))).collect();
+    let mut policies = common_policies(statements);
+    policies.extend(bus_policies());
     let schedule = map([
         ("Type", s("Schedule")),
         (
@@ -137,7 +136,7 @@ pub(super) fn scheduled_function(function: &ScheduledFunction) -> Node {
             // The next scheduled pass is the retry.
             ("EventInvokeConfig", map([("MaximumRetryAttempts", int(0))])),
         ],
-        list(common_policies(statements)),
+        list(policies),
         Some(map([("Schedule", schedule)])),
     )
 }

@@ -162,6 +162,9 @@ const CHOREO_VARIABLES: &[&str] = &[
     "AMQP_URL",
     "AMQP_SECRET_ARN",
     "AMQP_CA_FILE",
+    // A function named both buses refuses to start (shared::host::lambda::Bus).
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SECRET_ARN",
     "AWS_ENDPOINT_URL",
     "RELAY_GRACE_SECONDS",
 ];

@@ -3,14 +3,16 @@
 use std::sync::Arc;
 
 use shared::bus::{NoBroker, Publisher};
+use shared::host::lambda::Bus;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     shared::telemetry::init();
     let store = shared::config::store_from_env().await?;
-    // One AMQP connection, opened at the first order and reused while warm.
-    let publisher: Arc<dyn Publisher> = match shared::bus::amqp::AmqpLink::from_env(create_order::FUNCTION.name()) {
-        Some(link) => link,
+    // One link to the bus the environment names (AMQP or Kafka), opened at
+    // the first order and reused while warm.
+    let publisher: Arc<dyn Publisher> = match Bus::from_env(create_order::FUNCTION.name())? {
+        Some(bus) => bus.publisher(),
         None => Arc::new(NoBroker),
     };
     let router = create_order::router(create_order::CreateOrderState { store, publisher });

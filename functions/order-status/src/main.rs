@@ -5,7 +5,7 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     shared::telemetry::init();
-    // Opened at first use, then reused while the container is warm.
-    let publisher = shared::bus::amqp::AmqpLink::from_env(order_status::FUNCTION.name()).map(|link| link as Arc<_>);
-    shared::host::lambda::run(Arc::new(order_status::UpdateOrderStatus), publisher).await
+    // The bus the environment names (AMQP or Kafka) is opened at first use,
+    // then reused while the container is warm.
+    shared::host::lambda::run(Arc::new(order_status::UpdateOrderStatus)).await
 }

@@ -13,8 +13,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let deadline = relay_outbox::saga_deadline_from(std::env::var(relay_outbox::SAGA_DEADLINE_VAR).ok().as_deref())?;
     let store = shared::config::store_from_env().await?;
     // Opened at first use, then reused while the container is warm.
-    let publisher = shared::bus::amqp::AmqpLink::from_env(relay_outbox::NAME)
-        .ok_or("AMQP_URL or AMQP_SECRET_ARN must be set: the relay publishes to the broker")?;
+    let publisher = shared::host::lambda::Bus::from_env(relay_outbox::NAME)?
+        .ok_or("AMQP_URL, AMQP_SECRET_ARN or KAFKA_BOOTSTRAP_SERVERS must be set: the relay publishes to the bus")?
+        .publisher();
     lambda_runtime::run(service_fn(move |_schedule: LambdaEvent<Value>| {
         let (store, publisher) = (Arc::clone(&store), Arc::clone(&publisher));
         // One relay pass and one saga-deadline sweep. A failed pass fails the

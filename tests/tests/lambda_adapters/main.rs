@@ -9,35 +9,30 @@
 //! function emitted is read back from the consumer queues.
 //!
 //! Fixtures keep the AWS envelope; what must match the test store is filled
-//! in: `{{EVENT_ID}}`/`{{ORDER_ID}}` in the CloudEvent bodies
-//! (`cloudevent-<type>.json`), and per message slot `n` of an envelope
-//! `{{BODY_n}}` (SQS body), `{{BODY_BASE64_n}}`/`{{BODY_SIZE_n}}` (Amazon MQ
-//! data and `bodySize`), `{{EVENT_ID_n}}`, `{{ORDER_ID_n}}`, `{{TYPE_n}}`,
-//! plus `{{FUNCTION}}` and `{{QUEUE}}`.
+//! in by `choreo_e2e::lambda_fixtures`.
 //!
 //! The five steps come from the function crates (dev-dependencies of this
 //! crate): the very `Step` each function's `main` hands to
 //! `shared::host::lambda::run`.
 
+mod consumers;
+mod kafka;
+
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use aws_lambda_events::event::sqs::SqsEvent;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use choreo_e2e::lambda_fixtures::{decode, envelope};
 use chrono::Utc;
 use lambda_runtime::Diagnostic;
 use lapin::options::BasicGetOptions;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use order_status::UpdateOrderStatus;
-use replenish_stock::ReplenishStock;
-use reserve_inventory::ReserveInventory;
-use settle_inventory::SettleInventory;
-use ship_order::ShipOrder;
+use consumers::{CATALOG, Consumer};
 
 use lapin::types::FieldTable;
 use shared::bus::DeliverySettings;
@@ -45,101 +40,19 @@ use shared::bus::amqp::{
     ATTEMPT_HEADER, AmqpLink, CONTENT_TYPE, ERROR_HEADER, FUNCTION_HEADER, SAGA_ENDED_QUEUE, Topology,
     dead_letter_queue,
 };
-use shared::contract::domain::{CancelReason, OrderId, OrderStatus};
-use shared::host::lambda::{Invocation, LambdaHost, PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE};
-use shared::store::{ReservationState, Store};
+use shared::contract::domain::OrderId;
+use shared::host::lambda::{Bus, Invocation, LambdaHost, PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE};
+use shared::store::Store;
+use shared::testkit::TestStore;
 use shared::testkit::broker::Vhost;
-use shared::testkit::{TestStore, event, item, order_created};
-use shared::{Event, EventType, Function, Payload, Step, StepError};
-
-/// The one SKU of every fixture order (2 units each) and its stock.
-const SKU: &str = "MUG-RED";
-const UNITS: u64 = 2;
-const AVAILABLE: u64 = 10;
-const CATALOG: &[(&str, u64, u64)] = &[(SKU, AVAILABLE, 50)];
+use shared::{Event, Function, Step, StepError};
 
 // ---------------------------------------------------------------------------
-// Fixtures
-
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{name} is not JSON: {error}"))
-}
-
-fn placeholder(name: &str) -> String {
-    format!("{{{{{name}}}}}")
-}
-
-/// Fills placeholders in keys and string values: a string that is exactly
-/// one placeholder becomes its value (so `bodySize` becomes a number), and a
-/// placeholder inside a longer string is replaced by the value's text.
-fn fill(value: &mut Value, values: &[(String, Value)]) {
-    let text_of = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_owned);
-    let fill_text = |text: &str| {
-        values.iter().fold(text.to_owned(), |text, (name, value)| text.replace(&placeholder(name), &text_of(value)))
-    };
-    match value {
-        Value::String(text) => {
-            let whole = values.iter().find(|(name, _)| *text == placeholder(name)).map(|(_, value)| value.clone());
-            *value = whole.unwrap_or_else(|| Value::String(fill_text(text)));
-        }
-        Value::Array(items) => items.iter_mut().for_each(|item| fill(item, values)),
-        Value::Object(map) => {
-            *map = std::mem::take(map)
-                .into_iter()
-                .map(|(key, mut item)| {
-                    fill(&mut item, values);
-                    (fill_text(&key), item)
-                })
-                .collect();
-        }
-        _ => {}
-    }
-}
-
-/// The CloudEvent of fixture `name` about `order_id`, with a fresh id, as
-/// the text a queue carries.
-fn cloudevent(name: &str, order_id: OrderId) -> String {
-    let mut body = fixture(name);
-    let values = [
-        ("EVENT_ID".to_owned(), json!(Uuid::now_v7().to_string())),
-        ("ORDER_ID".to_owned(), json!(order_id.to_string())),
-    ];
-    fill(&mut body, &values);
-    body.to_string()
-}
-
-/// The AWS envelope of fixture `name` for `function`, carrying `bodies` in
-/// its message slots 1, 2, …
-fn envelope(name: &str, function: Function, bodies: &[&str]) -> Value {
-    let mut values =
-        vec![("FUNCTION".to_owned(), json!(function.name())), ("QUEUE".to_owned(), json!(function.queue()))];
-    for (slot, body) in (1..).zip(bodies) {
-        let cloudevent: Value = serde_json::from_str(body).expect("a body slot holds a JSON CloudEvent");
-        values.extend([
-            (format!("BODY_{slot}"), json!(body)),
-            (format!("BODY_BASE64_{slot}"), json!(BASE64.encode(body))),
-            (format!("BODY_SIZE_{slot}"), json!(body.len())),
-            (format!("EVENT_ID_{slot}"), cloudevent["id"].clone()),
-            (format!("ORDER_ID_{slot}"), cloudevent["subject"].clone()),
-            (format!("TYPE_{slot}"), cloudevent["type"].clone()),
-        ]);
-    }
-    let mut envelope = fixture(name);
-    fill(&mut envelope, &values);
-    let text = envelope.to_string();
-    assert!(!text.contains("{{"), "{name} has a placeholder this test does not fill: {text}");
-    envelope
-}
+// Fixtures (`choreo_e2e::lambda_fixtures`)
 
 /// The key of a function's queue in `rmqMessagesByQueue` (`<queue>::<vhost>`).
 fn rmq_key(function: Function) -> String {
     format!("{}::/", function.queue())
-}
-
-fn decode(body: &str) -> Event {
-    Event::from_json(body.as_bytes()).unwrap_or_else(|error| panic!("a fixture CloudEvent does not decode: {error}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -180,7 +93,7 @@ impl Host {
             .await
             .unwrap_or_else(|error| panic!("declare the topology in vhost {}: {error}", vhost.name));
         let given = TestStore::with_stock(CATALOG).await;
-        let host = LambdaHost { step, ports: given.ports(), broker: Some(Arc::clone(&link)) };
+        let host = LambdaHost { step, ports: given.ports(), bus: Some(Bus::Amqp(Arc::clone(&link))) };
         Self { host, given, link, _vhost: vhost }
     }
 
@@ -257,119 +170,6 @@ impl Host {
             "{} should publish one {event_type} per handled event to {queue}",
             consumer.function()
         );
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The five consuming functions: what each is given, fed, and leaves behind
-
-#[derive(Clone, Copy, Debug)]
-enum Consumer {
-    ReserveInventory,
-    ReplenishStock,
-    ShipOrder,
-    SettleInventory,
-    OrderStatus,
-}
-
-impl Consumer {
-    fn step(self) -> Arc<dyn Step> {
-        match self {
-            Self::ReserveInventory => Arc::new(ReserveInventory),
-            Self::ReplenishStock => Arc::new(ReplenishStock),
-            Self::ShipOrder => Arc::new(ShipOrder),
-            Self::SettleInventory => Arc::new(SettleInventory),
-            Self::OrderStatus => Arc::new(UpdateOrderStatus),
-        }
-    }
-
-    fn function(self) -> Function {
-        self.step().function()
-    }
-
-    /// The CloudEvent fixture it is fed.
-    fn input(self) -> &'static str {
-        match self {
-            Self::ReserveInventory => "cloudevent-order.created.json",
-            Self::ReplenishStock => "cloudevent-inventory.insufficient.json",
-            Self::ShipOrder => "cloudevent-inventory.reserved.json",
-            Self::SettleInventory => "cloudevent-shipment.failed.json",
-            Self::OrderStatus => "cloudevent-inventory.rejected.json",
-        }
-    }
-
-    /// The event that input makes it emit, and a queue it is routed to.
-    fn emits(self) -> (EventType, String) {
-        match self {
-            Self::ReserveInventory => (EventType::InventoryReserved, Function::ShipOrder.queue()),
-            Self::ReplenishStock => (EventType::StockReplenished, Function::ReserveInventory.queue()),
-            Self::ShipOrder => (EventType::OrderShipped, Function::SettleInventory.queue()),
-            Self::SettleInventory => (EventType::InventoryReleased, Function::OrderStatus.queue()),
-            Self::OrderStatus => (EventType::OrderCancelled, SAGA_ENDED_QUEUE.to_owned()),
-        }
-    }
-
-    /// GIVEN what the saga left in the store before this step, for `order_id`.
-    async fn given(self, given: &TestStore, order_id: OrderId) {
-        match self {
-            Self::ReserveInventory | Self::ReplenishStock | Self::ShipOrder => {}
-            Self::SettleInventory => {
-                given.given_reservation(order_id, &[item(SKU, 2)]).await;
-            }
-            Self::OrderStatus => {
-                given.given_order(&event(order_id, Payload::OrderCreated(order_created(vec![item(SKU, 2)])))).await;
-            }
-        }
-    }
-
-    /// A fresh input event about `order_id`, as queue text.
-    fn body(self, order_id: OrderId) -> String {
-        cloudevent(self.input(), order_id)
-    }
-
-    /// THEN the step's effect is in the store for exactly the `handled` orders.
-    async fn assert_effect(self, given: &TestStore, handled: &[OrderId]) {
-        let n = handled.len() as u64;
-        let stock = given.stock(SKU).await;
-        let store = &given.store;
-        match self {
-            Self::ReserveInventory => {
-                for &order_id in handled {
-                    let reservation = store.reservation(order_id).await.expect("read").expect("a reservation");
-                    assert_eq!(reservation.state, ReservationState::Reserved);
-                }
-                assert_eq!((stock.available, stock.reserved), (AVAILABLE - UNITS * n, UNITS * n));
-            }
-            Self::ReplenishStock => {
-                assert_eq!((stock.available, stock.replenished), (AVAILABLE + UNITS * n, UNITS * n));
-            }
-            Self::ShipOrder => {
-                for &order_id in handled {
-                    let shipment = store.shipment(order_id).await.expect("read").expect("a shipment");
-                    assert!(shipment.tracking_number.starts_with("CHR"), "{shipment:?}");
-                }
-            }
-            Self::SettleInventory => {
-                for &order_id in handled {
-                    let reservation = store.reservation(order_id).await.expect("read").expect("a reservation");
-                    assert_eq!(reservation.state, ReservationState::Released);
-                }
-                assert_eq!((stock.available, stock.reserved), (AVAILABLE, 0), "released units are back on the shelf");
-            }
-            Self::OrderStatus => {
-                for &order_id in handled {
-                    let order = store.order(order_id).await.expect("read").expect("the order");
-                    assert_eq!(
-                        (order.status, order.cancel_reason),
-                        (OrderStatus::Cancelled, Some(CancelReason::UnknownSku))
-                    );
-                    let rejected =
-                        order.history.iter().filter(|entry| entry.event_type == "inventory.rejected").count();
-                    assert_eq!(rejected, 1, "the rejection is recorded once: {:?}", order.history);
-                }
-            }
-        }
-        given.assert_conserved().await;
     }
 }
 
@@ -606,7 +406,7 @@ async fn amazon_mq_retryable_failure_fails_the_invocation() {
 async fn amazon_mq_poison_message_that_cannot_be_dead_lettered_fails_the_invocation() {
     let consumer = Consumer::ShipOrder;
     let given = TestStore::with_stock(CATALOG).await;
-    let host = LambdaHost { step: consumer.step(), ports: given.ports(), broker: None };
+    let host = LambdaHost { step: consumer.step(), ports: given.ports(), bus: None };
     let batch = envelope("rmq-one-message.json", consumer.function(), &[r#"{"not":"a CloudEvent"}"#]);
 
     let error = host.invoke(batch).await.expect_err("nothing may be dropped");
@@ -665,6 +465,9 @@ async fn direct_cloudevent_returns_the_emitted_events_and_publishes_nothing() {
     assert_eq!(again, answer, "a redelivery answers the first run's events");
 }
 
+/// What a payload of no known shape is told.
+const NO_SHAPE: &str = "neither a CloudEvent, an SqsEvent, a RabbitMqEvent nor a KafkaEvent";
+
 /// WHEN the payload is none of the shapes, or a known shape that does not
 /// parse, THEN a permanent error says what was expected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -677,11 +480,8 @@ async fn a_payload_of_no_known_shape_is_a_permanent_error() {
         no_body_size["rmqMessagesByQueue"][&key][0]["basicProperties"].as_object_mut().map(|p| p.remove("bodySize"));
     assert!(removed.is_some_and(|value| value.is_some()), "the fixture has a bodySize to remove");
     let cases = [
-        (
-            json!({"detail-type": "Scheduled Event", "source": "aws.events"}),
-            "neither a CloudEvent, an SqsEvent nor a RabbitMqEvent",
-        ),
-        (json!("order.created"), "neither a CloudEvent, an SqsEvent nor a RabbitMqEvent"),
+        (json!({"detail-type": "Scheduled Event", "source": "aws.events"}), NO_SHAPE),
+        (json!("order.created"), NO_SHAPE),
         (json!({"Records": "none"}), "not a valid SqsEvent"),
         (no_body_size, "not a valid RabbitMqEvent"),
         (json!({"specversion": "1.0", "type": "order.teleported"}), "not a valid CloudEvent"),

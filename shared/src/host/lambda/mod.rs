@@ -6,12 +6,20 @@
 //! - an `SqsEvent`: each record handled alone, failures answered with
 //!   `SqsBatchResponse` so one bad record never fails the batch;
 //! - a `RabbitMqEvent` (Amazon MQ): base64 bodies from one or more queues;
-//!   a record that can never be handled is parked in the dead-letter queue.
+//!   a record that can never be handled is parked in the dead-letter queue;
+//! - a `KafkaEvent` (Amazon MSK, self-managed Kafka; `kafka.rs`): base64
+//!   values from several partitions of one topic; a record that can never be
+//!   handled is parked on the dead-letter topic.
 //!
-//! For the last two the function publishes its emitted events itself.
+//! For the last three the function publishes its emitted events itself, on
+//! the [`Bus`] the environment names.
+
+mod bus;
+mod kafka;
 
 use std::sync::Arc;
 
+use aws_lambda_events::event::kafka::KafkaEvent;
 use aws_lambda_events::event::rabbitmq::{RabbitMqEvent, RabbitMqMessage};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use base64::Engine as _;
@@ -19,8 +27,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 
-use crate::bus::amqp::{AmqpLink, amazon_mq, dead_letter_queue, park_dead_letter};
-use crate::bus::{OutboxRef, Publisher, publish_committed_soon};
+pub use self::bus::{Bus, BusKind};
+pub use self::kafka::{DEAD_LETTERED_MESSAGE, MSK_EVENT_SOURCE, SELF_MANAGED_KAFKA_EVENT_SOURCE};
+use crate::bus::amqp::{amazon_mq, dead_letter_queue, park_dead_letter};
+use crate::bus::{OutboxRef, publish_committed_soon};
 use crate::contract::events::Event;
 use crate::telemetry::run_step;
 use crate::{Ports, Step, StepError};
@@ -42,6 +52,7 @@ pub enum Invocation {
     Direct(Box<Event>),
     Sqs(SqsEvent),
     RabbitMq(RabbitMqEvent),
+    Kafka(KafkaEvent),
 }
 
 impl Invocation {
@@ -53,12 +64,23 @@ impl Invocation {
             serde_json::from_value(payload).map(Self::Sqs).map_err(|error| permanent("SqsEvent", error))
         } else if payload.get("rmqMessagesByQueue").is_some() {
             serde_json::from_value(payload).map(Self::RabbitMq).map_err(|error| permanent("RabbitMqEvent", error))
+        } else if payload.get("records").is_some() {
+            // Only the Kafka mappings send `records` (lower case; SQS's are `Records`).
+            let source = payload.get("eventSource").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if ![MSK_EVENT_SOURCE, SELF_MANAGED_KAFKA_EVENT_SOURCE].contains(&source.as_str()) {
+                return Err(StepError::Permanent(format!(
+                    "not a valid KafkaEvent: eventSource is '{source}', not {MSK_EVENT_SOURCE} or {SELF_MANAGED_KAFKA_EVENT_SOURCE}"
+                )));
+            }
+            serde_json::from_value(payload).map(Self::Kafka).map_err(|error| permanent("KafkaEvent", error))
         } else if payload.get("specversion").is_some() {
             serde_json::from_value(payload)
                 .map(|event| Self::Direct(Box::new(event)))
                 .map_err(|error| permanent("CloudEvent", error))
         } else {
-            Err(StepError::Permanent("the payload is neither a CloudEvent, an SqsEvent nor a RabbitMqEvent".to_owned()))
+            Err(StepError::Permanent(
+                "the payload is neither a CloudEvent, an SqsEvent, a RabbitMqEvent nor a KafkaEvent".to_owned(),
+            ))
         }
     }
 }
@@ -69,10 +91,10 @@ pub struct LambdaHost {
     pub step: Arc<dyn Step>,
     /// Built once per container and reused while it is warm.
     pub ports: Ports,
-    /// The broker SQS and Amazon MQ invocations publish what they emit to,
-    /// and Amazon MQ records that can never be handled are parked on; `None`
-    /// when neither `AMQP_URL` nor `AMQP_SECRET_ARN` is set.
-    pub broker: Option<Arc<AmqpLink>>,
+    /// The bus SQS, Amazon MQ and Kafka invocations publish what they emit
+    /// to, and Amazon MQ or Kafka records that can never be handled are
+    /// parked on (each on its own bus); `None` when the environment names none.
+    pub bus: Option<Bus>,
 }
 
 impl LambdaHost {
@@ -91,19 +113,22 @@ impl LambdaHost {
                 Ok(serde_json::to_value(response).map_err(|error| StepError::Permanent(error.to_string()))?)
             }
             Invocation::RabbitMq(batch) => self.handle_rabbitmq(batch).await,
+            Invocation::Kafka(batch) => self.handle_kafka(batch).await,
         }
     }
 
     /// Handles the event and publishes what it emits.
     async fn handle_and_publish(&self, event: &Event) -> Result<usize, StepError> {
-        let publisher = self.broker.as_deref().ok_or_else(|| {
-            StepError::Retryable("AMQP_URL is not set: this function cannot publish the events it emits".to_owned())
+        let publisher = self.bus.as_ref().map(Bus::publisher).ok_or_else(|| {
+            StepError::Retryable(
+                "no bus is set (AMQP_URL, AMQP_SECRET_ARN or KAFKA_BOOTSTRAP_SERVERS): this function cannot publish \
+                 the events it emits"
+                    .to_owned(),
+            )
         })?;
         let emitted = run_step(&*self.step, event, &self.ports).await?;
         let origin = OutboxRef { function: self.step.function(), key: event.id.to_string() };
-        publish_committed_soon(&*self.ports.store, publisher as &dyn Publisher, &origin, &emitted)
-            .await
-            .map_err(StepError::from)?;
+        publish_committed_soon(&*self.ports.store, &*publisher, &origin, &emitted).await.map_err(StepError::from)?;
         Ok(emitted.len())
     }
 
@@ -188,7 +213,9 @@ impl LambdaHost {
     /// Puts an Amazon MQ record into this function's dead-letter queue with
     /// the properties it came with; answers the queue once the broker confirmed.
     async fn park(&self, message: &RabbitMqMessage, body: Vec<u8>, error: &StepError) -> Result<String, String> {
-        let broker = self.broker.as_deref().ok_or("AMQP_URL is not set")?;
+        let Some(Bus::Amqp(broker)) = &self.bus else {
+            return Err("this function has no AMQP link (AMQP_URL or AMQP_SECRET_ARN is not set)".to_owned());
+        };
         let function = self.step.function();
         let basic = &message.basic_properties;
         let properties = amazon_mq::amqp_properties(basic);
@@ -201,11 +228,13 @@ impl LambdaHost {
     }
 }
 
-/// `main` of a consuming function: build the ports once per container, then
-/// serve invocations until Lambda stops the container.
-pub async fn run(step: Arc<dyn Step>, broker: Option<Arc<AmqpLink>>) -> Result<(), lambda_runtime::Error> {
+/// `main` of a consuming function: build the ports and the bus once per
+/// container (the bus connects at first use), then serve invocations until
+/// Lambda stops the container.
+pub async fn run(step: Arc<dyn Step>) -> Result<(), lambda_runtime::Error> {
+    let bus = Bus::from_env(step.function().name())?;
     let ports = crate::config::ports_from_env().await?;
-    let host = Arc::new(LambdaHost { step, ports, broker });
+    let host = Arc::new(LambdaHost { step, ports, bus });
     lambda_runtime::run(service_fn(move |invocation: LambdaEvent<Value>| {
         let host = Arc::clone(&host);
         async move { host.invoke(invocation.payload).await }

@@ -10,15 +10,18 @@
 //! `cargo run -p choreo -- template > template.yaml` (or run this test with
 //! `UPDATE_TEMPLATE=1`).
 
-use std::collections::BTreeSet;
+mod checks_can_fail;
+mod kafka;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use choreo::bridge::sqs_url_env_var;
 use choreo::template::{
     BRIDGE_CONTAINER, BRIDGE_EXECUTION_ROLE, BRIDGE_INVOKES_LAMBDA, BRIDGE_INVOKES_SQS, BRIDGE_SERVICE,
-    BRIDGE_TASK_DEFINITION, BRIDGE_TASK_ROLE, HAS_ALARM_TOPIC, HTTP_API, IN_VPC, MQ_NETWORK_ACTIONS, QUERIED_TABLES,
-    READ_ACTIONS, RUN_BRIDGE, SAGA_DEADLINE, SCHEDULED, TABLE_DELETION_POLICY, TABLES, Target, USE_AMAZON_MQ, USE_SQS,
-    VPC_ACTIONS, dead_letter_queue_id, function_id, function_id_of, is_query, queue_id, sam_template, sam_template_for,
-    table_id,
+    BRIDGE_TASK_DEFINITION, BRIDGE_TASK_ROLE, HAS_ALARM_TOPIC, HTTP_API, IN_VPC, KafkaSource, MAPPING_NETWORK_ACTIONS,
+    QUERIED_TABLES, READ_ACTIONS, RUN_BRIDGE, SAGA_DEADLINE, SCHEDULED, TABLE_DELETION_POLICY, TABLES, Target,
+    USE_AMAZON_MQ, USE_MSK, USE_SELF_MANAGED_KAFKA, USE_SQS, VPC_ACTIONS, dead_letter_queue_id, function_id,
+    function_id_of, is_query, kafka_topic, queue_id, sam_template, sam_template_for, table_id,
 };
 use serde_json::{Value, json};
 use shared::bus::amqp::dead_letter_queue;
@@ -143,19 +146,25 @@ fn check_functions(template: &Value, choreography: &[FunctionSpec]) -> Vec<Strin
     problems
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Source {
     Sqs,
     AmazonMq,
+    Kafka(KafkaSource),
 }
 
-/// Each consumer has an SQS mapping (queue + DLQ, partial batch failures) and
-/// an Amazon MQ mapping on `Function::queue()`, under their conditions;
-/// nobody else has a mapping.
+const SOURCES: [Source; 4] =
+    [Source::Sqs, Source::AmazonMq, Source::Kafka(KafkaSource::Msk), Source::Kafka(KafkaSource::SelfManaged)];
+
+/// Each consumer has an SQS mapping (queue + DLQ, partial batch failures),
+/// an Amazon MQ mapping on `Function::queue()`, and a Kafka mapping of each
+/// source per event type it consumes, each under its condition; nobody else
+/// has a mapping.
 fn check_event_sources(template: &Value, choreography: &[FunctionSpec]) -> Vec<String> {
     let mut problems = Vec::new();
     let by_id = |id: &str| choreography.iter().find(|spec| function_id(spec) == id);
-    let mut found = BTreeSet::new();
+    // What each (function, source) reads: its queue, or a topic per mapping.
+    let mut found: BTreeMap<(&str, Source), Vec<String>> = BTreeMap::new();
     for (id, mapping) in of_type(template, "AWS::Lambda::EventSourceMapping") {
         let properties = &mapping["Properties"];
         let Some(spec) = properties["FunctionName"]["Ref"].as_str().and_then(by_id) else {
@@ -166,13 +175,18 @@ fn check_event_sources(template: &Value, choreography: &[FunctionSpec]) -> Vec<S
         let source = match mapping["Condition"].as_str() {
             Some(USE_SQS) => Source::Sqs,
             Some(USE_AMAZON_MQ) => Source::AmazonMq,
+            Some(USE_MSK) => Source::Kafka(KafkaSource::Msk),
+            Some(USE_SELF_MANAGED_KAFKA) => Source::Kafka(KafkaSource::SelfManaged),
             other => {
-                problems.push(format!("{id} has condition {other:?}: it would exist in both EventSource modes"));
+                problems.push(format!("{id} has condition {other:?}: it would exist in several EventSource modes"));
                 continue;
             }
         };
-        match source {
-            Source::Sqs => problems.extend(check_sqs_mapping(template, id, spec, properties)),
+        let reads = match source {
+            Source::Sqs => {
+                problems.extend(check_sqs_mapping(template, id, spec, properties));
+                queue_id(spec)
+            }
             Source::AmazonMq => {
                 if properties["Queues"] != json!([spec.function.queue()]) {
                     problems.push(format!(
@@ -185,41 +199,66 @@ fn check_event_sources(template: &Value, choreography: &[FunctionSpec]) -> Vec<S
                     problems.push(format!("{id} is not mapped to the MqBrokerArn broker"));
                 }
                 let mut grants = vec![("mq:DescribeBroker", reference("MqBrokerArn"))];
-                grants.extend(MQ_NETWORK_ACTIONS.iter().map(|action| (*action, json!("*"))));
+                grants.extend(MAPPING_NETWORK_ACTIONS.iter().map(|action| (*action, json!("*"))));
                 problems.extend(check_grants(template, &function_id(spec), USE_AMAZON_MQ, &grants));
-                let access: BTreeSet<_> = properties["SourceAccessConfigurations"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|item| item["Type"].as_str())
-                    .collect();
-                if access != BTreeSet::from(["BASIC_AUTH", "VIRTUAL_HOST"]) {
+                let access: BTreeSet<_> = access_types(properties).into_iter().collect();
+                if access != BTreeSet::from(["BASIC_AUTH".to_owned(), "VIRTUAL_HOST".to_owned()]) {
                     problems.push(format!("{id} has source access {access:?} instead of BASIC_AUTH and VIRTUAL_HOST"));
                 }
+                spec.function.queue()
             }
-        }
-        if !found.insert((spec.name, source)) {
-            problems.push(format!("{} has more than one mapping of one kind", spec.name));
-        }
+            Source::Kafka(kafka_source) => {
+                let (mapping_problems, topic) = kafka::check_mapping(template, id, spec, properties, kafka_source);
+                problems.extend(mapping_problems);
+                topic
+            }
+        };
+        found.entry((spec.name, source)).or_default().push(reads);
     }
     for spec in choreography {
-        for source in [Source::Sqs, Source::AmazonMq] {
-            let key = (spec.name, source);
-            match (spec.consumes.is_empty(), found.contains(&key)) {
-                (false, false) => problems.push(format!("{} consumes events but has no {:?} mapping", key.0, key.1)),
-                (true, true) => problems.push(format!("{} consumes nothing but has a {:?} mapping", key.0, key.1)),
+        for source in SOURCES {
+            let mut reads = found.get(&(spec.name, source)).cloned().unwrap_or_default();
+            match (source, spec.consumes.is_empty(), reads.len()) {
+                (Source::Kafka(_), _, _) => {
+                    reads.sort();
+                    let mut expected: Vec<String> = spec.consumes.iter().map(|event| kafka_topic(*event)).collect();
+                    expected.sort();
+                    if reads != expected {
+                        problems.push(format!(
+                            "{} has {source:?} mappings of {reads:?} instead of {expected:?}",
+                            spec.name
+                        ));
+                    }
+                }
+                (_, false, 0) => problems.push(format!("{} consumes events but has no {source:?} mapping", spec.name)),
+                (_, true, 1..) => problems.push(format!("{} consumes nothing but has a {source:?} mapping", spec.name)),
+                (_, false, 2..) => problems.push(format!("{} has more than one {source:?} mapping", spec.name)),
                 _ => {}
             }
         }
-        // SAM events cannot carry a condition: an SQS or MQ event would exist in both modes.
+        // SAM events cannot carry a condition: an SQS or MQ event would exist in every mode.
         let events = &resources(template).get(&function_id(spec)).map(|f| &f["Properties"]["Events"]);
         for event in events.and_then(Value::as_object).into_iter().flat_map(|events| events.values()) {
-            if event["Type"] == "SQS" || event["Type"] == "MQ" {
+            if ["SQS", "MQ", "MSK", "SelfManagedKafka"].contains(&event["Type"].as_str().unwrap_or_default()) {
                 problems.push(format!("{} has an unconditional {} event", spec.name, event["Type"]));
             }
         }
     }
     problems
+}
+
+/// The `Type` of each of a mapping's `SourceAccessConfigurations` (a `Fn::If` gives its first branch's).
+fn access_types(properties: &Value) -> Vec<String> {
+    properties["SourceAccessConfigurations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| item.get("Fn::If").map_or(item, |branches| &branches[1]))
+        .map(|item| match &item["Type"] {
+            Value::String(kind) => kind.clone(),
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 fn check_sqs_mapping(template: &Value, id: &str, spec: &FunctionSpec, properties: &Value) -> Vec<String> {
@@ -783,22 +822,8 @@ fn each_function_reaches_only_its_services_tables() {
 }
 
 #[test]
-fn publishing_functions_get_the_amqp_secret_and_nothing_wider() {
-    let template = committed();
-    for spec in CHOREOGRAPHY.iter().filter(|spec| !spec.is_scheduled()) {
-        let function = &resources(&template)[&function_id(spec)]["Properties"];
-        let secret = &function["Environment"]["Variables"]["AMQP_SECRET_ARN"];
-        assert_eq!(!secret.is_null(), !spec.emits.is_empty(), "{}: AMQP_SECRET_ARN", spec.name);
-    }
-    for statement in statements(&template["Resources"]) {
-        if strings(&statement["Action"]).iter().any(|action| action.starts_with("secretsmanager:")) {
-            let resource = &statement["Resource"];
-            assert!(
-                *resource == reference("AmqpSecretArn") || *resource == reference("MqCredentialsSecretArn"),
-                "a statement reads the secrets {resource}"
-            );
-        }
-    }
+fn publishing_functions_get_their_bus_and_nothing_wider() {
+    assert_no_problems(kafka::check_bus(&committed(), CHOREOGRAPHY));
 }
 
 #[test]
@@ -864,176 +889,4 @@ fn a_scheduled_row_nobody_hosts_is_noticed() {
     // THEN its missing host is reported, and the sweeper's row, hosted by the relay, is not
     assert!(problems.contains("create-order is scheduled but no scheduled function hosts it"), "{problems}");
     assert!(!problems.contains("saga-deadline is scheduled"), "{problems}");
-}
-
-// ------------------------------------------------------------------ the checks can fail
-
-fn remove(template: &mut Value, id: &str) {
-    template["Resources"].as_object_mut().expect("Resources").remove(id);
-}
-
-#[test]
-fn a_missing_or_misbound_mapping_is_noticed() {
-    let mut template = parse(&sam_template());
-    remove(&mut template, "ShipOrderMqMapping");
-    template["Resources"]["ReserveInventoryMqMapping"]["Properties"]["Queues"] = json!(["choreo.somebody-else"]);
-    template["Resources"]["ReplenishStockQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] = json!(50);
-    template["Resources"]["OrderStatusSqsMapping"]["Properties"]["FunctionResponseTypes"] = json!([]);
-    template["Resources"]["SettleInventoryFunction"]["Properties"]["Policies"]
-        .as_array_mut()
-        .expect("policies")
-        .truncate(1);
-    let problems = check_event_sources(&template, CHOREOGRAPHY).join("\n");
-    assert!(problems.contains("ship-order consumes events but has no AmazonMq mapping"), "{problems}");
-    assert!(problems.contains("ReserveInventoryMqMapping reads"), "{problems}");
-    assert!(problems.contains("ReplenishStockQueue does not dead-letter"), "{problems}");
-    assert!(problems.contains("OrderStatusSqsMapping does not report batch item failures"), "{problems}");
-    assert!(problems.contains("SettleInventoryFunction is not granted sqs:ReceiveMessage"), "{problems}");
-    assert!(problems.contains("SettleInventoryFunction is not granted mq:DescribeBroker"), "{problems}");
-}
-
-#[test]
-fn a_template_of_another_choreography_is_noticed() {
-    // GIVEN a table where ship-order consumes nothing and order-query is gone
-    let altered: Vec<FunctionSpec> = CHOREOGRAPHY
-        .iter()
-        .filter(|spec| spec.function != Function::OrderQuery)
-        .map(|spec| FunctionSpec {
-            consumes: if spec.function == Function::ShipOrder { &[] } else { spec.consumes },
-            ..*spec
-        })
-        .collect();
-    // WHEN its template is checked against the real table
-    let template = parse(&sam_template_for(&altered));
-    // THEN the differences are reported
-    let functions = check_functions(&template, CHOREOGRAPHY).join("\n");
-    assert!(functions.contains("order-query has no resource OrderQueryFunction"), "{functions}");
-    let sources = check_event_sources(&template, CHOREOGRAPHY).join("\n");
-    assert!(sources.contains("ship-order consumes events but has no Sqs mapping"), "{sources}");
-    let openapi = parse(&read(OPENAPI));
-    let routes = check_routes(&template, CHOREOGRAPHY, &openapi).join("\n");
-    assert!(routes.contains("the API serves"), "{routes}");
-}
-
-#[test]
-fn a_route_missing_from_openapi_or_the_api_is_noticed() {
-    let template = parse(&sam_template());
-    let mut openapi = parse(&read(OPENAPI));
-    openapi["paths"].as_object_mut().expect("paths").remove("/inventory/{sku}");
-    let problems = check_routes(&template, CHOREOGRAPHY, &openapi).join("\n");
-    assert!(problems.contains("differ from openapi.yaml"), "{problems}");
-
-    let mut template = parse(&sam_template());
-    let body = &mut template["Resources"][HTTP_API]["Properties"]["DefinitionBody"]["paths"];
-    body["/orders"]["post"].as_object_mut().expect("operation").remove("security");
-    let problems = check_routes(&template, CHOREOGRAPHY, &parse(&read(OPENAPI))).join("\n");
-    assert!(problems.contains("POST /orders has no security"), "{problems}");
-}
-
-#[test]
-fn a_wildcard_permission_is_noticed() {
-    for action in [json!("*"), json!(["sqs:SendMessage", "s3:*"])] {
-        let mut template = parse(&sam_template());
-        let policies = &mut template["Resources"]["ShipOrderFunction"]["Properties"]["Policies"];
-        let wildcard = json!({"Fn::If": [USE_SQS, {"Statement": [{"Effect": "Allow", "Action": action, "Resource": "*"}]}, {"Ref": "AWS::NoValue"}]});
-        policies.as_array_mut().expect("policies").push(wildcard);
-        assert_eq!(check_no_wildcards(&template).len(), 1, "{action} on * was not noticed");
-    }
-}
-
-#[test]
-fn a_table_of_another_service_is_noticed() {
-    let mut template = parse(&sam_template());
-    let statement = &mut template["Resources"]["ShipOrderFunction"]["Properties"]["Policies"][0]["Statement"][0];
-    statement["Resource"].as_array_mut().expect("table list").push(get_att("StockTable", "Arn"));
-    let problems = check_table_permissions(&template, CHOREOGRAPHY).join("\n");
-    assert!(problems.contains("ship-order (Shipping) may use"), "{problems}");
-}
-
-#[test]
-fn a_missing_alarm_log_group_or_retention_is_noticed() {
-    let mut template = parse(&sam_template());
-    remove(&mut template, "ShipOrderErrorsAlarm");
-    remove(&mut template, "ReplenishStockDeadLetterAlarm");
-    remove(&mut template, "OrderStatusDeadQueueAlarm");
-    remove(&mut template, "RelayOutboxLogGroup");
-    template["Resources"]["CreateOrderLogGroup"]["Properties"]
-        .as_object_mut()
-        .expect("properties")
-        .remove("RetentionInDays");
-    template["Resources"]["SettleInventoryDeadLetterQueue"]["Properties"]
-        .as_object_mut()
-        .expect("properties")
-        .remove("MessageRetentionPeriod");
-    template["Resources"]["OrderQueryErrorsAlarm"]["Condition"] = json!(USE_SQS);
-    template["Resources"]["BridgeLogGroup"]["Properties"]["RetentionInDays"] = json!(3653);
-    let problems = check_operations(&template, CHOREOGRAPHY).join("\n");
-    for expected in [
-        "ShipOrderFunction's Errors has no alarm",
-        "the dead-letter queue ReplenishStockDeadLetterQueue has no alarm",
-        "choreo.order-status.dead on the broker has no alarm",
-        "RelayOutboxFunction has no log group of its own",
-        "the log group CreateOrderLogGroup does not keep",
-        "the queue SettleInventoryDeadLetterQueue has no MessageRetentionPeriod",
-        "the alarm OrderQueryErrorsAlarm of OrderQueryFunction's Errors has condition",
-        "the log group BridgeLogGroup does not keep",
-    ] {
-        assert!(problems.contains(expected), "{expected:?} not in:\n{problems}");
-    }
-}
-
-#[test]
-fn a_function_outside_the_vpc_is_noticed() {
-    let mut template = parse(&sam_template());
-    template["Resources"]["RelayOutboxFunction"]["Properties"].as_object_mut().expect("properties").remove("VpcConfig");
-    template["Resources"]["ShipOrderFunction"]["Properties"]["Policies"].as_array_mut().expect("policies").remove(1);
-    let problems = check_network(&template).join("\n");
-    assert!(problems.contains("RelayOutboxFunction does not run in the VPC"), "{problems}");
-    assert!(problems.contains("ShipOrderFunction is not granted ec2:CreateNetworkInterface"), "{problems}");
-}
-
-#[test]
-fn a_bridge_with_more_rights_or_another_prefix_is_noticed() {
-    let mut template = parse(&sam_template());
-    let policies = &mut template["Resources"][BRIDGE_TASK_ROLE]["Properties"]["Policies"];
-    let extra = json!({"Fn::If": [BRIDGE_INVOKES_SQS, {"PolicyName": "more", "PolicyDocument": {"Statement": [
-        {"Effect": "Allow", "Action": "sqs:DeleteMessage", "Resource": get_att("ShipOrderQueue", "Arn")}]}}, reference("AWS::NoValue")]});
-    policies.as_array_mut().expect("policies").push(extra);
-    let container = &mut template["Resources"][BRIDGE_TASK_DEFINITION]["Properties"]["ContainerDefinitions"][0];
-    for variable in container["Environment"].as_array_mut().expect("environment") {
-        if variable["Name"] == "CHOREO_FUNCTION_PREFIX" {
-            variable["Value"] = json!("");
-        }
-    }
-    container.as_object_mut().expect("container").remove("Secrets");
-    template["Resources"][BRIDGE_SERVICE].as_object_mut().expect("service").remove("Condition");
-    let problems = check_bridge(&template, CHOREOGRAPHY).join("\n");
-    assert!(problems.contains("BridgeTaskRole under Some(\"BridgeInvokesSqs\") may"), "{problems}");
-    assert!(problems.contains("CHOREO_FUNCTION_PREFIX is not NamePrefix"), "{problems}");
-    assert!(problems.contains("secrets are null instead of AMQP_URL"), "{problems}");
-    assert!(problems.contains("BridgeService exists without the bridge"), "{problems}");
-}
-
-#[test]
-fn a_table_lost_with_the_stack_or_without_ttl_is_noticed() {
-    let mut template = parse(&sam_template());
-    template["Resources"]["StockTable"]["DeletionPolicy"] = json!("Delete");
-    template["Resources"]["ProcessedTable"]["Properties"]
-        .as_object_mut()
-        .expect("properties")
-        .remove("TimeToLiveSpecification");
-    let problems = check_tables(&template).join("\n");
-    assert!(problems.contains("StockTable is not kept"), "{problems}");
-    assert!(problems.contains("ProcessedTable has the TTL null"), "{problems}");
-}
-
-#[test]
-fn a_scheduled_function_with_another_schedule_or_more_rights_is_noticed() {
-    let mut template = parse(&sam_template());
-    let properties = &mut template["Resources"]["RelayOutboxFunction"]["Properties"];
-    properties["Events"]["Schedule"]["Properties"]["Schedule"] = json!("rate(1 day)");
-    properties["Policies"][0]["Statement"][0]["Action"] = json!(["dynamodb:Query", "dynamodb:Scan"]);
-    let problems = check_scheduled(&template).join("\n");
-    assert!(problems.contains("is not invoked by exactly its RelaySchedule schedule"), "{problems}");
-    assert!(problems.contains("dynamodb:Scan"), "{problems}");
 }
