@@ -49,6 +49,10 @@ pub enum Command {
         /// KAFKA_PARTITIONS and KAFKA_REPLICATION).
         #[arg(long)]
         kafka: bool,
+        /// With --kafka: create the missing topics on the cluster KAFKA_BOOTSTRAP_SERVERS names (TLS and SASL
+        /// from the KAFKA_* variables), then print them.
+        #[arg(long, requires = "kafka")]
+        create: bool,
         /// Virtual host the definitions are for.
         #[arg(long, default_value = "/")]
         vhost: String,
@@ -311,7 +315,7 @@ pub struct BridgeArgs {
         hide_default_value = true
     )]
     pub function_prefix: String,
-    /// What a Lambda invocation carries (--invoke lambda): the CloudEvent, or what Amazon MQ's or SQS's
+    /// What a Lambda invocation carries (--invoke lambda): the CloudEvent, or what Amazon MQ's, SQS's or (with --kafka) a Kafka
     /// event source mapping would send (the functions then publish their own events, as on AWS)
     #[arg(long, value_enum, env = "CHOREO_EVENT_SHAPE", default_value = "cloudevent")]
     pub event_shape: choreo::bridge::EventShape,

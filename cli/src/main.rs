@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
             print!("{}", choreo::template::sam_template());
             Ok(())
         }
-        Command::Topology { kafka: true, queues, .. } => kafka_topology(&queues.settings()),
+        Command::Topology { kafka: true, create, queues, .. } => kafka_topology(create, &queues.settings()).await,
         Command::Topology { vhost, queues, .. } => {
             let definitions = Topology::derive(&queues.settings()).definitions_json(&vhost);
             println!("{}", serde_json::to_string_pretty(&definitions).unwrap_or_default());
@@ -227,10 +227,18 @@ async fn bridge(args: BridgeArgs) -> Result<(), AnyError> {
     Ok(())
 }
 
-/// `choreo topology --kafka`: the topics and groups, as JSON.
-fn kafka_topology(delivery: &shared::bus::DeliverySettings) -> Result<(), AnyError> {
-    // The servers do not shape the topics (KAFKA_PARTITIONS and KAFKA_REPLICATION do): any will do.
-    let kafka = KafkaArgs { bootstrap_servers: Some("-".into()) }.settings()?.ok_or("servers are given")?;
+/// `choreo topology --kafka [--create]`: the topics and groups, as JSON;
+/// with `--create`, made on the cluster first (a deployment's one set-up step).
+async fn kafka_topology(create: bool, delivery: &shared::bus::DeliverySettings) -> Result<(), AnyError> {
+    let kafka = if create {
+        let kafka = KafkaArgs::default().settings()?;
+        let kafka = kafka.ok_or("--create needs the cluster: set KAFKA_BOOTSTRAP_SERVERS")?;
+        KafkaLink::new(kafka.clone(), "choreo-topology").create_topics(delivery).await?;
+        kafka
+    } else {
+        // The servers do not shape the topics (KAFKA_PARTITIONS and KAFKA_REPLICATION do): any will do.
+        KafkaArgs { bootstrap_servers: Some("-".into()) }.settings()?.ok_or("servers are given")?
+    };
     let topology = shared::bus::kafka::KafkaTopology::derive(&kafka, delivery);
     println!("{}", serde_json::to_string_pretty(&topology)?);
     Ok(())

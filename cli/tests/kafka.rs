@@ -21,6 +21,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use shared::Function;
 use shared::bus::kafka::{KafkaSecurity, KafkaSettings, replay_dead_records, subscriptions};
+use shared::store::Store as _;
 use shared::testkit::kafka::free_port;
 use shared::testkit::order_body;
 use shared::testkit::tls::TlsTerminator;
@@ -288,4 +289,128 @@ async fn kafka_over_tls_a_saga_ends_and_an_unknown_ca_is_refused_with_a_clear_er
     assert_eq!(order["status"], "SHIPPED", "{order:#}");
     assert!(tls.handshakes() > 0, "the clients went through the TLS listener");
     system.shutdown().await;
+}
+
+/// `choreo ARGS…` with the environment `env`; answers its stdout, stderr and success.
+fn choreo(args: &[&str], env: &[(&str, &str)]) -> (String, String, bool) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_choreo"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the choreo binary runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (text(&output.stdout), text(&output.stderr), output.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_the_choreo_binary_sets_up_the_topics_runs_up_lists_dead_letters_and_stops_on_sigterm() {
+    let broker = KafkaBroker::start();
+    let env = [("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap.as_str()), ("KAFKA_PARTITIONS", "2")];
+
+    // WHEN the topics are created as a deployment would, THEN every topic the table derives exists
+    let (printed, stderr, created) = choreo(&["topology", "--kafka", "--create"], &env);
+    assert!(created, "{stderr}");
+    let topology: Value = serde_json::from_str(&printed).expect("the topology is JSON");
+    let names: Vec<&str> =
+        topology["topics"].as_array().expect("topics").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(names.contains(&"choreo.order.created") && names.contains(&"choreo.ship-order.dead"), "{names:?}");
+    let kafka = KafkaSettings { partitions: 2, ..KafkaSettings::plaintext(&broker.bootstrap) };
+    for name in &names {
+        let (kafka, topic) = (kafka.clone(), (*name).to_owned());
+        let partitions = tokio::task::spawn_blocking(move || partition_count(&kafka, &topic)).await.expect("joined");
+        assert_eq!(partitions, 2, "{name} exists with KAFKA_PARTITIONS partitions");
+    }
+
+    // WHEN choreo up --kafka runs as a process and takes an order
+    let scratch = Scratch::new();
+    let inventory = scratch.inventory_file(&default_catalog());
+    let mut up = common::ChoreoProcess::spawn_on(&["--kafka", &broker.bootstrap], &scratch.db(), &inventory);
+    let client = up.client();
+    let order_id = client.create_order(&order_body("WIDGET-1", 1, "FR"), None).await.expect("accepted");
+    let order = wait_all_terminal(&client, std::slice::from_ref(&order_id), SAGA_TIMEOUT).await.remove(0);
+
+    // THEN it ships; dlq list --kafka reads the dead-letter topics (none); SIGTERM stops it cleanly
+    assert_eq!(order["status"], "SHIPPED", "{order:#}");
+    let (printed, stderr, listed) = choreo(&["dlq", "list", "--kafka", &broker.bootstrap], &[]);
+    assert!(listed && printed.is_empty() && stderr.contains("0 dead letter(s)"), "{printed} {stderr}");
+    up.terminate();
+    assert!(up.wait_exit(Duration::from_secs(30)).await.success(), "choreo up --kafka exits 0 on SIGTERM");
+}
+
+/// Partitions of `topic` (0 when it does not exist).
+fn partition_count(kafka: &KafkaSettings, topic: &str) -> usize {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &kafka.bootstrap_servers).create().expect("a client");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).expect("metadata");
+    metadata.topics().iter().filter(|described| described.name() == topic).map(|d| d.partitions().len()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_nothing_twice() {
+    const ORDERS: usize = 60;
+    let broker = KafkaBroker::start();
+    let scratch = Scratch::new();
+    let catalog = default_catalog();
+    let inventory = scratch.inventory_file(&catalog);
+    let bus = ["--kafka", broker.bootstrap.as_str()];
+    let mut first = common::ChoreoProcess::spawn_on(&bus, &scratch.db(), &inventory);
+
+    // GIVEN clients posting orders, each with its Idempotency-Key
+    let posters = Posters::start(&first.client(), 4, ORDERS, order, key);
+    posters.until_accepted(20).await;
+
+    // WHEN the process is killed outright while records are in hand whose commits wait
+    // (the test holds SQLite's write lock): an offset committed before its commit would lose the record
+    let lock = rusqlite::Connection::open(scratch.db()).expect("the database opens");
+    lock.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed = std::process::Command::new("kill").args(["-KILL", &first.pid().to_string()]).status();
+    assert!(killed.is_ok_and(|status| status.success()), "kill -KILL");
+    lock.execute_batch("ROLLBACK").expect("the write lock is released");
+    drop(lock);
+    assert!(!first.wait_exit(Duration::from_secs(15)).await.success(), "killed, not stopped");
+    let before = posters.finish().await;
+    // The kill caught sagas mid-way (else this test would prove nothing).
+    let store = shared::store::sqlite::SqliteStore::open(&scratch.db()).expect("the database opens");
+    let mut open = 0;
+    for id in before.values() {
+        let id = shared::contract::domain::OrderId::parse(id).expect("an order id");
+        let record = store.order(id).await.expect("the store answers");
+        open += usize::from(record.is_some_and(|record| !record.status.is_terminal()));
+    }
+    assert!(open > 0, "every accepted order had ended before the kill: nothing was in flight");
+
+    // AND started again; the clients post the orders that were not accepted (a 202 is not retried:
+    // posting an accepted order again would publish its order.created again and mend a lost record)
+    let second = common::ChoreoProcess::spawn_on(&bus, &scratch.db(), &inventory);
+    let client = second.client();
+    let mut ids = Vec::new();
+    for n in 0..ORDERS {
+        let id = match before.get(&n) {
+            Some(id) => id.clone(),
+            None => client.create_order(&order(n), Some(&key(n))).await.expect("accepted after the restart"),
+        };
+        ids.push(id);
+    }
+
+    // THEN every order ends as its path says, with no event twice, and stock is conserved
+    let orders = wait_all_terminal(&client, &ids, SAGA_TIMEOUT).await;
+    for (n, placed) in orders.iter().enumerate() {
+        let types = history_types(placed);
+        let mut unique = types.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), types.len(), "order {n}: an event applied twice: {types:?}");
+        let expected = if n % 3 == 2 { "CANCELLED" } else { "SHIPPED" };
+        assert_eq!(placed["status"].as_str(), Some(expected), "order {n}: {placed}");
+    }
+    eventually("the stock settled and conserved", SAGA_TIMEOUT, || async {
+        let levels = store.all_stock().await.map_err(|error| error.to_string())?;
+        let widgets = levels.iter().find(|level| level.sku.as_str() == "WIDGET-1").map(|level| level.shipped);
+        let settled = levels.iter().all(|level| level.reserved == 0 && level.is_conserved());
+        // 20 orders of one widget each shipped, exactly once
+        if settled && widgets == Some(20) { Ok(()) } else { Err(format!("{levels:?}")) }
+    })
+    .await;
 }

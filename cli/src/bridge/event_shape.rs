@@ -1,7 +1,7 @@
 //! `--event-shape`: what a `--invoke lambda` invocation carries. Besides the
 //! CloudEvent the functions answer directly, the bridge can hand each message
 //! over exactly as an AWS event source mapping would (an Amazon MQ
-//! `RabbitMqEvent`, an `SqsEvent`), so that under `cargo lambda watch` the
+//! `RabbitMqEvent`, an `SqsEvent`, a `KafkaEvent`), so that under `cargo lambda watch` the
 //! functions run the adapter code they run on AWS and publish their own
 //! events; the bridge then publishes nothing and acks once the invocation
 //! succeeded.
@@ -9,7 +9,11 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aws_lambda_events::encodings::MillisecondTimestamp;
+use aws_lambda_events::event::kafka::{KafkaEvent, KafkaRecord};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use shared::bus::amqp::amazon_mq;
 use shared::{Event, Function, StepError};
 
@@ -31,6 +35,8 @@ pub enum EventShape {
     AmazonMq,
     /// An `SqsEvent`, as an SQS event source mapping sends; the function publishes.
     Sqs,
+    /// A `KafkaEvent`, as a self-managed Kafka event source mapping sends (`--kafka` only); the function publishes.
+    Kafka,
 }
 
 /// Where the rehearsed event source mapping reads from.
@@ -40,6 +46,8 @@ pub struct EventSource {
     pub vhost: String,
     /// Prepended to a function's name to name its SQS queue, as the template does.
     pub function_prefix: String,
+    /// The Kafka cluster a `KafkaEvent` names (`--kafka`).
+    pub bootstrap_servers: String,
 }
 
 impl EventSource {
@@ -72,7 +80,27 @@ pub fn payload(
             encode(serde_json::to_vec(&batch))
         }
         EventShape::Sqs => encode(serde_json::to_vec(&sqs_event(source, function, event, delivery, attempt))),
+        EventShape::Kafka => encode(serde_json::to_vec(&kafka_event(source, event))),
     }
+}
+
+/// A batch of one record, as a self-managed Kafka mapping hands a function
+/// a record of `event`'s topic: key and value base64, headers as bytes.
+pub fn kafka_event(source: &EventSource, event: &Event) -> KafkaEvent {
+    let topic = shared::bus::kafka::event_topic(event.event_type());
+    let bytes = |text: &str| text.bytes().map(|byte| byte as i8).collect::<Vec<i8>>();
+    let mut record = KafkaRecord::default();
+    record.topic = Some(topic.clone());
+    record.timestamp = MillisecondTimestamp(chrono::Utc::now());
+    record.timestamp_type = Some("CREATE_TIME".to_owned());
+    record.key = Some(BASE64.encode(event.subject.to_string()));
+    record.value = Some(BASE64.encode(event.to_json()));
+    record.headers = vec![HashMap::from([("traceparent".to_owned(), bytes(&event.traceparent))])];
+    let mut batch = KafkaEvent::default();
+    batch.event_source = Some(shared::host::lambda::SELF_MANAGED_KAFKA_EVENT_SOURCE.to_owned());
+    batch.bootstrap_servers = Some(source.bootstrap_servers.clone());
+    batch.records = HashMap::from([(format!("{topic}-0"), vec![record])]);
+    batch
 }
 
 /// A batch of one record, as SQS hands a function its queue's message.
@@ -122,7 +150,7 @@ pub fn outcome(shape: EventShape, function: Function, name: &str, answer: &[u8])
         EventShape::CloudEvent => {
             emitted_events(function, answer).map_err(|error| StepError::Permanent(format!("{name}: {error}")))
         }
-        EventShape::AmazonMq => Ok(vec![]),
+        EventShape::AmazonMq | EventShape::Kafka => Ok(vec![]),
         EventShape::Sqs => {
             let response: SqsBatchResponse = serde_json::from_slice(answer).map_err(|error| {
                 StepError::Retryable(format!("{name}: the answer is not an SQS batch response: {error}"))
@@ -153,7 +181,11 @@ mod tests {
 
     #[test]
     fn the_arns_name_the_broker_and_the_function_queue() {
-        let source = EventSource { vhost: "/".to_owned(), function_prefix: "choreo-".to_owned() };
+        let source = EventSource {
+            vhost: "/".to_owned(),
+            function_prefix: "choreo-".to_owned(),
+            bootstrap_servers: String::new(),
+        };
         assert!(source.broker_arn().starts_with("arn:aws:mq:us-east-1:000000000000:broker:"));
         assert_eq!(source.queue_arn(Function::ShipOrder), "arn:aws:sqs:us-east-1:000000000000:choreo-ship-order");
     }

@@ -14,7 +14,7 @@ use shared::host::lambda::{PERMANENT_ERROR_TYPE, RETRYABLE_ERROR_TYPE};
 use shared::host::trace_context::XRAY_HEADER;
 use shared::{Event, Function, StepError};
 
-use super::event_shape::{EventShape, EventSource, outcome, payload};
+use super::event_shape::{EventShape, EventSource, kafka_event, outcome, payload};
 
 /// Invokes a function synchronously with each message, in the chosen shape.
 pub struct LambdaInvoker {
@@ -35,12 +35,11 @@ impl LambdaInvoker {
         client: aws_sdk_lambda::Client,
         function_prefix: &str,
         shape: EventShape,
-        vhost: &str,
+        source: EventSource,
         timeout: Duration,
     ) -> Self {
         let names =
             Function::all().map(|function| (function, format!("{function_prefix}{}", function.name()))).collect();
-        let source = EventSource { vhost: vhost.to_owned(), function_prefix: function_prefix.to_owned() };
         Self { client, names, shape, source, timeout }
     }
 
@@ -92,6 +91,20 @@ impl StepInvoker for LambdaInvoker {
         let (name, answer) = self.invoke(function, event, event.to_json()).await?;
         let emitted = outcome(EventShape::CloudEvent, function, name, &answer)?;
         tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, order_id = %event.subject, trace_id = event.trace_id(), emitted = emitted.len(), "invoked {name}");
+        Ok(emitted)
+    }
+
+    /// From Kafka's runner: the CloudEvent, or a `KafkaEvent` built from it
+    /// (the record's offsets mean nothing to a function).
+    async fn handle_attempt(&self, function: Function, event: &Event, _attempt: u32) -> Result<Vec<Event>, StepError> {
+        if self.shape != EventShape::Kafka {
+            return self.handle(function, event).await;
+        }
+        let payload = serde_json::to_vec(&kafka_event(&self.source, event))
+            .map_err(|error| StepError::Permanent(error.to_string()))?;
+        let (name, answer) = self.invoke(function, event, payload).await?;
+        let emitted = outcome(self.shape, function, name, &answer)?;
+        tracing::info!(step = %function, event = %event.event_type().as_str(), id = %event.id, order_id = %event.subject, trace_id = event.trace_id(), shape = ?self.shape, "invoked {name}");
         Ok(emitted)
     }
 

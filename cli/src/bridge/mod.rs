@@ -30,7 +30,7 @@ use shared::bus::amqp::{AmqpLink, DeclareError, StepInvoker, Topology, redact, r
 use shared::bus::kafka::{KafkaLink, KafkaSettings, run_kafka_consumers};
 use tokio::sync::watch;
 
-pub use self::event_shape::EventShape;
+pub use self::event_shape::{EventShape, EventSource};
 pub use self::lambda::{LambdaInvoker, emitted_events, function_error};
 pub use self::sqs::{SQS_ID_ATTRIBUTE, SQS_SUBJECT_ATTRIBUTE, SQS_TYPE_ATTRIBUTE, SqsForwarder};
 
@@ -193,10 +193,17 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
         return Err(BridgeError::Config("no function to bridge".to_owned()));
     }
     let link = AmqpLink::new(&config.amqp_url, "choreo-bridge");
-    if config.kafka.is_some()
-        && let InvokeTarget::Lambda { event_shape: EventShape::AmazonMq, .. } = config.target
-    {
-        return Err(BridgeError::Config("--event-shape amazon-mq needs RabbitMQ, not --kafka".to_owned()));
+    // Each AWS shape belongs to its bus: the function publishes where its payload came from.
+    if let InvokeTarget::Lambda { event_shape, .. } = config.target {
+        match (event_shape, config.kafka.is_some()) {
+            (EventShape::AmazonMq | EventShape::Sqs, true) => {
+                return Err(BridgeError::Config(format!("--event-shape {event_shape:?} needs RabbitMQ, not --kafka")));
+            }
+            (EventShape::Kafka, false) => {
+                return Err(BridgeError::Config("--event-shape kafka needs --kafka".to_owned()));
+            }
+            _ => {}
+        }
     }
     let invoker: Arc<dyn StepInvoker> = match &config.target {
         InvokeTarget::Lambda { endpoint, function_prefix, event_shape } => {
@@ -210,11 +217,19 @@ pub async fn run(config: BridgeConfig, shutdown: watch::Receiver<bool>) -> Resul
                 .build();
             let client = aws_sdk_lambda::Client::from_conf(lambda);
             tracing::info!(endpoint = endpoint.as_deref().unwrap_or("AWS"), prefix = %function_prefix, shape = ?event_shape, "invoking functions over the Lambda Invoke API");
-            let vhost = match config.kafka {
-                Some(_) => String::new(), // names Amazon MQ queues only
-                None => link.vhost().await.map_err(|error| BridgeError::Broker(error.to_string()))?,
+            let source = match &config.kafka {
+                Some(kafka) => EventSource {
+                    vhost: String::new(),
+                    function_prefix: function_prefix.clone(),
+                    bootstrap_servers: kafka.bootstrap_servers.clone(),
+                },
+                None => EventSource {
+                    vhost: link.vhost().await.map_err(|error| BridgeError::Broker(error.to_string()))?,
+                    function_prefix: function_prefix.clone(),
+                    bootstrap_servers: String::new(),
+                },
             };
-            Arc::new(LambdaInvoker::new(client, function_prefix, *event_shape, &vhost, config.call_timeout))
+            Arc::new(LambdaInvoker::new(client, function_prefix, *event_shape, source, config.call_timeout))
         }
         InvokeTarget::Sqs { endpoint, queue_urls } => {
             let missing: Vec<Function> =
@@ -292,6 +307,29 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn each_aws_event_shape_needs_its_own_bus() {
+        let config = |event_shape, kafka: Option<KafkaSettings>| BridgeConfig {
+            amqp_url: "amqp://127.0.0.1:1/%2f".to_owned(),
+            kafka,
+            functions: vec![Function::ShipOrder],
+            target: InvokeTarget::Lambda { endpoint: None, function_prefix: String::new(), event_shape },
+            settings: DeliverySettings::default(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        };
+        let kafka = || Some(KafkaSettings::plaintext("127.0.0.1:1"));
+        let refused = |config| async move {
+            let (_stop, stopped) = watch::channel(false);
+            match run(config, stopped).await {
+                Err(BridgeError::Config(message)) => message,
+                other => panic!("refused as a configuration error, not {other:?}"),
+            }
+        };
+        assert!(refused(config(EventShape::Kafka, None)).await.contains("needs --kafka"));
+        assert!(refused(config(EventShape::AmazonMq, kafka())).await.contains("needs RabbitMQ"));
+        assert!(refused(config(EventShape::Sqs, kafka())).await.contains("needs RabbitMQ"));
     }
 
     #[test]

@@ -18,16 +18,21 @@ use crate::bus::amqp::DeadMessage;
 use crate::contract::choreography::Function;
 
 /// Parks a record that can never be handled on `function`'s dead-letter
-/// topic with the bookkeeping headers; returns once the cluster has it.
+/// topic with the headers it came with (its `traceparent`) and the
+/// bookkeeping headers; returns once the cluster has it.
 pub async fn park_dead_record(
     link: &KafkaLink,
     function: Function,
     key: Option<&[u8]>,
     payload: &[u8],
+    headers: &[(String, Vec<u8>)],
     attempt: u32,
     error: &str,
 ) -> Result<(), PublishError> {
-    let headers = with_bookkeeping(None, attempt, error, function);
+    let came_with = headers.iter().fold(OwnedHeaders::new(), |owned, (key, value)| {
+        owned.insert(Header { key: key.as_str(), value: Some(value.as_slice()) })
+    });
+    let headers = with_bookkeeping(Some(&came_with), attempt, error, function);
     link.send(&dead_letter_topic(function), key, payload, headers).await
 }
 

@@ -104,7 +104,14 @@ impl LambdaHost {
         let key = record.key.as_deref().map(|key| BASE64.decode(key).unwrap_or_else(|_| key.as_bytes().to_vec()));
         let body = body.unwrap_or_else(|| record.value.as_deref().unwrap_or_default().as_bytes().to_vec());
         // Lambda does not say how often the batch came: this is the first attempt known.
-        Box::pin(park_dead_record(link, function, key.as_deref(), &body, 1, &error.to_string()))
+        // Lambda hands header values over as signed bytes.
+        let headers: Vec<(String, Vec<u8>)> = record
+            .headers
+            .iter()
+            .flatten()
+            .map(|(name, value)| (name.clone(), value.iter().map(|byte| *byte as u8).collect()))
+            .collect();
+        Box::pin(park_dead_record(link, function, key.as_deref(), &body, &headers, 1, &error.to_string()))
             .await
             .map_err(|error| error.to_string())?;
         Ok(dead_letter_topic(function))
