@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use shared::Function;
-use shared::bus::kafka::{KafkaSecurity, KafkaSettings, replay_dead_records, subscriptions};
+use shared::bus::kafka::{Credentials, KafkaSecurity, KafkaSettings, replay_dead_records, subscriptions};
 use shared::store::Store as _;
 use shared::testkit::kafka::free_port;
 use shared::testkit::order_body;
@@ -413,4 +413,36 @@ async fn kafka_kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_app
         if settled && widgets == Some(20) { Ok(()) } else { Err(format!("{levels:?}")) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_with_sasl_scram_a_saga_ends_and_a_wrong_password_is_refused_with_a_clear_error() {
+    let broker = KafkaBroker::start_authenticating("choreo", "s3cret");
+    let scratch = Scratch::new();
+    let catalog = default_catalog();
+    let login = |password: &str| KafkaSettings {
+        security: KafkaSecurity::Sasl {
+            mechanism: "SCRAM-SHA-512".into(),
+            credentials: Credentials::Given { username: "choreo".into(), password: password.into() },
+            tls: false,
+            ca_file: None,
+        },
+        ..kafka_settings(&broker, "choreo.")
+    };
+
+    // WHEN the password is wrong, THEN it does not start, and says what to check
+    let config = common::kafka::up_config(&scratch.db(), &catalog, test_settings());
+    let deadline = shared::saga::DEFAULT_SAGA_DEADLINE;
+    let refused = match KafkaSystem::start(config, login("wrong"), deadline).await {
+        Ok(_) => panic!("a wrong password is refused"),
+        Err(error) => error.to_string(),
+    };
+    assert!(refused.contains("credentials"), "{refused}");
+
+    // WHEN it logs in as it should, THEN an order ships
+    let system = OnKafka::start(login("s3cret"), &scratch.db(), &catalog, test_settings()).await;
+    let order_id = system.client.create_order(&order_body("WIDGET-1", 1, "FR"), None).await.expect("accepted");
+    let order = wait_all_terminal(&system.client, std::slice::from_ref(&order_id), SAGA_TIMEOUT).await.remove(0);
+    assert_eq!(order["status"], "SHIPPED", "{order:#}");
+    system.shutdown().await;
 }

@@ -23,6 +23,8 @@ pub struct KafkaBroker {
     port: u16,
     /// The port it tells clients to connect to (another when a TLS terminator stands in front).
     advertised_port: u16,
+    /// Whether clients must log in (SASL/SCRAM).
+    authentication: bool,
     data: TempDir,
     child: Option<Child>,
 }
@@ -56,8 +58,23 @@ impl KafkaBroker {
         let data = tempfile::tempdir().expect("a temporary directory for the broker's data");
         let bootstrap =
             if port == advertised_port { format!("127.0.0.1:{port}") } else { format!("localhost:{advertised_port}") };
-        let mut broker = Self { bootstrap, port, advertised_port, data, child: None };
+        let mut broker = Self { bootstrap, port, advertised_port, authentication: false, data, child: None };
         broker.spawn();
+        broker
+    }
+
+    /// A broker on which clients must log in with SASL/SCRAM-SHA-512 as
+    /// `user` (created first, while the broker still lets anyone in).
+    pub fn start_authenticating(user: &str, password: &str) -> Self {
+        let mut broker = Self::start();
+        let created = Command::new(tansu_binary())
+            .args(["user", "create", user, password, "--mechanism", "scram512", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", broker.port))
+            .output()
+            .expect("tansu user create runs");
+        assert!(created.status.success(), "tansu user create: {}", String::from_utf8_lossy(&created.stderr));
+        broker.authentication = true;
+        broker.restart();
         broker
     }
 
@@ -69,9 +86,14 @@ impl KafkaBroker {
             format!("tcp://localhost:{}", self.advertised_port)
         };
         let log = std::fs::File::create(self.data.path().join("tansu.log")).expect("the broker's log file");
-        let child = Command::new(tansu_binary())
+        let mut command = Command::new(tansu_binary());
+        command
             .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url])
-            .args(["--advertised-listener-url", &advertised])
+            .args(["--advertised-listener-url", &advertised]);
+        if self.authentication {
+            command.arg("--authentication");
+        }
+        let child = command
             .current_dir(self.data.path())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
