@@ -99,8 +99,6 @@ pub enum BridgeError {
     Broker(String),
     #[error("consuming stopped: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("consuming from Kafka stopped: {0}")]
-    Kafka(String),
 }
 
 /// The functions named by `--functions` (all consumers when none is named).
@@ -277,7 +275,7 @@ async fn run_from_kafka(
         .map_err(|error| BridgeError::Broker(format!("cannot set up Kafka at {servers}: {error}")))?;
     let names: Vec<&str> = functions.iter().map(|function| function.name()).collect();
     tracing::info!(functions = %names.join(","), kafka = %servers, "bridge started");
-    run_kafka_consumers(link, functions, invoker, settings, shutdown).await.map_err(BridgeError::Kafka)?;
+    run_kafka_consumers(link, functions, invoker, settings, shutdown).await;
     tracing::info!("bridge stopped");
     Ok(())
 }

@@ -27,7 +27,7 @@ pub struct KafkaSystem {
     pub router: Router,
     /// Turned true to stop the consumers, the relay and the sweeper.
     shutdown: watch::Sender<bool>,
-    consumers: JoinHandle<Result<(), String>>,
+    consumers: JoinHandle<()>,
     relay: JoinHandle<()>,
     sweeper: JoinHandle<()>,
 }
@@ -79,9 +79,7 @@ impl KafkaSystem {
     /// Stops consuming, finishes the records in hand, commits, closes.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        if let Ok(Err(error)) = self.consumers.await {
-            tracing::warn!(%error, "Kafka consumers stopped with an error");
-        }
+        let _ = self.consumers.await;
         let _ = self.relay.await;
         let _ = self.sweeper.await;
         self.link.close().await;

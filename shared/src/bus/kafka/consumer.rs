@@ -49,14 +49,15 @@ enum Lane {
 /// Consumes the topics of `functions` until `shutdown` turns true; on
 /// shutdown every worker finishes the record in hand, the stored offsets are
 /// committed and the consumers leave their groups. librdkafka reconnects by
-/// itself when the cluster goes away.
+/// itself when the cluster goes away; a group whose consumer cannot be made
+/// (credentials not readable yet) tries again with backoff.
 pub async fn run_kafka_consumers(
     link: Arc<KafkaLink>,
     functions: Vec<Function>,
     invoker: Arc<dyn StepInvoker>,
     settings: DeliverySettings,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+) {
     if let Err(error) = link.create_topics(&settings).await {
         // Consuming a missing topic waits for it; someone may create them.
         tracing::warn!(%error, "cannot create the Kafka topics");
@@ -70,14 +71,34 @@ pub async fn run_kafka_consumers(
         }
     }
     tracing::info!(groups = groups.len(), "consuming from Kafka");
-    let mut outcome = Ok(());
-    while let Some(result) = groups.join_next().await {
-        if let Ok(Err(error)) = result {
-            outcome = Err(error);
-        }
-    }
+    while groups.join_next().await.is_some() {}
     link.close().await;
-    outcome
+}
+
+/// A consumer of `group` subscribed to `topics`, made again with backoff
+/// until it can be; `None` on shutdown.
+async fn subscribed(
+    link: &KafkaLink,
+    group: &str,
+    topics: &[String],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<StreamConsumer> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let made = link.consumer(group).await.and_then(|consumer| {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer.subscribe(&names).map_err(|error| error.to_string()).map(|()| consumer)
+        });
+        match made {
+            Ok(consumer) => return Some(consumer),
+            Err(error) => tracing::error!(%group, %error, ?backoff, "cannot consume; trying again"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+        }
+        backoff = (backoff * 2).min(MAX_SETTLE_PAUSE);
+    }
 }
 
 /// One consumer group: its intake hands each record to its partition's worker.
@@ -88,14 +109,13 @@ async fn consume_group(
     invoker: Arc<dyn StepInvoker>,
     settings: DeliverySettings,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+) {
     let (group, topics) = match lane {
         Lane::Events => (link.settings().group(function), subscriptions(function)),
         Lane::Retries => (link.settings().retry_group(function), retry_topics(function, &settings)),
     };
-    let consumer = Arc::new(link.consumer(&group).await.map_err(|error| format!("group {group}: {error}"))?);
-    let topic_names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topic_names).map_err(|error| format!("group {group}: {error}"))?;
+    let Some(consumer) = subscribed(&link, &group, &topics, &mut shutdown).await else { return };
+    let consumer = Arc::new(consumer);
     let worker = Worker { link, function, lane, invoker, settings, consumer: Arc::clone(&consumer) };
     let worker = Arc::new(worker);
     let mut partitions: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
@@ -133,7 +153,6 @@ async fn consume_group(
     if let Ok(Err(error)) = committed {
         tracing::debug!(%group, %error, "nothing to commit on shutdown");
     }
-    Ok(())
 }
 
 /// What every partition worker of a group shares.
