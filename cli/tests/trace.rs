@@ -1,5 +1,6 @@
-//! One saga seen end to end over RabbitMQ, as `choreo up --amqp` runs it
-//! (ARCHITECTURE.md §14): GIVEN the system on its own vhost, WHEN an order
+//! One saga seen end to end over RabbitMQ, as `choreo up --amqp` runs it,
+//! and over Kafka, as `choreo up --kafka` does (ARCHITECTURE.md §14): GIVEN
+//! the system on its own vhost (or broker), WHEN an order
 //! that waits for a replenishment is placed in a caller's trace, THEN every
 //! event of its saga is in that trace, each a child span of its cause, every
 //! log line about it carries the trace, and `choreo order show --timeline`
@@ -10,9 +11,12 @@ mod common;
 use std::collections::HashMap;
 use std::process::Command;
 
+use choreo::client::Client;
+use common::kafka::{KafkaBroker, OnKafka, kafka_settings};
 use common::{InProcess, SAGA_TIMEOUT, Scratch, Vhost, default_catalog, test_settings};
 use shared::contract::domain::OrderId;
 use shared::saga::saga_records;
+use shared::store::Store;
 use shared::testkit::logs::CapturedLogs;
 use shared::testkit::order_body;
 
@@ -27,10 +31,26 @@ async fn amqp_one_order_is_one_trace_and_its_timeline_shows_every_hop() {
     let vhost = Vhost::new("trace");
     let scratch = Scratch::new();
     let system = InProcess::start(&vhost, &scratch.db(), &default_catalog(), test_settings()).await;
+    one_order_is_one_trace(&logs, &system.client, &*system.store).await;
+    system.shutdown().await;
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_one_order_is_one_trace_and_its_timeline_shows_every_hop() {
+    // GIVEN choreo up --kafka, its log lines captured
+    let logs = CapturedLogs::install();
+    let broker = KafkaBroker::start();
+    let scratch = Scratch::new();
+    let kafka = kafka_settings(&broker, "choreo.");
+    let system = OnKafka::start(kafka, &scratch.db(), &default_catalog(), test_settings()).await;
+    one_order_is_one_trace(&logs, &system.client, &*system.store).await;
+    system.shutdown().await;
+}
+
+async fn one_order_is_one_trace(logs: &CapturedLogs, client: &Client, store: &dyn Store) {
     // WHEN an order short of stock is placed in the caller's trace
     let response = reqwest::Client::new()
-        .post(format!("{}/orders", system.client.base()))
+        .post(format!("{}/orders", client.base()))
         .header("traceparent", CALLER)
         .json(&order_body("GADGET-2", 10, "FR"))
         .send()
@@ -41,13 +61,13 @@ async fn amqp_one_order_is_one_trace_and_its_timeline_shows_every_hop() {
     let body: serde_json::Value = response.json().await.expect("a JSON body");
     let order_id = body["order_id"].as_str().expect("an order id").to_owned();
     assert_eq!(answered.as_deref().and_then(|header| header.get(3..35)), Some(CALLER_TRACE));
-    let order = system.client.wait_terminal(&order_id, SAGA_TIMEOUT).await.expect("the saga ends");
+    let order = client.wait_terminal(&order_id, SAGA_TIMEOUT).await.expect("the saga ends");
     assert_eq!(order["status"], "SHIPPED");
 
     // THEN every event of the saga is in the caller's trace, each a child of its cause
     let id = OrderId::parse(&order_id).expect("a valid order id");
-    let record = system.store.order(id).await.expect("the store answers").expect("the order exists");
-    let records = saga_records(&*system.store, &record).await.expect("the records read");
+    let record = store.order(id).await.expect("the store answers").expect("the order exists");
+    let records = saga_records(store, &record).await.expect("the records read");
     let events = records.events;
     assert_eq!(events.len(), 5, "the whole saga: {events:#?}");
     let spans: HashMap<_, _> = events.iter().map(|event| (event.id, event.span_id().to_owned())).collect();
@@ -67,7 +87,7 @@ async fn amqp_one_order_is_one_trace_and_its_timeline_shows_every_hop() {
 
     // AND a person sees the saga hop by hop with one command
     let shown = Command::new(env!("CARGO_BIN_EXE_choreo"))
-        .args(["order", "show", &order_id, "--timeline", "--url", system.client.base()])
+        .args(["order", "show", &order_id, "--timeline", "--url", client.base()])
         .env("RUST_LOG", "warn")
         .output()
         .expect("choreo runs");
@@ -83,5 +103,4 @@ async fn amqp_one_order_is_one_trace_and_its_timeline_shows_every_hop() {
         "consumers and outcomes are shown:\n{text}"
     );
     assert_eq!(lines.iter().filter(|line| line.ends_with(choreo::timeline::SLOWEST)).count(), 1, "{text}");
-    system.shutdown().await;
 }
