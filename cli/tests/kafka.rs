@@ -272,7 +272,7 @@ async fn kafka_over_tls_a_saga_ends_and_an_unknown_ca_is_refused_with_a_clear_er
     };
 
     // WHEN the system is pointed at the TLS listener with a CA that did not sign it
-    let config = common::kafka::up_config(&scratch.db(), &catalog, test_settings());
+    let config = common::up_config(&scratch.db(), &catalog, test_settings());
     let deadline = shared::saga::DEFAULT_SAGA_DEADLINE;
     let refused = match KafkaSystem::start(config, over_tls(tls.unrelated_ca_file()), deadline).await {
         Ok(_) => panic!("a broker whose certificate the CA did not sign is refused"),
@@ -431,7 +431,7 @@ async fn kafka_with_sasl_scram_a_saga_ends_and_a_wrong_password_is_refused_with_
     };
 
     // WHEN the password is wrong, THEN it does not start, and says what to check
-    let config = common::kafka::up_config(&scratch.db(), &catalog, test_settings());
+    let config = common::up_config(&scratch.db(), &catalog, test_settings());
     let deadline = shared::saga::DEFAULT_SAGA_DEADLINE;
     let refused = match KafkaSystem::start(config, login("wrong"), deadline).await {
         Ok(_) => panic!("a wrong password is refused"),

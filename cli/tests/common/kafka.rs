@@ -5,16 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use choreo::client::Client;
-use choreo::up::{KafkaSystem, UpConfig, serve};
+use choreo::up::{KafkaSystem, serve};
 use shared::bus::DeliverySettings;
 use shared::bus::kafka::{KafkaLink, KafkaSettings, list_dead_records};
-use shared::step::ShipCountries;
 use shared::store::{SeedStock, Store};
 pub use shared::testkit::kafka::KafkaBroker;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::init_logging;
+use super::{init_logging, up_config};
 
 /// The system and its HTTP API on a free port.
 pub struct OnKafka {
@@ -33,18 +32,6 @@ pub fn kafka_settings(broker: &KafkaBroker, group_prefix: &str) -> KafkaSettings
         partitions: 4,
         group_prefix: group_prefix.to_owned(),
         ..KafkaSettings::plaintext(&broker.bootstrap)
-    }
-}
-
-/// `choreo up`'s configuration on the SQLite file `db`.
-pub fn up_config(db: &Path, catalog: &[SeedStock], settings: DeliverySettings) -> UpConfig {
-    UpConfig {
-        store: shared::config::StoreSettings::sqlite(db),
-        catalog: catalog.to_vec(),
-        ship_countries: ShipCountries::default(),
-        delivery: settings,
-        observer: None,
-        store_counts: None,
     }
 }
 

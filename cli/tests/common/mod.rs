@@ -208,6 +208,18 @@ impl Scratch {
     }
 }
 
+/// `choreo up`'s configuration on the SQLite file `db`.
+pub fn up_config(db: &Path, catalog: &[SeedStock], settings: DeliverySettings) -> UpConfig {
+    UpConfig {
+        store: shared::config::StoreSettings::sqlite(db),
+        catalog: catalog.to_vec(),
+        ship_countries: ShipCountries::default(),
+        delivery: settings,
+        observer: None,
+        store_counts: None,
+    }
+}
+
 /// `choreo up --amqp` in this process: the system and its HTTP API on a free port.
 pub struct InProcess {
     pub store: Arc<dyn Store>,
@@ -220,14 +232,7 @@ pub struct InProcess {
 impl InProcess {
     pub async fn start(vhost: &Vhost, db: &Path, catalog: &[SeedStock], settings: DeliverySettings) -> Self {
         init_logging();
-        let config = UpConfig {
-            store: shared::config::StoreSettings::sqlite(db),
-            catalog: catalog.to_vec(),
-            ship_countries: ShipCountries::default(),
-            delivery: settings,
-            observer: None,
-            store_counts: None,
-        };
+        let config = up_config(db, catalog, settings);
         let system = AmqpSystem::start(config, &vhost.url).await.expect("choreo up --amqp starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free local port");
         let address = listener.local_addr().expect("the bound address");

@@ -1,31 +1,26 @@
 //! The saga deadline and `choreo sagas` over RabbitMQ (ARCHITECTURE.md §7.9),
-//! as `choreo up --amqp` runs them: the sweeper in the process, the deadline
+//! as `choreo up --amqp` runs them (and the deadline over Kafka): the sweeper in the process, the deadline
 //! event routed by the broker to ship-order, every step real. A stuck saga is
 //! an order whose `order.created` was lost (stored, never published).
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use choreo::sagas::{RedriveTo, describe, redrive, stuck_progress};
-use choreo::up::{AmqpSystem, UpConfig};
-use common::{SAGA_TIMEOUT, Scratch, Vhost, default_catalog, eventually, init_logging, test_settings};
+use choreo::up::{AmqpSystem, KafkaSystem};
+use common::kafka::{KafkaBroker, kafka_settings};
+use common::{SAGA_TIMEOUT, Scratch, Vhost, default_catalog, eventually, init_logging, test_settings, up_config};
+use shared::bus::Publisher;
 use shared::contract::domain::{CancelReason, OrderId, OrderStatus, Sku};
-use shared::step::ShipCountries;
 use shared::store::{OrderRecord, Store};
 use shared::testkit::{given_lost_order, item};
 use shared::{Event, Function, Payload};
 
 async fn start(vhost: &Vhost, scratch: &Scratch, deadline: Duration) -> AmqpSystem {
     init_logging();
-    let config = UpConfig {
-        store: shared::config::StoreSettings::sqlite(scratch.db()),
-        catalog: default_catalog(),
-        ship_countries: ShipCountries::default(),
-        delivery: test_settings(),
-        observer: None,
-        store_counts: None,
-    };
+    let config = up_config(&scratch.db(), &default_catalog(), test_settings());
     AmqpSystem::start_with_deadline(config, &vhost.url, deadline).await.expect("choreo up --amqp starts")
 }
 
@@ -45,41 +40,61 @@ async fn widget(store: &dyn Store) -> (u64, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn amqp_an_order_stuck_past_its_deadline_is_cancelled_and_a_late_redrive_changes_nothing() {
-    // GIVEN choreo up --amqp with a 300 ms saga deadline, and a lost order.created
+    // GIVEN choreo up --amqp with a 300 ms saga deadline
     let (vhost, scratch) = (Vhost::new("deadline"), Scratch::new());
     let system = start(&vhost, &scratch, Duration::from_millis(300)).await;
-    let created = given_lost_order(&*system.store, "WIDGET-1", 2).await;
+    let publisher = Arc::clone(&system.link) as Arc<dyn Publisher>;
+    stuck_past_its_deadline(&*Arc::clone(&system.store), &*publisher).await;
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_an_order_stuck_past_its_deadline_is_cancelled_and_a_late_redrive_changes_nothing() {
+    // GIVEN choreo up --kafka with a 300 ms saga deadline
+    let (broker, scratch) = (KafkaBroker::start(), Scratch::new());
+    let config = up_config(&scratch.db(), &default_catalog(), test_settings());
+    let kafka = kafka_settings(&broker, "choreo.");
+    let system = KafkaSystem::start(config, kafka, Duration::from_millis(300)).await.expect("choreo up --kafka starts");
+    let publisher = Arc::clone(&system.link) as Arc<dyn Publisher>;
+    stuck_past_its_deadline(&*Arc::clone(&system.store), &*publisher).await;
+    system.shutdown().await;
+}
+
+/// GIVEN a lost order.created on a system whose deadline is short, WHEN it
+/// passes, THEN the order is cancelled as timed_out, and a redrive through
+/// `bus` afterwards changes nothing.
+async fn stuck_past_its_deadline(store: &dyn Store, bus: &dyn Publisher) {
+    let created = given_lost_order(store, "WIDGET-1", 2).await;
 
     // WHEN the deadline passes
-    let order = terminal(&*system.store, created.subject).await;
+    let order = terminal(store, created.subject).await;
 
     // THEN the order is cancelled as timed_out, nothing held
     assert_eq!((order.status, order.cancel_reason), (OrderStatus::Cancelled, Some(CancelReason::TimedOut)));
-    assert_eq!(widget(&*system.store).await, (100, 0, 0));
+    assert_eq!(widget(store).await, (100, 0, 0));
 
     // AND WHEN its saga is redriven through the broker (the lost event arrives at last)
-    let progress = shared::saga::progress_of(&*system.store, order).await.expect("progress");
+    let progress = shared::saga::progress_of(store, order).await.expect("progress");
     assert_eq!(
         progress.waiting.iter().map(|waiting| waiting.function).collect::<Vec<_>>(),
         [Function::ReserveInventory]
     );
-    let handed = redrive(&*system.store, &progress, &RedriveTo::Broker(&*system.link)).await.expect("redrive");
+    let handed = redrive(store, &progress, &RedriveTo::Broker(bus)).await.expect("redrive");
     assert_eq!(handed, 1);
 
     // THEN reserve-inventory reserves, ship-order's tombstone answers, the
     // units come back, and the order stays cancelled as timed_out
     eventually("the late reservation is released", SAGA_TIMEOUT, || async {
-        let reservation = system.store.reservation(created.subject).await.map_err(|error| error.to_string())?;
+        let reservation = store.reservation(created.subject).await.map_err(|error| error.to_string())?;
         match reservation {
             Some(held) if held.state == shared::store::ReservationState::Released => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
-    assert_eq!(widget(&*system.store).await, (100, 0, 0));
-    let order = system.store.order(created.subject).await.expect("read").expect("the order");
+    assert_eq!(widget(store).await, (100, 0, 0));
+    let order = store.order(created.subject).await.expect("read").expect("the order");
     assert_eq!((order.status, order.cancel_reason), (OrderStatus::Cancelled, Some(CancelReason::TimedOut)));
-    system.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
