@@ -3,11 +3,13 @@
 //! DynamoDB with `CHOREO_STORE=dynamodb`). The bus is in-process
 //! (`embedded`) or RabbitMQ (`over_amqp`); both share what is here.
 
+mod background;
 mod embedded;
 mod limits;
 mod over_amqp;
 mod over_kafka;
 
+use self::background::Background;
 pub use self::embedded::Embedded;
 pub use self::limits::{HttpLimits, with_limits};
 pub use self::over_amqp::{AmqpSystem, LinkedSteps};

@@ -9,16 +9,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, redact, run_consumers};
-use shared::bus::{DeliverySettings, OutboxRef, Publisher, StepObserver, publish_committed_soon, relay_forever};
+use shared::bus::{DeliverySettings, OutboxRef, Publisher, StepObserver, publish_committed_soon};
 use shared::host::auth::ApiAuth;
 use shared::store::{DeliveryOutcome, Store};
 use shared::telemetry::run_step;
 use shared::telemetry::step::note_delivery;
 use shared::{Event, Function, Ports, Step, StepError};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use super::{StartError, UpConfig, app_router, app_router_with_auth, open_seeded_store};
+use super::{Background, StartError, UpConfig, app_router, app_router_with_auth, open_seeded_store};
 
 /// The steps linked into this binary, invoked by the consumer runner; each
 /// publishes what it emitted itself and settles its outbox entry.
@@ -88,14 +86,8 @@ pub struct AmqpSystem {
     pub link: Arc<AmqpLink>,
     /// The HTTP API to serve.
     pub router: Router,
-    /// Turned true to stop the consumers and the relay.
-    shutdown: watch::Sender<bool>,
-    /// The consumer runner's task, awaited on shutdown.
-    consumers: JoinHandle<Result<(), lapin::Error>>,
-    /// The outbox relay's task, awaited on shutdown.
-    relay: JoinHandle<()>,
-    /// The saga-deadline sweeper's task, awaited on shutdown.
-    sweeper: JoinHandle<()>,
+    /// The consumers, the relay and the sweeper.
+    background: Background,
 }
 
 impl AmqpSystem {
@@ -123,22 +115,16 @@ impl AmqpSystem {
         let steps =
             LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&link) as Arc<dyn Publisher>, config.observer);
         let handler = Arc::new(steps.retrying(settings.max_retries));
-        let (shutdown, stop) = watch::channel(false);
-        let functions = Function::consumers().collect();
-        let consumers = tokio::spawn(run_consumers(Arc::clone(&link), functions, handler, settings, stop.clone()));
-        let mut sweep_stop = stop.clone();
-        let sweep_stop = async move {
-            let _ = sweep_stop.wait_for(|stop| *stop).await;
-        };
-        let sweeper = tokio::spawn(shared::saga::sweep_forever(
-            Arc::clone(&store),
-            Arc::clone(&link) as Arc<_>,
-            saga_deadline,
-            sweep_stop,
-        ));
-        let relay = tokio::spawn(relay_forever(Arc::clone(&store), Arc::clone(&link) as Arc<_>, stop));
-        let router = app_router(Arc::clone(&store), link.clone());
-        Ok(Self { store, link, router, shutdown, consumers, relay, sweeper })
+        let publisher = Arc::clone(&link) as Arc<dyn Publisher>;
+        let consuming = Arc::clone(&link);
+        let background = Background::start(&store, &publisher, saga_deadline, move |stop| async move {
+            let functions = Function::consumers().collect();
+            if let Err(error) = run_consumers(consuming, functions, handler, settings, stop).await {
+                tracing::warn!(%error, "consumers stopped with an error");
+            }
+        });
+        let router = app_router(Arc::clone(&store), publisher);
+        Ok(Self { store, link, router, background })
     }
 
     /// The same system, its API checking callers with `auth` (ARCHITECTURE.md §14.4).
@@ -149,11 +135,6 @@ impl AmqpSystem {
 
     /// Stops consuming, finishes the messages in hand, closes the connection.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        if let Ok(Err(error)) = self.consumers.await {
-            tracing::warn!(%error, "consumers stopped with an error");
-        }
-        let _ = self.relay.await;
-        let _ = self.sweeper.await;
+        self.background.stop().await;
     }
 }

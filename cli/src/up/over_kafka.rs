@@ -8,14 +8,12 @@ use std::sync::Arc;
 use axum::Router;
 use shared::Function;
 use shared::Ports;
+use shared::bus::Publisher;
 use shared::bus::kafka::{KafkaLink, KafkaSettings, run_kafka_consumers};
-use shared::bus::{Publisher, relay_forever};
 use shared::host::auth::ApiAuth;
 use shared::store::Store;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use super::{LinkedSteps, StartError, UpConfig, app_router, app_router_with_auth, open_seeded_store};
+use super::{Background, LinkedSteps, StartError, UpConfig, app_router, app_router_with_auth, open_seeded_store};
 
 /// A running `choreo up --kafka`.
 pub struct KafkaSystem {
@@ -25,11 +23,8 @@ pub struct KafkaSystem {
     pub link: Arc<KafkaLink>,
     /// The HTTP API to serve.
     pub router: Router,
-    /// Turned true to stop the consumers, the relay and the sweeper.
-    shutdown: watch::Sender<bool>,
-    consumers: JoinHandle<()>,
-    relay: JoinHandle<()>,
-    sweeper: JoinHandle<()>,
+    /// The consumers, the relay and the sweeper.
+    background: Background,
 }
 
 impl KafkaSystem {
@@ -51,23 +46,12 @@ impl KafkaSystem {
         let ports = Ports { store: Arc::clone(&store), ship_countries: config.ship_countries };
         let steps = LinkedSteps::new(crate::steps::all(), ports, Arc::clone(&publisher), config.observer);
         let handler = Arc::new(steps.retrying(settings.max_retries));
-        let (shutdown, stop) = watch::channel(false);
-        let functions = Function::consumers().collect();
-        let consumers =
-            tokio::spawn(run_kafka_consumers(Arc::clone(&link), functions, handler, settings, stop.clone()));
-        let mut sweep_stop = stop.clone();
-        let sweep_stop = async move {
-            let _ = sweep_stop.wait_for(|stop| *stop).await;
-        };
-        let sweeper = tokio::spawn(shared::saga::sweep_forever(
-            Arc::clone(&store),
-            Arc::clone(&publisher),
-            saga_deadline,
-            sweep_stop,
-        ));
-        let relay = tokio::spawn(relay_forever(Arc::clone(&store), Arc::clone(&publisher), stop));
+        let consuming = Arc::clone(&link);
+        let background = Background::start(&store, &publisher, saga_deadline, move |stop| {
+            run_kafka_consumers(consuming, Function::consumers().collect(), handler, settings, stop)
+        });
         let router = app_router(Arc::clone(&store), publisher);
-        Ok(Self { store, link, router, shutdown, consumers, relay, sweeper })
+        Ok(Self { store, link, router, background })
     }
 
     /// The same system, its API checking callers with `auth` (ARCHITECTURE.md §14.4).
@@ -78,10 +62,7 @@ impl KafkaSystem {
 
     /// Stops consuming, finishes the records in hand, commits, closes.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.consumers.await;
-        let _ = self.relay.await;
-        let _ = self.sweeper.await;
+        self.background.stop().await;
         self.link.close().await;
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use choreo::client::Client;
-use choreo::up::{KafkaSystem, serve};
+use choreo::up::KafkaSystem;
 use shared::bus::DeliverySettings;
 use shared::bus::kafka::{KafkaLink, KafkaSettings, list_dead_records};
 use shared::store::{SeedStock, Store};
@@ -13,7 +13,7 @@ pub use shared::testkit::kafka::KafkaBroker;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{init_logging, up_config};
+use super::{init_logging, serve_locally, up_config};
 
 /// The system and its HTTP API on a free port.
 pub struct OnKafka {
@@ -41,13 +41,7 @@ impl OnKafka {
         let config = up_config(db, catalog, settings);
         let deadline = shared::saga::DEFAULT_SAGA_DEADLINE;
         let system = KafkaSystem::start(config, kafka, deadline).await.expect("choreo up --kafka starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free local port");
-        let address = listener.local_addr().expect("the bound address");
-        let (stop_http, stopped) = oneshot::channel::<()>();
-        let http = tokio::spawn(serve(listener, system.router.clone(), async {
-            let _ = stopped.await;
-        }));
-        let client = Client::new(&format!("http://{address}"));
+        let (client, stop_http, http) = serve_locally(system.router.clone()).await;
         let (store, link) = (Arc::clone(&system.store), Arc::clone(&system.link));
         Self { store, client, link, system, stop_http, http }
     }

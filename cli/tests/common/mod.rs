@@ -208,6 +208,18 @@ impl Scratch {
     }
 }
 
+/// Serves `router` on a free local port: a client of it, the switch that
+/// stops it, and its task.
+pub async fn serve_locally(router: axum::Router) -> (Client, oneshot::Sender<()>, JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free local port");
+    let address = listener.local_addr().expect("the bound address");
+    let (stop_http, stopped) = oneshot::channel::<()>();
+    let http = tokio::spawn(serve(listener, router, async {
+        let _ = stopped.await;
+    }));
+    (Client::new(&format!("http://{address}")), stop_http, http)
+}
+
 /// `choreo up`'s configuration on the SQLite file `db`.
 pub fn up_config(db: &Path, catalog: &[SeedStock], settings: DeliverySettings) -> UpConfig {
     UpConfig {
@@ -234,13 +246,7 @@ impl InProcess {
         init_logging();
         let config = up_config(db, catalog, settings);
         let system = AmqpSystem::start(config, &vhost.url).await.expect("choreo up --amqp starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free local port");
-        let address = listener.local_addr().expect("the bound address");
-        let (stop_http, stopped) = oneshot::channel::<()>();
-        let http = tokio::spawn(serve(listener, system.router.clone(), async {
-            let _ = stopped.await;
-        }));
-        let client = Client::new(&format!("http://{address}"));
+        let (client, stop_http, http) = serve_locally(system.router.clone()).await;
         Self { store: Arc::clone(&system.store), client, system, stop_http, http }
     }
 
