@@ -170,9 +170,15 @@ impl Worker {
     /// shutdown; a record left unsettled on shutdown is not committed.
     async fn run(self: Arc<Self>, mut records: mpsc::Receiver<OwnedMessage>, mut shutdown: watch::Receiver<bool>) {
         while let Some(message) = records.recv().await {
+            // Records fetched but not begun stay uncommitted: they come again after a restart.
+            if *shutdown.borrow() {
+                return;
+            }
             if self.lane == Lane::Retries
                 && let Some(wait) = due_in(&message)
             {
+                // Anyone who can produce sets the due time: never wait longer than the longest retry delay.
+                let wait = wait.min(self.settings.retry_delay(self.settings.max_retries));
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     _ = shutdown.wait_for(|stop| *stop) => return,
@@ -287,4 +293,54 @@ fn about(message: &OwnedMessage) -> (String, String) {
     let order_id = message.key().map(|key| String::from_utf8_lossy(key).into_owned()).unwrap_or_default();
     let trace_id = header_text(message, TRACEPARENT_HEADER).and_then(|t| t.get(3..35)).unwrap_or_default().to_owned();
     (order_id, trace_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+
+    use super::*;
+
+    fn record(headers: &[(&str, &str)]) -> OwnedMessage {
+        let headers = headers
+            .iter()
+            .fold(OwnedHeaders::new(), |owned, (key, value)| owned.insert(Header { key: *key, value: Some(*value) }));
+        OwnedMessage::new(None, None, "choreo.order.created".into(), Timestamp::NotAvailable, 0, 0, Some(headers))
+    }
+
+    #[test]
+    fn a_copy_has_one_of_each_bookkeeping_header_and_keeps_the_others() {
+        let came = record(&[("traceparent", "00-a-b-01"), (ATTEMPT_HEADER, "2"), (DUE_HEADER, "5")]);
+        let copy = OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(with_bookkeeping(came.headers(), 3, "boom", Function::ShipOrder)),
+        );
+        let names: Vec<&str> = copy.headers().map(|h| h.iter().map(|header| header.key).collect()).unwrap_or_default();
+        assert_eq!(names, ["traceparent", ATTEMPT_HEADER, ERROR_HEADER, FUNCTION_HEADER], "the old due time is gone");
+        assert_eq!(header_text(&copy, ATTEMPT_HEADER), Some("3"));
+        assert_eq!(header_text(&copy, FUNCTION_HEADER), Some("ship-order"));
+    }
+
+    #[test]
+    fn the_attempt_header_is_clamped_to_the_retries_there_are() {
+        assert_eq!(attempt_of(&record(&[]), 5), 1, "missing: a first attempt");
+        assert_eq!(attempt_of(&record(&[(ATTEMPT_HEADER, "0")]), 5), 1);
+        assert_eq!(attempt_of(&record(&[(ATTEMPT_HEADER, "4")]), 5), 4);
+        assert_eq!(attempt_of(&record(&[(ATTEMPT_HEADER, "99")]), 5), 6, "beyond: the retries are spent");
+        assert_eq!(attempt_of(&record(&[(ATTEMPT_HEADER, "x")]), 5), 1);
+    }
+
+    #[test]
+    fn a_retry_record_waits_until_its_due_time_and_not_for_a_past_one() {
+        let soon = due_at(Duration::from_secs(30)).to_string();
+        let wait = due_in(&record(&[(DUE_HEADER, &soon)])).expect("a wait");
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+        assert_eq!(due_in(&record(&[(DUE_HEADER, "0")])), None, "due long ago");
+        assert_eq!(due_in(&record(&[])), None, "no due time");
+    }
 }
