@@ -304,7 +304,7 @@ mod tests {
     fn record(headers: &[(&str, &str)]) -> OwnedMessage {
         let headers = headers
             .iter()
-            .fold(OwnedHeaders::new(), |owned, (key, value)| owned.insert(Header { key: *key, value: Some(*value) }));
+            .fold(OwnedHeaders::new(), |owned, (key, value)| owned.insert(Header { key, value: Some(*value) }));
         OwnedMessage::new(None, None, "choreo.order.created".into(), Timestamp::NotAvailable, 0, 0, Some(headers))
     }
 
