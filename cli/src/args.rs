@@ -148,14 +148,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Subcommand)]
 pub enum SagasCommand {
     /// List every unfinished order older than --older-than: its last event, the functions it waits on, and the
-    /// dead letters holding it (RabbitMQ's with --amqp or AMQP_URL, else those `choreo up` parked in the store).
+    /// dead letters holding it (Kafka's with --kafka, RabbitMQ's with --amqp or AMQP_URL, else those `choreo up`
+    /// parked in the store).
     Stuck {
         /// Which sagas, and where their events and dead letters live.
         #[command(flatten)]
         sagas: SagaArgs,
     },
     /// Hand the events a saga waits on back to their functions (safe: steps are idempotent): published to
-    /// RabbitMQ with --amqp (or AMQP_URL), else replayed by the running `choreo up` from the store.
+    /// Kafka with --kafka, RabbitMQ with --amqp (or AMQP_URL), else replayed by the running `choreo up` from the store.
     Redrive {
         /// The order whose saga to redrive.
         #[arg(required_unless_present = "all_stuck", conflicts_with = "all_stuck")]
@@ -179,6 +180,9 @@ pub struct SagaArgs {
     /// replayed by the running `choreo up`]
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp: Option<String>,
+    /// Kafka whose dead-letter topics are searched and redriven to instead.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// The store the steps use.
     #[command(flatten)]
     pub store: StoreArgs,

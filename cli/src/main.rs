@@ -347,18 +347,22 @@ fn print_dead_letters(letters: &[shared::bus::amqp::DeadMessage]) -> Result<(), 
 async fn sagas(command: SagasCommand) -> Result<(), AnyError> {
     use choreo::sagas::{RedriveTo, describe, progress_of_order, redrive, stuck_progress};
     match command {
-        SagasCommand::Stuck { sagas: SagaArgs { older_than, amqp, store } } => {
+        SagasCommand::Stuck { sagas: SagaArgs { older_than, amqp, kafka, store } } => {
             let store = store.settings()?.open().await?;
             let sagas = stuck_progress(&*store, older_than).await?;
             // Every dead letter, to find each saga's (a handful per function at most).
-            let dead = match &amqp {
-                Some(amqp) => {
+            let dead = match (kafka.settings()?, &amqp) {
+                (Some(kafka), _) => {
+                    let link = KafkaLink::new(kafka, "choreo-sagas");
+                    shared::bus::kafka::list_dead_records(&link, 10_000).await?
+                }
+                (None, Some(amqp)) => {
                     let link = AmqpLink::new(amqp, "choreo-sagas");
                     let letters = shared::bus::amqp::list_dead_letters(&link, 10_000).await;
                     link.close().await;
                     letters?
                 }
-                None => {
+                (None, None) => {
                     shared::bus::inprocess::list_stored_dead_letters(&*store, 10_000).await.unwrap_or_else(|error| {
                         tracing::warn!(%error, "cannot read the store's dead letters");
                         vec![]
@@ -370,7 +374,7 @@ async fn sagas(command: SagasCommand) -> Result<(), AnyError> {
             }
             eprintln!("{} stuck saga(s)", sagas.len());
         }
-        SagasCommand::Redrive { order_id, all_stuck, sagas: SagaArgs { older_than, amqp, store } } => {
+        SagasCommand::Redrive { order_id, all_stuck, sagas: SagaArgs { older_than, amqp, kafka, store } } => {
             let store = store.settings()?.open().await?;
             let sagas = match order_id {
                 Some(id) if !all_stuck => {
@@ -380,16 +384,23 @@ async fn sagas(command: SagasCommand) -> Result<(), AnyError> {
                 }
                 _ => stuck_progress(&*store, older_than).await?,
             };
-            let link = amqp.as_deref().map(|amqp| AmqpLink::new(amqp, "choreo-sagas"));
-            let to = match &link {
-                Some(link) => RedriveTo::Broker(&**link),
-                None => RedriveTo::Store,
+            let (amqp_link, kafka_link) = match (kafka.settings()?, amqp) {
+                (Some(kafka), _) => (None, Some(KafkaLink::new(kafka, "choreo-sagas"))),
+                (None, amqp) => (amqp.map(|amqp| AmqpLink::new(&amqp, "choreo-sagas")), None),
+            };
+            let to = match (&amqp_link, &kafka_link) {
+                (_, Some(link)) => RedriveTo::Broker(&**link),
+                (Some(link), None) => RedriveTo::Broker(&**link),
+                (None, None) => RedriveTo::Store,
             };
             let mut handed = 0;
             for saga in &sagas {
                 handed += redrive(&*store, saga, &to).await?;
             }
-            if let Some(link) = link {
+            if let Some(link) = amqp_link {
+                link.close().await;
+            }
+            if let Some(link) = kafka_link {
                 link.close().await;
             }
             println!("redrove {} saga(s): {handed} event deliveries handed back", sagas.len());

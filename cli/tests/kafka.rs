@@ -446,3 +446,33 @@ async fn kafka_with_sasl_scram_a_saga_ends_and_a_wrong_password_is_refused_with_
     assert_eq!(order["status"], "SHIPPED", "{order:#}");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_a_stuck_saga_is_listed_and_redriven_through_kafka_by_the_choreo_command() {
+    // GIVEN choreo up --kafka, and an order whose order.created was lost (stored, never published)
+    let broker = KafkaBroker::start();
+    let scratch = Scratch::new();
+    let catalog = default_catalog();
+    let system = OnKafka::start(kafka_settings(&broker, "choreo."), &scratch.db(), &catalog, test_settings()).await;
+    let created = shared::testkit::given_lost_order(&*system.store, "WIDGET-1", 2).await;
+    let (db, order_id) = (scratch.db().display().to_string(), created.subject.to_string());
+
+    // WHEN `choreo sagas stuck --kafka` runs, THEN it names the saga and what it waits on
+    let (printed, stderr, ok) =
+        choreo(&["sagas", "stuck", "--older-than", "0s", "--kafka", &broker.bootstrap, "--db", &db], &[]);
+    assert!(ok && stderr.contains("1 stuck saga(s)"), "{stderr}");
+    let line: Value = serde_json::from_str(printed.trim()).expect("a JSON line");
+    assert_eq!(
+        (line["order_id"].as_str(), &line["waits_on"]),
+        (Some(order_id.as_str()), &serde_json::json!(["reserve-inventory"]))
+    );
+
+    // WHEN it is redriven through Kafka, THEN the lost event reaches its consumers and the order ships
+    let (printed, stderr, ok) =
+        choreo(&["sagas", "redrive", &order_id, "--kafka", &broker.bootstrap, "--db", &db], &[]);
+    assert!(ok && printed.contains("1 event deliveries"), "{printed} {stderr}");
+    let order = wait_all_terminal(&system.client, std::slice::from_ref(&order_id), SAGA_TIMEOUT).await.remove(0);
+    assert_eq!(order["status"], "SHIPPED", "{order:#}");
+    assert_conserved(&*system.store, &catalog).await;
+    system.shutdown().await;
+}
