@@ -101,6 +101,17 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
     if auth.is_open() && !args.host.is_loopback() {
         tracing::warn!(%address, "the API listens beyond this machine with no authorization: anyone who reaches it reads and places any customer's orders; add --auth jwt --jwks FILE");
     }
+    // --kafka (or KAFKA_BOOTSTRAP_SERVERS) wins over an AMQP_URL the environment may hold for other commands.
+    if let Some(kafka) = args.kafka.settings()? {
+        let servers = kafka.bootstrap_servers.clone();
+        let system = KafkaSystem::start(config, kafka, args.saga_deadline).await?.with_auth(auth);
+        let listener = bind(address).await?;
+        println!("choreo is up: http://{} (store {}; Kafka {}; Ctrl-C stops)", listener.local_addr()?, store, servers);
+        serve(listener, system.router.clone(), shutdown_signal()).await?;
+        tracing::info!("stopping: finishing the records in hand");
+        system.shutdown().await;
+        return Ok(());
+    }
     if let Some(url) = &args.amqp {
         let system = AmqpSystem::start_with_deadline(config, url, args.saga_deadline).await?.with_auth(auth);
         let listener = bind(address).await?;
@@ -112,16 +123,6 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         );
         serve(listener, system.router.clone(), shutdown_signal()).await?;
         tracing::info!("stopping: finishing the messages in hand");
-        system.shutdown().await;
-        return Ok(());
-    }
-    if let Some(kafka) = args.kafka.settings()? {
-        let servers = kafka.bootstrap_servers.clone();
-        let system = KafkaSystem::start(config, kafka, args.saga_deadline).await?.with_auth(auth);
-        let listener = bind(address).await?;
-        println!("choreo is up: http://{} (store {}; Kafka {}; Ctrl-C stops)", listener.local_addr()?, store, servers);
-        serve(listener, system.router.clone(), shutdown_signal()).await?;
-        tracing::info!("stopping: finishing the records in hand");
         system.shutdown().await;
         return Ok(());
     }

@@ -295,6 +295,8 @@ async fn kafka_over_tls_a_saga_ends_and_an_unknown_ca_is_refused_with_a_clear_er
 fn choreo(args: &[&str], env: &[(&str, &str)]) -> (String, String, bool) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_choreo"))
         .args(args)
+        .env_remove("AMQP_URL")
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .output()
@@ -322,10 +324,13 @@ async fn kafka_the_choreo_binary_sets_up_the_topics_runs_up_lists_dead_letters_a
         assert_eq!(partitions, 2, "{name} exists with KAFKA_PARTITIONS partitions");
     }
 
-    // WHEN choreo up --kafka runs as a process and takes an order
+    // WHEN choreo up --kafka runs as a process (an AMQP_URL in its environment, for other commands, is not
+    // its bus) and takes an order
     let scratch = Scratch::new();
     let inventory = scratch.inventory_file(&default_catalog());
-    let mut up = common::ChoreoProcess::spawn_on(&["--kafka", &broker.bootstrap], &scratch.db(), &inventory);
+    let elsewhere = [("AMQP_URL", "amqp://nobody:nothing@127.0.0.1:1/%2f")];
+    let mut up =
+        common::ChoreoProcess::spawn_on(&["--kafka", &broker.bootstrap], &elsewhere, &scratch.db(), &inventory);
     let client = up.client();
     let order_id = client.create_order(&order_body("WIDGET-1", 1, "FR"), None).await.expect("accepted");
     let order = wait_all_terminal(&client, std::slice::from_ref(&order_id), SAGA_TIMEOUT).await.remove(0);
@@ -354,7 +359,7 @@ async fn kafka_kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_app
     let catalog = default_catalog();
     let inventory = scratch.inventory_file(&catalog);
     let bus = ["--kafka", broker.bootstrap.as_str()];
-    let mut first = common::ChoreoProcess::spawn_on(&bus, &scratch.db(), &inventory);
+    let mut first = common::ChoreoProcess::spawn_on(&bus, &[], &scratch.db(), &inventory);
 
     // GIVEN clients posting orders, each with its Idempotency-Key
     let posters = Posters::start(&first.client(), 4, ORDERS, order, key);
@@ -383,7 +388,7 @@ async fn kafka_kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_app
 
     // AND started again; the clients post the orders that were not accepted (a 202 is not retried:
     // posting an accepted order again would publish its order.created again and mend a lost record)
-    let second = common::ChoreoProcess::spawn_on(&bus, &scratch.db(), &inventory);
+    let second = common::ChoreoProcess::spawn_on(&bus, &[], &scratch.db(), &inventory);
     let client = second.client();
     let mut ids = Vec::new();
     for n in 0..ORDERS {

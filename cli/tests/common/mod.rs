@@ -271,15 +271,20 @@ impl ChoreoProcess {
     /// Starts `choreo up --amqp URL --db DB --inventory FILE --port 0` with
     /// quick retries, and waits until it prints the address it serves.
     pub fn spawn(vhost: &Vhost, db: &Path, inventory: &Path) -> Self {
-        Self::spawn_on(&["--amqp", &vhost.url], db, inventory)
+        Self::spawn_on(&["--amqp", &vhost.url], &[], db, inventory)
     }
 
-    /// `choreo up BUS… --db DB --inventory FILE --port 0` on the bus `bus` names (`--amqp URL`, `--kafka SERVERS`).
-    pub fn spawn_on(bus: &[&str], db: &Path, inventory: &Path) -> Self {
+    /// `choreo up BUS… --db DB --inventory FILE --port 0` on the bus `bus` names (`--amqp URL`, `--kafka
+    /// SERVERS`), with `env` set.
+    pub fn spawn_on(bus: &[&str], env: &[(&str, &str)], db: &Path, inventory: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_choreo"))
             .arg("up")
             .args(bus)
             .args(["--port", "0", "--retry-delay-ms", "50"])
+            // The bus is the one `bus` names, whatever the test runner's environment holds.
+            .env_remove("AMQP_URL")
+            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .envs(env.iter().copied())
             .arg("--db")
             .arg(db)
             .arg("--inventory")
