@@ -79,7 +79,9 @@ async fn kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_n
     // acked before its commit would be lost with the process.
     let lock = rusqlite::Connection::open(scratch.db()).expect("the database opens");
     lock.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
-    eventually("messages in hand, uncommitted", Duration::from_secs(4), || async {
+    // rabbitmqctl reports a quorum queue's counts as of RabbitMQ's last statistics tick
+    // (`collect_statistics_interval`, 5 s): wait past two ticks, not less than one.
+    eventually("messages in hand, uncommitted", Duration::from_secs(15), || async {
         let unacked = unacknowledged(&vhost.name);
         if unacked > 0 { Ok(()) } else { Err("no message in hand".to_owned()) }
     })
