@@ -400,7 +400,7 @@ impl Posters {
     }
 
     /// The orders accepted so far, by number.
-    fn accepted(&self) -> std::collections::BTreeMap<usize, String> {
+    pub fn accepted(&self) -> std::collections::BTreeMap<usize, String> {
         self.accepted.lock().expect("not poisoned").clone()
     }
 

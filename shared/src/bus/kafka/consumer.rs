@@ -81,11 +81,12 @@ async fn subscribed(
     link: &KafkaLink,
     group: &str,
     topics: &[String],
+    longest_wait: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<StreamConsumer> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let made = link.consumer(group).await.and_then(|consumer| {
+        let made = link.consumer(group, longest_wait).await.and_then(|consumer| {
             let names: Vec<&str> = topics.iter().map(String::as_str).collect();
             consumer.subscribe(&names).map_err(|error| error.to_string()).map(|()| consumer)
         });
@@ -114,7 +115,12 @@ async fn consume_group(
         Lane::Events => (link.settings().group(function), subscriptions(function)),
         Lane::Retries => (link.settings().retry_group(function), retry_topics(function, &settings)),
     };
-    let Some(consumer) = subscribed(&link, &group, &topics, &mut shutdown).await else { return };
+    // A retry worker may wait up to the longest retry delay for a record's due time.
+    let longest_wait = match lane {
+        Lane::Events => MAX_SETTLE_PAUSE,
+        Lane::Retries => settings.retry_delay(settings.max_retries).max(MAX_SETTLE_PAUSE),
+    };
+    let Some(consumer) = subscribed(&link, &group, &topics, longest_wait, &mut shutdown).await else { return };
     let consumer = Arc::new(consumer);
     let worker = Worker { link, function, lane, invoker, settings, consumer: Arc::clone(&consumer) };
     let worker = Arc::new(worker);
