@@ -355,8 +355,10 @@ fn partition_count(kafka: &KafkaSettings, topic: &str) -> usize {
     metadata.topics().iter().filter(|described| described.name() == topic).map(|d| d.partitions().len()).sum()
 }
 
+/// In the broker-wide pass (named `broker_…`), with nothing else running: under a loaded machine tansu's
+/// group coordinator can hold a group whose member was killed for longer than a test should wait.
 #[tokio::test(flavor = "multi_thread")]
-async fn kafka_kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_nothing_twice() {
+async fn broker_kafka_kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_applies_nothing_twice() {
     const ORDERS: usize = 150;
     let broker = KafkaBroker::start();
     let scratch = Scratch::new();
@@ -415,8 +417,9 @@ async fn kafka_kill_9_of_choreo_up_mid_load_then_a_restart_loses_nothing_and_app
         ids.push(id);
     }
 
-    // THEN every order ends as its path says, with no event twice, and stock is conserved
-    let orders = wait_all_terminal(&client, &ids, SAGA_TIMEOUT).await;
+    // THEN every order ends as its path says, with no event twice, and stock is conserved (the groups
+    // first wait out the killed members' sessions)
+    let orders = wait_all_terminal(&client, &ids, 2 * SAGA_TIMEOUT).await;
     for (n, placed) in orders.iter().enumerate() {
         let types = history_types(placed);
         let mut unique = types.clone();
