@@ -7,13 +7,13 @@
 //! `--raw` pushes the same message pattern through the broker with bare
 //! lapin and no handlers or store: the physical limit to compare against.
 
+mod finish;
 mod raw;
 mod report;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -23,8 +23,8 @@ use shared::contract::domain::OrderId;
 use shared::step::ShipCountries;
 use shared::store::counting::{StoreCounts, StoreCountsSnapshot};
 use shared::{Event, Function, Payload};
-use tokio::sync::Notify;
 
+use self::finish::Finish;
 use self::report::report;
 use crate::audit::audit;
 use crate::client::Client;
@@ -77,20 +77,8 @@ pub enum BenchError {
     Other(String),
 }
 
-/// Terminal instants recorded by the step observer, and the step count.
-#[derive(Default)]
-struct Finish {
-    /// When and how each finished order ended.
-    done: Mutex<HashMap<OrderId, (Instant, &'static str)>>,
-    /// Woken whenever an order finishes.
-    changed: Notify,
-    /// Saga steps handled so far (the report's message count).
-    steps: AtomicUsize,
-    /// Events those steps emitted.
-    emitted: AtomicUsize,
-}
-
 impl Finish {
+    /// Tells this of each step run and of each order's end.
     fn observer(self: &Arc<Self>) -> StepObserver {
         let finish = Arc::clone(self);
         StepObserver(Arc::new(move |function: Function, event: &Event, emitted: &[Event]| {
@@ -104,24 +92,8 @@ impl Finish {
                 (_, Some(Payload::OrderCancelled(_))) => "CANCELLED",
                 _ => return,
             };
-            let mut done = finish.done.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            done.entry(event.subject).or_insert((Instant::now(), outcome));
-            drop(done);
-            finish.changed.notify_waiters();
+            finish.record(event.subject, outcome);
         }))
-    }
-
-    async fn wait(&self, order_id: OrderId, timeout: Duration) -> Option<(Instant, &'static str)> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.changed.notified();
-            if let Some(done) = self.done.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&order_id) {
-                return Some(*done);
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return None;
-            }
-        }
     }
 }
 

@@ -19,7 +19,8 @@ use shared::contract::domain::OrderId;
 use shared::{Event, EventType, Function, Payload};
 
 use super::report::report;
-use super::{BenchConfig, BenchError, Finish};
+use super::finish::Finish;
+use super::{BenchConfig, BenchError};
 use crate::workload::{PATHS, order_body};
 
 /// The events the ship path publishes, in order, with the function that
@@ -88,12 +89,7 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
                         && event_type == Some(EventType::OrderShipped)
                         && let Some(order) = order.and_then(|order| OrderId::parse(&order).ok())
                     {
-                        finish
-                            .done
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(order, (Instant::now(), "SHIPPED"));
-                        finish.changed.notify_waiters();
+                        finish.record(order, "SHIPPED");
                     }
                     let _ = delivery.ack(BasicAckOptions::default()).await;
                     drop(permit);

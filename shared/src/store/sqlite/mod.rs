@@ -28,6 +28,11 @@ use crate::store::{
     Reservation, ReservationState, SeedStock, Shipment, StockLevel, Store, StoreError, StoredDeadLetter, Write,
 };
 
+/// The tables here are keyed by their natural key `WITHOUT ROWID`: one
+/// b-tree per table, where a rowid table with a text key keeps two (the rows, and an
+/// index from key to rowid), so each lookup descends once and each write
+/// dirties fewer pages (profiled). A file made before keeps its rowid tables;
+/// the statements are the same for both.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS stock (
     sku TEXT PRIMARY KEY,
@@ -35,16 +40,16 @@ CREATE TABLE IF NOT EXISTS stock (
     shipped INTEGER NOT NULL, replenished INTEGER NOT NULL, max_replenish INTEGER NOT NULL,
     version INTEGER NOT NULL,
     CHECK (available >= 0 AND reserved >= 0 AND shipped >= 0)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservations (
     order_id TEXT PRIMARY KEY, items TEXT NOT NULL, state TEXT NOT NULL, version INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT PRIMARY KEY, body TEXT NOT NULL, version INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shipments (
     order_id TEXT PRIMARY KEY, tracking_number TEXT NOT NULL, version INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS processed (
     function TEXT NOT NULL, key TEXT NOT NULL, emitted TEXT NOT NULL, published INTEGER NOT NULL,
     committed_at INTEGER NOT NULL,

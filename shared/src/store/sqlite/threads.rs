@@ -31,8 +31,6 @@ use crate::store::StoreError;
 
 /// Reader threads: WAL lets them read while the writer writes.
 const READERS: usize = 3;
-/// How much of the database file each connection maps (bytes).
-const MMAP_SIZE: u64 = 256 << 20;
 /// Connections for keyed lookups on the callers' threads (a few per core).
 const LOOKUPS: usize = 4;
 /// Most write jobs committed together.
@@ -222,10 +220,10 @@ fn connect(path: &Path, flags: OpenFlags, synchronous: &str) -> Result<Connectio
     connection
         .execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=ON;"))
         .map_err(unavailable)?;
-    // Pages of the database file are read through a memory map rather than
-    // a read() each: a reader's page cache is invalidated by every commit of
-    // the writer, and re-reading pages with pread showed in lookups' profiles.
-    connection.execute_batch(&format!("PRAGMA mmap_size={MMAP_SIZE};")).map_err(unavailable)?;
+    // No memory map (`mmap_size` stays 0): a connection drops its whole
+    // mapping (munmap, a TLB shoot-down on every core) whenever it starts a
+    // read after another commit, i.e. at nearly every lookup under load;
+    // reading the few pages a lookup needs with pread costs less (profiled).
     // Other processes may hold the write lock briefly: wait rather than fail.
     connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
     connection.set_prepared_statement_cache_capacity(64);
