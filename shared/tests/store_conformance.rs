@@ -1,7 +1,8 @@
 //! The store conformance suite (ARCHITECTURE.md §8): every adapter of the `Store` port
 //! behaves the same. Each check is written once, as an async fn over
 //! `Arc<dyn Store>`, and `conformance!` runs it against every adapter:
-//! `sqlite::<check>` on a temporary file, `dynamodb::<check>` on moto's server
+//! `sqlite::<check>` on a temporary file, `sqlite_made_before::<check>` on a
+//! file with the earlier rowid tables, `dynamodb::<check>` on moto's server
 //! at `MOTO_URL` (default `http://127.0.0.1:5000`; `scripts/with-moto` starts
 //! it), each test in tables of its own prefix. When moto does not answer, the
 //! DynamoDB tests fail and say how to start it.
@@ -43,6 +44,16 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $check() {
                     let subject = super::Subject::sqlite().await;
+                    super::$check(Arc::clone(&subject.store)).await;
+                }
+            )*
+            use std::sync::Arc;
+        }
+        mod sqlite_made_before {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    let subject = super::Subject::sqlite_with_rowid_tables().await;
                     super::$check(Arc::clone(&subject.store)).await;
                 }
             )*
@@ -104,6 +115,42 @@ impl Subject {
     async fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let store = SqliteStore::open(&dir.path().join("choreo.db")).expect("open a SQLite store");
+        Self { store: Arc::new(store), _dir: Some(dir), dynamo: None }
+    }
+
+    /// A SQLite store on a file made before its record tables became
+    /// `WITHOUT ROWID`: opening it keeps those tables as they were, and every
+    /// check must hold on them too.
+    async fn sqlite_with_rowid_tables() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("choreo.db");
+        let earlier = rusqlite::Connection::open(&path).expect("create the earlier file");
+        earlier
+            .execute_batch(
+                "CREATE TABLE stock (
+                    sku TEXT PRIMARY KEY,
+                    seeded INTEGER NOT NULL, available INTEGER NOT NULL, reserved INTEGER NOT NULL,
+                    shipped INTEGER NOT NULL, replenished INTEGER NOT NULL, max_replenish INTEGER NOT NULL,
+                    version INTEGER NOT NULL,
+                    CHECK (available >= 0 AND reserved >= 0 AND shipped >= 0)
+                );
+                CREATE TABLE reservations (
+                    order_id TEXT PRIMARY KEY, items TEXT NOT NULL, state TEXT NOT NULL, version INTEGER NOT NULL
+                );
+                CREATE TABLE shipments (
+                    order_id TEXT PRIMARY KEY, tracking_number TEXT NOT NULL, version INTEGER NOT NULL
+                );",
+            )
+            .expect("the earlier schema");
+        drop(earlier);
+        let store = SqliteStore::open(&path).expect("open the earlier file");
+        let kept: i64 = rusqlite::Connection::open(&path)
+            .expect("reopen")
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_autoindex_stock_1'", [], |row| {
+                row.get(0)
+            })
+            .expect("read the schema");
+        assert_eq!(kept, 1, "opening the file must keep its rowid tables (and their key index)");
         Self { store: Arc::new(store), _dir: Some(dir), dynamo: None }
     }
 

@@ -18,8 +18,8 @@ use shared::contract::choreography::{EXCHANGE, consumers_of};
 use shared::contract::domain::OrderId;
 use shared::{Event, EventType, Function, Payload};
 
-use super::report::report;
 use super::finish::Finish;
+use super::report::report;
 use super::{BenchConfig, BenchError};
 use crate::workload::{PATHS, order_body};
 
