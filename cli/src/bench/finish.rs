@@ -42,9 +42,11 @@ impl Finish {
             Entry::Vacant(vacant) => {
                 vacant.insert(Slot::Ended(ended));
             }
+            // An end recorded already stays: only the first counts.
             Entry::Occupied(mut occupied) => {
-                if let Slot::Awaited(_) = occupied.get() {
-                    let Slot::Awaited(waiter) = occupied.insert(Slot::Ended(ended)) else { unreachable!() };
+                if matches!(occupied.get(), Slot::Awaited(_))
+                    && let Slot::Awaited(waiter) = occupied.insert(Slot::Ended(ended))
+                {
                     let _ = waiter.send(ended);
                 }
             }
