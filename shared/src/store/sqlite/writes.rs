@@ -2,7 +2,7 @@
 //! with the processed record inside the writer's transaction.
 
 use chrono::Utc;
-use rusqlite::{Connection, OptionalExtension, ToSql, params};
+use rusqlite::{Connection, ToSql, params};
 
 use super::threads::unavailable;
 use super::{as_i64, from_json, to_json};
@@ -96,15 +96,34 @@ pub(super) fn decode_events(text: &str) -> Result<Vec<Event>, StoreError> {
     from_json(text)
 }
 
-/// Runs inside the writer's transaction; only `Committed` keeps its changes.
+/// Runs inside the writer's transaction; only `Committed` keeps its changes
+/// (the writer rolls the job's savepoint back otherwise).
 pub(super) fn commit_in(tx: &Connection, commit: &Commit) -> Result<CommitOutcome, StoreError> {
-    let previous: Option<String> = tx
-        .prepare_cached("SELECT emitted FROM processed WHERE function = ?1 AND key = ?2")
+    // The processed record first: inserting it is the duplicate check (a key
+    // seen before inserts nothing), one statement where a look-up first took
+    // two on the writer's thread, the store's serial part.
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO processed (function, key, emitted, published, committed_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT DO NOTHING",
+        )
         .and_then(|mut statement| {
-            statement.query_row(params![commit.function.name(), commit.key], |row| row.get(0)).optional()
+            statement.execute(params![
+                commit.function.name(),
+                commit.key,
+                to_json(&commit.emitted),
+                commit.is_published_when_committed(),
+                Utc::now().timestamp_millis()
+            ])
         })
         .map_err(unavailable)?;
-    if let Some(previous) = previous {
+    if inserted == 0 {
+        let previous: String = tx
+            .prepare_cached("SELECT emitted FROM processed WHERE function = ?1 AND key = ?2")
+            .and_then(|mut statement| {
+                statement.query_row(params![commit.function.name(), commit.key], |row| row.get(0))
+            })
+            .map_err(unavailable)?;
         return Ok(CommitOutcome::Duplicate(decode_events(&previous)?));
     }
     if commit.writes_a_record_twice() {
@@ -115,19 +134,5 @@ pub(super) fn commit_in(tx: &Connection, commit: &Commit) -> Result<CommitOutcom
             return Ok(CommitOutcome::Conflict);
         }
     }
-    let published = commit.is_published_when_committed();
-    tx.prepare_cached(
-        "INSERT INTO processed (function, key, emitted, published, committed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .and_then(|mut statement| {
-        statement.execute(params![
-            commit.function.name(),
-            commit.key,
-            to_json(&commit.emitted),
-            published,
-            Utc::now().timestamp_millis()
-        ])
-    })
-    .map_err(unavailable)?;
     Ok(CommitOutcome::Committed)
 }
