@@ -19,7 +19,7 @@ use rusqlite::{OptionalExtension, params};
 
 use self::outbox::{prune_batch, read_page, set_aside_in};
 use self::threads::{Threads, unavailable};
-use self::writes::{apply, commit_in, decode_events};
+use self::writes::{apply, commit_in, processed_in};
 use crate::contract::choreography::Function;
 use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
@@ -141,15 +141,7 @@ const STOCK_COLUMNS: &str = "sku, seeded, available, reserved, shipped, replenis
 #[async_trait]
 impl Store for SqliteStore {
     async fn processed(&self, function: Function, key: &str) -> Result<Option<Vec<Event>>, StoreError> {
-        self.threads.lookup(|connection| {
-            let emitted: Option<String> = connection
-                .prepare_cached("SELECT emitted FROM processed WHERE function = ?1 AND key = ?2")
-                .and_then(|mut statement| {
-                    statement.query_row(params![function.name(), key], |row| row.get(0)).optional()
-                })
-                .map_err(unavailable)?;
-            emitted.as_deref().map(decode_events).transpose()
-        })
+        self.threads.lookup(|connection| processed_in(connection, function, key))
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {

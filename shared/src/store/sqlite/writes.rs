@@ -2,10 +2,11 @@
 //! with the processed record inside the writer's transaction.
 
 use chrono::Utc;
-use rusqlite::{Connection, ToSql, params};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 use super::threads::unavailable;
 use super::{as_i64, from_json, to_json};
+use crate::contract::choreography::Function;
 use crate::contract::events::Event;
 use crate::store::{Commit, CommitOutcome, StoreError, Write};
 
@@ -96,6 +97,19 @@ pub(super) fn decode_events(text: &str) -> Result<Vec<Event>, StoreError> {
     from_json(text)
 }
 
+/// The events the processed record of `function` and `key` holds, if there is one.
+pub(super) fn processed_in(
+    connection: &Connection,
+    function: Function,
+    key: &str,
+) -> Result<Option<Vec<Event>>, StoreError> {
+    let emitted: Option<String> = connection
+        .prepare_cached("SELECT emitted FROM processed WHERE function = ?1 AND key = ?2")
+        .and_then(|mut statement| statement.query_row(params![function.name(), key], |row| row.get(0)).optional())
+        .map_err(unavailable)?;
+    emitted.as_deref().map(decode_events).transpose()
+}
+
 /// Runs inside the writer's transaction; only `Committed` keeps its changes
 /// (the writer rolls the job's savepoint back otherwise).
 pub(super) fn commit_in(tx: &Connection, commit: &Commit) -> Result<CommitOutcome, StoreError> {
@@ -118,13 +132,10 @@ pub(super) fn commit_in(tx: &Connection, commit: &Commit) -> Result<CommitOutcom
         })
         .map_err(unavailable)?;
     if inserted == 0 {
-        let previous: String = tx
-            .prepare_cached("SELECT emitted FROM processed WHERE function = ?1 AND key = ?2")
-            .and_then(|mut statement| {
-                statement.query_row(params![commit.function.name(), commit.key], |row| row.get(0))
-            })
-            .map_err(unavailable)?;
-        return Ok(CommitOutcome::Duplicate(decode_events(&previous)?));
+        // The record was there already: this transaction sees it, so it is
+        // the first run's (a vanished one would only mean running again).
+        let first_run = processed_in(tx, commit.function, &commit.key)?;
+        return Ok(first_run.map_or(CommitOutcome::Conflict, CommitOutcome::Duplicate));
     }
     if commit.writes_a_record_twice() {
         return Ok(CommitOutcome::Conflict);
