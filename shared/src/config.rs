@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::Ports;
 use crate::step::ShipCountries;
 use crate::store::dynamodb::{DEFAULT_TABLE_PREFIX, DynamoStore};
+#[cfg(feature = "sqlite")]
 use crate::store::sqlite::SqliteStore;
 use crate::store::{DEFAULT_PROCESSED_RETENTION, Store, parse_retention};
 
@@ -94,7 +95,17 @@ impl StoreSettings {
     /// Opens the store. SQLite creates the file and schema; DynamoDB makes no request.
     pub async fn open(&self) -> Result<Arc<dyn Store>, ConfigError> {
         Ok(match &self.choice {
+            #[cfg(feature = "sqlite")]
             StoreChoice::Sqlite(path) => Arc::new(SqliteStore::open(path)?.with_retention(self.retention)),
+            // A deployed build (CargoLambda.toml) leaves SQLite out.
+            #[cfg(not(feature = "sqlite"))]
+            StoreChoice::Sqlite(_) => {
+                return Err(ConfigError::Invalid(
+                    "CHOREO_STORE is sqlite (the default), but this build has no SQLite store: set \
+                     CHOREO_STORE=dynamodb, or build with the default features"
+                        .to_owned(),
+                ));
+            }
             StoreChoice::DynamoDb { .. } => Arc::new(self.open_dynamodb().await),
         })
     }

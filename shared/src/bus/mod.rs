@@ -5,6 +5,7 @@
 pub mod amqp;
 mod delivery;
 pub mod inprocess;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 mod relay;
 

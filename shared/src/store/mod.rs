@@ -18,6 +18,7 @@ mod open_orders;
 mod outbox;
 mod records;
 mod retention;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod stock_import;
 

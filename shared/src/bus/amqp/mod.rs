@@ -27,6 +27,8 @@ mod migration;
 mod tls;
 mod topology;
 
+// Kafka reads its SCRAM secret the same way.
+#[cfg(feature = "kafka")]
 pub(crate) use self::broker_url::read_secret_within;
 pub use self::broker_url::redact;
 pub use self::consumer::{StepInvoker, run_consumers};

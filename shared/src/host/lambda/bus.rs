@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::bus::Publisher;
 use crate::bus::amqp::AmqpLink;
+#[cfg(feature = "kafka")]
 use crate::bus::kafka::KafkaLink;
 use crate::config::ConfigError;
 
@@ -15,6 +16,7 @@ use crate::config::ConfigError;
 #[derive(Clone)]
 pub enum Bus {
     Amqp(Arc<AmqpLink>),
+    #[cfg(feature = "kafka")]
     Kafka(Arc<KafkaLink>),
 }
 
@@ -56,12 +58,19 @@ impl Bus {
         match BusKind::choose(var)? {
             None => Ok(None),
             Some(BusKind::Amqp) => Ok(AmqpLink::from_env(client_id).map(Self::Amqp)),
+            #[cfg(feature = "kafka")]
             Some(BusKind::Kafka) => match KafkaLink::from_env(client_id)? {
                 Some(link) => Ok(Some(Self::Kafka(link))),
                 None => Err(ConfigError::Invalid(
                     "KAFKA_SECRET_ARN is set but not KAFKA_BOOTSTRAP_SERVERS: the brokers to publish to".to_owned(),
                 )),
             },
+            #[cfg(not(feature = "kafka"))]
+            Some(BusKind::Kafka) => Err(ConfigError::Invalid(
+                "the KAFKA_* variables name a Kafka bus, but this build has none: build the functions with \
+                 CARGO_LAMBDA_CONTEXT=kafka (CargoLambda.toml)"
+                    .to_owned(),
+            )),
         }
     }
 
@@ -69,6 +78,7 @@ impl Bus {
     pub fn publisher(&self) -> Arc<dyn Publisher> {
         match self {
             Self::Amqp(link) => Arc::clone(link) as Arc<dyn Publisher>,
+            #[cfg(feature = "kafka")]
             Self::Kafka(link) => Arc::clone(link) as Arc<dyn Publisher>,
         }
     }
@@ -76,6 +86,7 @@ impl Bus {
     pub fn kind(&self) -> BusKind {
         match self {
             Self::Amqp(_) => BusKind::Amqp,
+            #[cfg(feature = "kafka")]
             Self::Kafka(_) => BusKind::Kafka,
         }
     }

@@ -9,9 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use super::{Bus, LambdaHost};
+use super::LambdaHost;
 use crate::StepError;
-use crate::bus::kafka::{dead_letter_topic, park_dead_record};
 use crate::contract::events::Event;
 
 /// The `eventSource` of each Kafka mapping's payloads.
@@ -91,12 +90,16 @@ impl LambdaHost {
     /// (the order id, so `choreo dlq` lists it by order), the value as it
     /// came (the base64 text when it did not decode); answers the topic once
     /// the cluster acknowledged it.
+    #[cfg(feature = "kafka")]
     async fn park_record(
         &self,
         record: &KafkaRecord,
         body: Option<Vec<u8>>,
         error: &StepError,
     ) -> Result<String, String> {
+        use super::Bus;
+        use crate::bus::kafka::{dead_letter_topic, park_dead_record};
+
         let Some(Bus::Kafka(link)) = &self.bus else {
             return Err("this function has no Kafka link (KAFKA_BOOTSTRAP_SERVERS is not set)".to_owned());
         };
@@ -115,5 +118,17 @@ impl LambdaHost {
             .await
             .map_err(|error| error.to_string())?;
         Ok(dead_letter_topic(function))
+    }
+
+    /// A build without Kafka never has a Kafka link (`Bus::from_env` refuses
+    /// the variables), so there is nowhere to park the record.
+    #[cfg(not(feature = "kafka"))]
+    async fn park_record(
+        &self,
+        _record: &KafkaRecord,
+        _body: Option<Vec<u8>>,
+        _error: &StepError,
+    ) -> Result<String, String> {
+        Err("this build has no Kafka bus to park the record on (CARGO_LAMBDA_CONTEXT=kafka builds one)".to_owned())
     }
 }
