@@ -142,6 +142,7 @@ impl Subject {
                 );",
             )
             .expect("the earlier schema");
+        earlier.execute_batch(&earlier_orders_table()).expect("the earlier orders table");
         drop(earlier);
         let store = SqliteStore::open(&path).expect("open the earlier file");
         let kept: i64 = rusqlite::Connection::open(&path)
@@ -1319,4 +1320,56 @@ async fn delivery_notes_are_kept_per_order_oldest_first(store: Arc<dyn Store>) {
     assert_eq!(store.delivery_notes(other).await.expect("read").len(), 1);
     // Notes are no processed record of any function.
     assert_eq!(store.processed(Function::ReserveInventory, &order.to_string()).await.expect("read"), None);
+}
+
+/// `orders` as files made before its `status` column held it (through
+/// session 6), with the open-orders index of the time, on the body's JSON.
+fn earlier_orders_table() -> String {
+    let open: Vec<String> = shared::store::open_statuses()
+        .map(|status| format!("json_extract(body, '$.status') = '{}'", status.as_str()))
+        .collect();
+    format!(
+        "CREATE TABLE orders (order_id TEXT PRIMARY KEY, body TEXT NOT NULL, version INTEGER NOT NULL);
+         CREATE INDEX orders_open_v2 ON orders (order_id) WHERE ({});",
+        open.join(" OR ")
+    )
+}
+
+#[tokio::test]
+async fn a_file_made_before_the_status_column_keeps_its_orders_and_finds_the_open_ones() {
+    // GIVEN a file of the earlier shape holding a pending and a shipped order
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("choreo.db");
+    let earlier = rusqlite::Connection::open(&path).expect("create the earlier file");
+    earlier.execute_batch(&earlier_orders_table()).expect("the earlier orders table");
+    let pending = pending_order(&new_order(&[("A-1", 1)]));
+    let shipped = OrderRecord { status: OrderStatus::Shipped, ..pending_order(&new_order(&[("A-1", 1)])) };
+    for order in [&pending, &shipped] {
+        earlier
+            .execute(
+                "INSERT INTO orders (order_id, body, version) VALUES (?1, ?2, 1)",
+                rusqlite::params![order.order_id.to_string(), serde_json::to_string(order).expect("a body")],
+            )
+            .expect("an earlier order");
+    }
+    drop(earlier);
+
+    // WHEN the store opens it (twice: a second opening finds it up to date)
+    drop(SqliteStore::open(&path).expect("open the earlier file"));
+    let store = SqliteStore::open(&path).expect("open it again");
+
+    // THEN both orders read back as they were, and only the pending one is open
+    for order in [&pending, &shipped] {
+        let read = store.order(order.order_id).await.expect("a read").expect("the order is kept");
+        assert_eq!((read.status, read.version), (order.status, 1));
+    }
+    let open = shared::store::all_open_orders(&store, Utc::now()).await.expect("every page");
+    assert_eq!(open.iter().map(|order| order.order_id).collect::<Vec<_>>(), vec![pending.order_id]);
+    // AND the earlier index is gone, so no write parses a body any more
+    let indexes: Vec<String> = rusqlite::Connection::open(&path)
+        .expect("reopen")
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'orders' AND sql IS NOT NULL")
+        .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect())
+        .expect("read the schema");
+    assert_eq!(indexes, vec!["orders_open_v3".to_owned()]);
 }

@@ -19,7 +19,7 @@ use rusqlite::{OptionalExtension, params};
 
 use self::outbox::{prune_batch, read_page, set_aside_in};
 use self::threads::{Threads, unavailable};
-use self::writes::{apply, commit_in, processed_in};
+use self::writes::{EncodedCommit, Row, apply, commit_in, processed_in};
 use crate::contract::choreography::Function;
 use crate::contract::domain::{OrderId, Sku};
 use crate::contract::events::Event;
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     order_id TEXT PRIMARY KEY, items TEXT NOT NULL, state TEXT NOT NULL, version INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS orders (
-    order_id TEXT PRIMARY KEY, body TEXT NOT NULL, version INTEGER NOT NULL
+    order_id TEXT PRIMARY KEY, body TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS shipments (
     order_id TEXT PRIMARY KEY, tracking_number TEXT NOT NULL, version INTEGER NOT NULL
@@ -76,19 +76,19 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and its schema, with the
     /// default retention of processed records.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self {
-            threads: Threads::open(
-                path,
-                &format!("{SCHEMA}{}{}{}", dead_letters::SCHEMA, deliveries::SCHEMA, open_orders::schema()),
-            )?,
-            retention: DEFAULT_PROCESSED_RETENTION,
-        })
+        Ok(Self { threads: Threads::open(path, create_schema)?, retention: DEFAULT_PROCESSED_RETENTION })
     }
 
     /// The same store, keeping published processed records for `retention`.
     pub fn with_retention(self, retention: Duration) -> Self {
         Self { retention, ..self }
     }
+}
+
+/// Creates the tables a new file needs, and brings a file made before up to date.
+fn create_schema(connection: &rusqlite::Connection) -> rusqlite::Result<()> {
+    connection.execute_batch(&format!("{SCHEMA}{}{}", dead_letters::SCHEMA, deliveries::SCHEMA))?;
+    open_orders::migrate(connection)
 }
 
 fn mark_published_in(connection: &rusqlite::Connection, function: Function, key: &str) -> Result<(), StoreError> {
@@ -145,6 +145,7 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        let commit = EncodedCommit::new(commit);
         self.threads
             .write(|outcome| *outcome == CommitOutcome::Committed, move |connection| commit_in(connection, &commit))
             .await
@@ -292,7 +293,7 @@ impl Store for SqliteStore {
                         return Ok(0);
                     }
                     for entry in &catalog {
-                        if !apply(tx, &Write::Stock(entry.initial_level())).map_err(unavailable)? {
+                        if !apply(tx, &Row::of(Write::Stock(entry.initial_level()))).map_err(unavailable)? {
                             return Err(StoreError::Corrupt(format!("SKU {} appears twice in the catalog", entry.sku)));
                         }
                     }
@@ -303,8 +304,8 @@ impl Store for SqliteStore {
     }
 
     async fn put_stock(&self, level: &StockLevel) -> Result<bool, StoreError> {
-        let write = Write::Stock(level.clone());
-        self.threads.write(|written| *written, move |connection| apply(connection, &write).map_err(unavailable)).await
+        let row = Row::of(Write::Stock(level.clone()));
+        self.threads.write(|written| *written, move |connection| apply(connection, &row).map_err(unavailable)).await
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {

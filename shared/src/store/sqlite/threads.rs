@@ -62,14 +62,14 @@ pub(super) struct Threads {
 impl Threads {
     /// Opens (creating if needed) the database file, runs `schema` on the
     /// writer connection, and starts the threads.
-    pub(super) fn open(path: &Path, schema: &str) -> Result<Self, StoreError> {
+    pub(super) fn open(path: &Path, schema: fn(&Connection) -> rusqlite::Result<()>) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|error| StoreError::Unavailable(format!("cannot create {}: {error}", dir.display())))?;
         }
         let writer =
             connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE, WRITER_SYNCHRONOUS)?;
-        writer.execute_batch(schema).map_err(unavailable)?;
+        schema(&writer).map_err(unavailable)?;
         let (writes, jobs) = mpsc::channel();
         spawn_thread("sqlite-writer", move || write_groups(&writer, &jobs))?;
         let mut reads = Vec::with_capacity(READERS);
@@ -244,7 +244,10 @@ mod tests {
     #[tokio::test]
     async fn the_writer_syncs_every_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let threads = Threads::open(&dir.path().join("store.db"), "CREATE TABLE t (x INTEGER);").unwrap();
+        let threads = Threads::open(&dir.path().join("store.db"), |connection| {
+            connection.execute_batch("CREATE TABLE t (x INTEGER);")
+        })
+        .unwrap();
 
         let (mode, synchronous) = threads
             .write(
