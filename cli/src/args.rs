@@ -240,9 +240,9 @@ pub enum StockCommand {
 #[derive(Args, Clone)]
 pub struct QueueArgs {
     /// Events each function handles at once.
-    #[arg(long, env = "CHOREO_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "CHOREO_CONCURRENCY", default_value_t = shared::bus::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
-    /// Unacknowledged messages RabbitMQ sends each consumer ahead [default: 64; RabbitMQ only]
+    /// Unacknowledged messages RabbitMQ sends each consumer ahead [default: 128; RabbitMQ only]
     #[arg(long, env = "CHOREO_PREFETCH")]
     pub prefetch: Option<u16>,
     /// Retries of a retryable failure before an event is dead-lettered.
@@ -288,10 +288,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = choreo::bench::Mix::Ship)]
     pub mix: choreo::bench::Mix,
     /// Messages each function's queue handles at once.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = shared::bus::DEFAULT_CONCURRENCY)]
     pub queue_concurrency: usize,
     /// Unacknowledged messages RabbitMQ sends each consumer ahead.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = shared::bus::DEFAULT_PREFETCH)]
     pub prefetch: u16,
 }
 
