@@ -71,7 +71,6 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
                 let Ok(permit) = Arc::clone(&workers).acquire_owned().await else { break };
                 let (channel, finish, deliveries) = (channel.clone(), Arc::clone(&finish), Arc::clone(&deliveries));
                 tokio::spawn(async move {
-                    deliveries.fetch_add(1, Ordering::Relaxed);
                     let kind = delivery.properties.kind().as_ref().map(|kind| kind.to_string()).unwrap_or_default();
                     let event_type = EventType::parse(&kind);
                     let order = delivery.properties.correlation_id().as_ref().map(|id| id.to_string());
@@ -92,6 +91,10 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
                         finish.record(order, "SHIPPED");
                     }
                     let _ = delivery.ack(BasicAckOptions::default()).await;
+                    // Counted once acked: the run waits for every ack, so that
+                    // closing requeues nothing (leftovers would reach the next
+                    // run on this vhost, whose steps would dead-letter them).
+                    deliveries.fetch_add(1, Ordering::Relaxed);
                     drop(permit);
                 });
             }
@@ -150,13 +153,17 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
         latencies.extend(worker.map_err(|error| BenchError::Other(error.to_string()))??);
     }
     let wall = started.elapsed().as_secs_f64();
-    // Let the last settle-inventory deliveries (off the critical path) land.
+    // Let the last settle-inventory deliveries (off the critical path) land and be acked.
     let expected = config.orders * ship_path_deliveries();
     let deadline = Instant::now() + Duration::from_secs(10);
     while deliveries.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let messages = deliveries.load(Ordering::Relaxed);
+    // Whatever is still queued (the wait above timed out) goes too.
+    for function in Function::consumers() {
+        let _ = purge.queue_purge(function.queue().as_str().into(), QueuePurgeOptions::default()).await;
+    }
     let _ = connection.close(200, "bench done".into()).await;
     let mut completed = serde_json::Map::new();
     completed.insert("shipped:shipped".into(), json!(latencies.len()));
