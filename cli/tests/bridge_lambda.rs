@@ -88,13 +88,22 @@ impl Drop for RunningBridge {
     }
 }
 
-/// Every work and retry queue of `functions` is empty.
+/// Every work and retry queue of `functions` is empty, with no consumer.
+/// The broker drops a closed connection's consumers from its queues a moment
+/// after the close (each queue learns of it on its own), so this waits up to
+/// a few seconds for that; a message left behind stays, and fails it.
 async fn assert_queues_empty(link: &AmqpLink, functions: &[Function], settings: &DeliverySettings) {
     for &function in functions {
         let mut queues = vec![function.queue()];
         queues.extend((1..=settings.max_retries).map(|retry| retry_queue(function, retry)));
         for queue in queues {
-            assert_eq!(queue_state(link, &queue).await, (0, 0), "{queue}: messages, consumers");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let mut state = queue_state(link, &queue).await;
+            while state != (0, 0) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                state = queue_state(link, &queue).await;
+            }
+            assert_eq!(state, (0, 0), "{queue}: messages, consumers");
         }
     }
 }
