@@ -197,6 +197,9 @@ async fn a_stuck_saga_is_listed_with_what_it_waits_on_and_a_redrive_finishes_it(
     // GIVEN a lost order.created, and a deadline far away
     let app = spawn_app_with_deadline(&default_catalog(), Duration::from_secs(3600)).await;
     let created = accepted_but_lost(&app, "WIDGET-1", 1).await;
+    // (Open orders are listed by id, created before a millisecond: let the
+    // order's millisecond pass, or a fast machine lists none.)
+    tokio::time::sleep(Duration::from_millis(2)).await;
 
     // WHEN the stuck sagas are listed
     let stuck = choreo::sagas::stuck_progress(&*app.store, Duration::ZERO).await.expect("the store answers");
