@@ -25,8 +25,8 @@ pub struct DeliverySettings {
 /// Messages each function handles at once, unless told otherwise. Embedded,
 /// 32 held sagas back: `order-status` takes two of a saga's five events, and
 /// at concurrency 64 its handlers, each waiting for a group commit, were all
-/// busy; 64 gave 13–17% more sagas/s there and changed nothing over RabbitMQ
-/// (measured, README "Performance").
+/// busy; 64 gave 25% more sagas/s there and changed nothing over RabbitMQ
+/// (interleaved runs, README "Performance").
 pub const DEFAULT_CONCURRENCY: usize = 64;
 /// Unacknowledged messages RabbitMQ sends each consumer ahead, unless told
 /// otherwise: twice the handlers, so that a freed handler finds one waiting.

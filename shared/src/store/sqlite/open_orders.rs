@@ -28,27 +28,32 @@ fn is_open() -> String {
 /// One transaction, so that processes opening the file at once agree.
 pub(super) fn migrate(connection: &Connection) -> rusqlite::Result<()> {
     connection.execute_batch("BEGIN IMMEDIATE")?;
+    let migrated = add_status_column(connection).and_then(|()| {
+        connection.execute_batch(&format!(
+            "DROP INDEX IF EXISTS orders_open;
+             DROP INDEX IF EXISTS orders_open_v2;
+             CREATE INDEX IF NOT EXISTS {INDEX} ON orders (order_id) WHERE {};",
+            is_open()
+        ))
+    });
+    connection.execute_batch(if migrated.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+    migrated
+}
+
+/// Adds `status` to a file made before it, filled from each body.
+fn add_status_column(connection: &Connection) -> rusqlite::Result<()> {
     let has_status: bool = connection.query_row(
         "SELECT count(*) > 0 FROM pragma_table_info('orders') WHERE name = 'status'",
         [],
         |row| row.get(0),
     )?;
-    let column = if has_status {
-        String::new()
-    } else {
+    if has_status {
+        return Ok(());
+    }
+    connection.execute_batch(
         "ALTER TABLE orders ADD COLUMN status TEXT NOT NULL DEFAULT '';
-         UPDATE orders SET status = json_extract(body, '$.status');"
-            .to_owned()
-    };
-    let migrated = connection.execute_batch(&format!(
-        "{column}
-         DROP INDEX IF EXISTS orders_open;
-         DROP INDEX IF EXISTS orders_open_v2;
-         CREATE INDEX IF NOT EXISTS {INDEX} ON orders (order_id) WHERE {};",
-        is_open()
-    ));
-    connection.execute_batch(if migrated.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-    migrated
+         UPDATE orders SET status = json_extract(body, '$.status');",
+    )
 }
 
 /// The partial index of open orders.
