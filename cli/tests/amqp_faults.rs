@@ -16,21 +16,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::bridge::inventory_reserved;
+use common::runner::{BOUND, Runner, send, unacked, wait_consumers};
 use common::{Vhost, eventually, message_count};
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Confirmation};
 use shared::bus::DeliverySettings;
-use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, dead_letter_queue, retry_queue, run_consumers};
+use shared::bus::amqp::{AmqpLink, StepInvoker, Topology, dead_letter_queue, retry_queue};
 use shared::contract::choreography::EXCHANGE;
 use shared::contract::events::OrderShipped;
 use shared::testkit::broker::{rabbitmqctl, try_rabbitmqctl};
 use shared::{Event, Function, Payload, StepError};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
-/// Bound on every wait (generous: the machine may be busy).
-const BOUND: Duration = Duration::from_secs(30);
 
 /// Quick retries: 50 ms, doubling; two of them.
 fn settings() -> DeliverySettings {
@@ -84,76 +80,6 @@ impl StepInvoker for Scripted {
         self.calls.lock().unwrap().push((event.id.to_string(), attempt, tokio::time::Instant::now()));
         (self.behaviour)(event)
     }
-}
-
-/// `run_consumers` on a task of its own, stopped through its watch.
-struct Runner {
-    /// Turns true to stop the runner.
-    stop: watch::Sender<bool>,
-    /// The runner itself.
-    task: JoinHandle<Result<(), lapin::Error>>,
-}
-
-impl Runner {
-    fn start(url: &str, functions: Vec<Function>, step: Arc<Scripted>, settings: DeliverySettings) -> Self {
-        common::init_logging();
-        let (stop, stopped) = watch::channel(false);
-        let link = AmqpLink::new(url, "faults-runner");
-        Self { stop, task: tokio::spawn(run_consumers(link, functions, step, settings, stopped)) }
-    }
-
-    /// Signals the stop and waits, bounded, for the runner to return `Ok`.
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let finished = tokio::time::timeout(BOUND, self.task).await;
-        let result = finished.unwrap_or_else(|_| panic!("the runner did not stop within {BOUND:?} of the stop signal"));
-        result.expect("the runner task does not panic").expect("the runner stops cleanly");
-    }
-}
-
-/// Waits until `queue` exists and has `consumers` consumers.
-async fn wait_consumers(link: &AmqpLink, queue: &str, consumers: u32) {
-    eventually(&format!("{consumers} consumer(s) on {queue}"), BOUND, || async {
-        match passive_state(link, queue).await {
-            Some((_, count)) if count == consumers => Ok(()),
-            other => Err(format!("(messages, consumers) = {other:?}")),
-        }
-    })
-    .await;
-}
-
-/// `(ready messages, consumers)` of `queue`, or `None` when it does not exist.
-async fn passive_state(link: &AmqpLink, queue: &str) -> Option<(u32, u32)> {
-    let channel = link.channel().await.expect("a channel");
-    let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-    let declared = channel.queue_declare(queue.into(), options, FieldTable::default()).await.ok()?;
-    let _ = channel.close(200, "inspected".into()).await;
-    Some((declared.message_count(), declared.consumer_count()))
-}
-
-/// Sends `event` straight to `queue` with extra `headers`, confirmed.
-async fn send(link: &AmqpLink, queue: &str, event: &Event, headers: FieldTable) {
-    let channel = link.channel().await.expect("a channel");
-    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
-    let properties = BasicProperties::default()
-        .with_message_id(event.id.to_string().into())
-        .with_type(event.event_type().as_str().into())
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            &event.to_json(),
-            properties,
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("a confirm");
-    assert_eq!(confirm, Confirmation::Ack(None), "{queue} takes the message");
-    let _ = channel.close(200, "sent".into()).await;
 }
 
 fn attempt_header(value: AMQPValue) -> FieldTable {
@@ -214,18 +140,6 @@ fn shipped_for(input: &Event) -> Event {
         Some(input),
         Payload::OrderShipped(OrderShipped { items, tracking_number: "TRACK-1".into() }),
     )
-}
-
-/// Messages delivered and not yet acknowledged on the vhost's channels,
-/// as `rabbitmqctl list_channels` shows them. Asked of each channel as it
-/// is now (`list_queues` shows queue figures a few seconds old).
-fn unacked(vhost: &Vhost) -> u64 {
-    rabbitmqctl(&["-q", "--no-table-headers", "list_channels", "vhost", "messages_unacknowledged"])
-        .lines()
-        .filter_map(|line| line.split_once(char::is_whitespace))
-        .filter(|(name, _)| *name == vhost.name)
-        .map(|(_, count)| count.trim().parse::<u64>().unwrap_or(0))
-        .sum()
 }
 
 /// `[ready, unacked]` of `queue` (only its consumers' channels are open

@@ -14,6 +14,7 @@
 
 pub mod bridge;
 pub mod kafka;
+pub mod runner;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

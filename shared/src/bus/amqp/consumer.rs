@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::ATTEMPT_HEADER;
+use super::acks::{AckWindow, InHand};
 
 /// The header a quorum queue sets on a message it delivers again: how many
 /// times it was returned.
@@ -189,6 +190,7 @@ async fn consume_queue(
     settings: DeliverySettings,
 ) -> Result<(), lapin::Error> {
     let workers = Arc::new(Semaphore::new(settings.concurrency));
+    let (acks, sending_acks) = AckWindow::start();
     let mut in_hand = JoinSet::new();
     let outcome = loop {
         let delivery = match consumer.next().await {
@@ -199,16 +201,20 @@ async fn consume_queue(
         // Never closed: acquiring only waits for a free worker.
         let Ok(permit) = Arc::clone(&workers).acquire_owned().await else { break Ok(()) };
         let (link, invoker, settings) = (Arc::clone(&link), Arc::clone(&invoker), settings.clone());
+        let settle = acks.receive(delivery.delivery_tag, delivery.acker.clone());
         // Boxed: the task then holds a pointer, not the whole state machine,
         // which tokio would otherwise copy in and out of every task (profiled).
         in_hand.spawn(Box::pin(async move {
-            process(&link, function, &*invoker, &settings, delivery).await;
+            process(&link, function, &*invoker, &settings, delivery, settle).await;
             drop(permit);
         }));
         // Reap finished tasks so the set stays small.
         while in_hand.try_join_next().is_some() {}
     };
     while in_hand.join_next().await.is_some() {}
+    // Every delivery is settled: the last acks go out before the channel closes.
+    drop(acks);
+    let _ = sending_acks.await;
     outcome
 }
 
@@ -249,6 +255,7 @@ async fn process(
     invoker: &dyn StepInvoker,
     settings: &DeliverySettings,
     delivery: lapin::message::Delivery,
+    settle: InHand,
 ) {
     let attempt = attempt_of(&delivery, settings.max_retries);
     let outcome = match Event::from_json(&delivery.data) {
@@ -278,12 +285,7 @@ async fn process(
         }
     };
     match settled {
-        Ok(()) => {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                let (order_id, trace_id) = about(&delivery);
-                tracing::warn!(%error, step = %function, %order_id, %trace_id, "ack failed; the broker will redeliver (idempotent)");
-            }
-        }
+        Ok(()) => settle.ack(),
         Err(error) => {
             // Not at once: the cause (a broker under an alarm, a queue being
             // migrated) needs time, and the message would come straight back.
@@ -294,7 +296,7 @@ async fn process(
             let (order_id, trace_id) = about(&delivery);
             tracing::warn!(%error, step = %function, %order_id, %trace_id, ?pause, returns, "could not settle a message; returning it to the queue");
             tokio::time::sleep(pause).await;
-            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            let _ = settle.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
     }
 }

@@ -18,6 +18,7 @@
 //! between the two, and a crash in between means a redelivery, which the
 //! steps' idempotency absorbs.
 
+mod acks;
 pub mod amazon_mq;
 mod broker_url;
 mod consumer;
