@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueuePurgeOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
-use shared::bus::amqp::{AmqpLink, Topology};
+use shared::bus::amqp::{AckWindow, AmqpLink, Topology};
 use shared::contract::choreography::{EXCHANGE, consumers_of};
 use shared::contract::domain::OrderId;
 use shared::{Event, EventType, Function, Payload};
@@ -34,8 +34,9 @@ fn ship_path_reaction(event_type: EventType, consumer: Function) -> Option<Event
 }
 
 /// Bare lapin: the ship path's exact message pattern (the same exchange,
-/// queues, bindings, persistence, confirms, mandatory, ack-after-confirm and
-/// concurrency), with each consumer republishing the next event type at once.
+/// queues, bindings, persistence, confirms, mandatory, ack-after-confirm,
+/// acks in runs as the runner's ([`AckWindow`]) and concurrency), with each
+/// consumer republishing the next event type at once.
 pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchError> {
     let topology = Topology::derive(&config.delivery);
     let link = AmqpLink::new(url, "choreo-bench-setup");
@@ -52,6 +53,7 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
 
     let finish = Arc::new(Finish::default());
     let deliveries = Arc::new(AtomicUsize::new(0));
+    let mut consuming = Vec::new();
     for function in Function::consumers() {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -66,10 +68,14 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
             .await?;
         let (finish, deliveries) = (Arc::clone(&finish), Arc::clone(&deliveries));
         let workers = Arc::new(tokio::sync::Semaphore::new(config.delivery.concurrency));
+        consuming.push(channel.clone());
         tokio::spawn(async move {
+            // Acked as the runner acks (in runs), so that the broker's work per message is the same.
+            let (acks, _sending) = AckWindow::start();
             while let Some(Ok(delivery)) = consumer.next().await {
                 let Ok(permit) = Arc::clone(&workers).acquire_owned().await else { break };
                 let (channel, finish, deliveries) = (channel.clone(), Arc::clone(&finish), Arc::clone(&deliveries));
+                let settle = acks.receive(delivery.delivery_tag, delivery.acker.clone());
                 tokio::spawn(async move {
                     let kind = delivery.properties.kind().as_ref().map(|kind| kind.to_string()).unwrap_or_default();
                     let event_type = EventType::parse(&kind);
@@ -90,10 +96,7 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
                     {
                         finish.record(order, "SHIPPED");
                     }
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
-                    // Counted once acked: the run waits for every ack, so that
-                    // closing requeues nothing (leftovers would reach the next
-                    // run on this vhost, whose steps would dead-letter them).
+                    settle.ack();
                     deliveries.fetch_add(1, Ordering::Relaxed);
                     drop(permit);
                 });
@@ -160,7 +163,13 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let messages = deliveries.load(Ordering::Relaxed);
-    // Whatever is still queued (the wait above timed out) goes too.
+    // Closing the consuming channels returns what they hold unacked (an ack
+    // not sent yet); then the purge takes it, and whatever is still queued
+    // (the wait above timed out), so that nothing reaches the next run on
+    // this vhost, whose steps would dead-letter it.
+    for channel in consuming {
+        let _ = channel.close(200, "bench done".into()).await;
+    }
     for function in Function::consumers() {
         let _ = purge.queue_purge(function.queue().as_str().into(), QueuePurgeOptions::default()).await;
     }

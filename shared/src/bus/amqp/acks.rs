@@ -34,10 +34,10 @@ use tokio::time::Instant;
 
 /// Longest a delivery that succeeded waits to be acked with the ones
 /// before it; then it is acked alone.
-pub(super) const HOLD: Duration = Duration::from_millis(50);
+pub const HOLD: Duration = Duration::from_millis(50);
 
 /// The deliveries of one channel not yet acked.
-pub(super) struct AckWindow {
+pub struct AckWindow {
     state: Mutex<State>,
 }
 
@@ -50,14 +50,14 @@ struct State {
 impl AckWindow {
     /// A window, and the task that sends its acks: it ends, having sent
     /// every ack, once the window and every [`InHand`] of it are dropped.
-    pub(super) fn start() -> (Arc<Self>, JoinHandle<()>) {
+    pub fn start() -> (Arc<Self>, JoinHandle<()>) {
         let (runs, pending) = mpsc::unbounded_channel();
         let window = Arc::new(Self { state: Mutex::new(State { unacked: Unacked::default(), runs }) });
         (Arc::clone(&window), tokio::spawn(send_acks(Arc::downgrade(&window), pending)))
     }
 
     /// A delivery taken from the channel: call in delivery order.
-    pub(super) fn receive(self: &Arc<Self>, tag: u64, acker: Acker) -> InHand {
+    pub fn receive(self: &Arc<Self>, tag: u64, acker: Acker) -> InHand {
         self.lock().unacked.receive(tag);
         InHand { window: Arc::clone(self), tag, acker: Some(acker) }
     }
@@ -165,7 +165,7 @@ impl<A> Unacked<A> {
 
 /// One delivery being handled: settle it with [`InHand::ack`] or
 /// [`InHand::nack`].
-pub(super) struct InHand {
+pub struct InHand {
     window: Arc<AckWindow>,
     tag: u64,
     /// `None` once settled.
@@ -174,7 +174,7 @@ pub(super) struct InHand {
 
 impl InHand {
     /// The delivery succeeded: it is acked with the run it ends or joins.
-    pub(super) fn ack(mut self) {
+    pub fn ack(mut self) {
         if let Some(acker) = self.acker.take() {
             self.window.settle(self.tag, Some(acker));
         }
@@ -182,7 +182,7 @@ impl InHand {
 
     /// Returns the delivery on its own (`requeue` decides where to), then lets
     /// the deliveries after it be acked.
-    pub(super) async fn nack(mut self, options: BasicNackOptions) -> Result<(), lapin::Error> {
+    pub async fn nack(mut self, options: BasicNackOptions) -> Result<(), lapin::Error> {
         let Some(acker) = self.acker.take() else { return Ok(()) };
         let returned = acker.nack(options).await.map(drop);
         self.window.settle(self.tag, None);
