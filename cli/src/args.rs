@@ -239,9 +239,10 @@ pub enum StockCommand {
 /// How each function's queue is consumed and retried, on either bus.
 #[derive(Args, Clone)]
 pub struct QueueArgs {
-    /// Events each function handles at once.
-    #[arg(long, env = "CHOREO_CONCURRENCY", default_value_t = shared::bus::DEFAULT_CONCURRENCY)]
-    pub concurrency: usize,
+    /// Events each function handles at once [default: 256 on the in-process bus, 64 from a broker and
+    /// through the bridge]
+    #[arg(long, env = "CHOREO_CONCURRENCY")]
+    pub concurrency: Option<usize>,
     /// Unacknowledged messages RabbitMQ sends each consumer ahead [default: 128; RabbitMQ only]
     #[arg(long, env = "CHOREO_PREFETCH")]
     pub prefetch: Option<u16>,
@@ -254,10 +255,20 @@ pub struct QueueArgs {
 }
 
 impl QueueArgs {
+    /// The settings for a host consuming from a broker, or through the bridge.
     pub fn settings(&self) -> DeliverySettings {
+        self.settings_with(shared::bus::DEFAULT_CONCURRENCY)
+    }
+
+    /// The settings for the in-process bus.
+    pub fn in_process_settings(&self) -> DeliverySettings {
+        self.settings_with(shared::bus::IN_PROCESS_CONCURRENCY)
+    }
+
+    fn settings_with(&self, default_concurrency: usize) -> DeliverySettings {
         DeliverySettings {
             prefetch: self.prefetch.unwrap_or(DeliverySettings::default().prefetch).max(1),
-            concurrency: self.concurrency.max(1),
+            concurrency: self.concurrency.unwrap_or(default_concurrency).max(1),
             max_retries: self.max_retries,
             retry_base: Duration::from_millis(self.retry_delay_ms.max(1)),
         }
@@ -287,9 +298,10 @@ pub struct BenchArgs {
     /// The saga paths the orders take.
     #[arg(long, value_enum, default_value_t = choreo::bench::Mix::Ship)]
     pub mix: choreo::bench::Mix,
-    /// Messages each function's queue handles at once.
-    #[arg(long, default_value_t = shared::bus::DEFAULT_CONCURRENCY)]
-    pub queue_concurrency: usize,
+    /// Messages each function's queue handles at once [default: as `choreo up`: 256 on the in-process bus,
+    /// 64 from a broker]
+    #[arg(long)]
+    pub queue_concurrency: Option<usize>,
     /// Unacknowledged messages RabbitMQ sends each consumer ahead.
     #[arg(long, default_value_t = shared::bus::DEFAULT_PREFETCH)]
     pub prefetch: u16,
@@ -443,6 +455,25 @@ mod tests {
         assert_eq!(prefix(&["--endpoint", "http://127.0.0.1:9000"]), "");
         assert_eq!(prefix(&["--endpoint", "http://127.0.0.1:9000", "--function-prefix", "prod-"]), "prod-");
         assert_eq!(prefix(&["--function-prefix", ""]), "");
+    }
+
+    /// `choreo up`'s queue settings, from these flags (the test's environment sets no CHOREO_* variable).
+    fn up_queues(flags: &[&str]) -> QueueArgs {
+        let cli = Cli::try_parse_from([&["choreo", "up"], flags].concat()).expect("valid flags");
+        match cli.command {
+            Command::Up(args) => args.queues,
+            _ => unreachable!("parsed as up"),
+        }
+    }
+
+    #[test]
+    fn handlers_default_to_more_on_the_in_process_bus_than_from_a_broker_unless_told() {
+        let defaults = up_queues(&[]);
+        assert_eq!(defaults.in_process_settings().concurrency, shared::bus::IN_PROCESS_CONCURRENCY);
+        assert_eq!(defaults.settings().concurrency, shared::bus::DEFAULT_CONCURRENCY);
+        assert_ne!(shared::bus::IN_PROCESS_CONCURRENCY, shared::bus::DEFAULT_CONCURRENCY);
+        let told = up_queues(&["--concurrency", "10"]);
+        assert_eq!((told.in_process_settings().concurrency, told.settings().concurrency), (10, 10));
     }
 }
 

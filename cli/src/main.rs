@@ -92,7 +92,12 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         store: store.clone(),
         catalog,
         ship_countries: ShipCountries::parse(&args.ship_countries)?,
-        delivery: args.queues.settings(),
+        // Embedded unless a broker is named (Kafka wins over RabbitMQ below).
+        delivery: if args.amqp.is_none() && args.kafka.settings()?.is_none() {
+            args.queues.in_process_settings()
+        } else {
+            args.queues.settings()
+        },
         observer: None,
         store_counts: None,
     };
@@ -166,6 +171,10 @@ async fn bench(args: BenchArgs) -> Result<(), AnyError> {
         (None, _, Some(kafka)) => BenchSystem::Kafka(kafka),
         (None, _, None) => BenchSystem::Embedded,
     };
+    let queue_concurrency = args.queue_concurrency.unwrap_or(match system {
+        BenchSystem::Embedded => shared::bus::IN_PROCESS_CONCURRENCY,
+        _ => shared::bus::DEFAULT_CONCURRENCY,
+    });
     let config = BenchConfig {
         system,
         orders: args.orders,
@@ -174,7 +183,7 @@ async fn bench(args: BenchArgs) -> Result<(), AnyError> {
         mix: args.mix,
         delivery: shared::bus::DeliverySettings {
             prefetch: args.prefetch.max(1),
-            concurrency: args.queue_concurrency.max(1),
+            concurrency: queue_concurrency.max(1),
             ..shared::bus::DeliverySettings::default()
         },
         db_dir: std::env::temp_dir(),

@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use crate::contract::choreography::Function;
 use crate::contract::events::Event;
 
-pub use self::delivery::{DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, DeliverySettings, ObserveFn, StepObserver};
+pub use self::delivery::{
+    DEFAULT_CONCURRENCY, DEFAULT_PREFETCH, DeliverySettings, IN_PROCESS_CONCURRENCY, ObserveFn, StepObserver,
+};
 pub use self::relay::{
     RELAY_PAGE, RelayError, RelayReport, publish_committed, publish_committed_soon, relay_forever, relay_outbox,
     relay_outbox_paged,

@@ -29,9 +29,9 @@ mod tls;
 mod topology;
 
 // Kafka reads its SCRAM secret the same way.
+pub use self::acks::{AckWindow, InHand};
 #[cfg(feature = "kafka")]
 pub(crate) use self::broker_url::read_secret_within;
-pub use self::acks::{AckWindow, InHand};
 pub use self::broker_url::redact;
 pub use self::consumer::{StepInvoker, run_consumers};
 pub use self::dead_letters::{DeadMessage, ReplayError, list_dead_letters, park_dead_letter, replay_dead_letters};
