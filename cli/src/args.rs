@@ -257,18 +257,19 @@ pub struct QueueArgs {
 impl QueueArgs {
     /// The settings for a host consuming from a broker, or through the bridge.
     pub fn settings(&self) -> DeliverySettings {
-        self.settings_with(shared::bus::DEFAULT_CONCURRENCY)
+        self.settings_over(DeliverySettings::default())
     }
 
     /// The settings for the in-process bus.
     pub fn in_process_settings(&self) -> DeliverySettings {
-        self.settings_with(shared::bus::IN_PROCESS_CONCURRENCY)
+        self.settings_over(DeliverySettings::in_process())
     }
 
-    fn settings_with(&self, default_concurrency: usize) -> DeliverySettings {
+    /// These flags over `defaults`.
+    fn settings_over(&self, defaults: DeliverySettings) -> DeliverySettings {
         DeliverySettings {
-            prefetch: self.prefetch.unwrap_or(DeliverySettings::default().prefetch).max(1),
-            concurrency: self.concurrency.unwrap_or(default_concurrency).max(1),
+            prefetch: self.prefetch.unwrap_or(defaults.prefetch).max(1),
+            concurrency: self.concurrency.unwrap_or(defaults.concurrency).max(1),
             max_retries: self.max_retries,
             retry_base: Duration::from_millis(self.retry_delay_ms.max(1)),
         }

@@ -88,12 +88,13 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
         return Err("--prefetch (CHOREO_PREFETCH) applies to RabbitMQ only: add --amqp URL or drop it".into());
     }
     let store = args.store.settings()?;
+    // --kafka (or KAFKA_BOOTSTRAP_SERVERS) wins over an AMQP_URL the environment may hold for other commands.
+    let kafka = args.kafka.settings()?;
     let config = UpConfig {
         store: store.clone(),
         catalog,
         ship_countries: ShipCountries::parse(&args.ship_countries)?,
-        // Embedded unless a broker is named (Kafka wins over RabbitMQ below).
-        delivery: if args.amqp.is_none() && args.kafka.settings()?.is_none() {
+        delivery: if args.amqp.is_none() && kafka.is_none() {
             args.queues.in_process_settings()
         } else {
             args.queues.settings()
@@ -106,8 +107,7 @@ async fn up(args: UpArgs) -> Result<(), AnyError> {
     if auth.is_open() && !args.host.is_loopback() {
         tracing::warn!(%address, "the API listens beyond this machine with no authorization: anyone who reaches it reads and places any customer's orders; add --auth jwt --jwks FILE");
     }
-    // --kafka (or KAFKA_BOOTSTRAP_SERVERS) wins over an AMQP_URL the environment may hold for other commands.
-    if let Some(kafka) = args.kafka.settings()? {
+    if let Some(kafka) = kafka {
         let servers = kafka.bootstrap_servers.clone();
         let system = KafkaSystem::start(config, kafka, args.saga_deadline).await?.with_auth(auth);
         let listener = bind(address).await?;
@@ -171,10 +171,10 @@ async fn bench(args: BenchArgs) -> Result<(), AnyError> {
         (None, _, Some(kafka)) => BenchSystem::Kafka(kafka),
         (None, _, None) => BenchSystem::Embedded,
     };
-    let queue_concurrency = args.queue_concurrency.unwrap_or(match system {
-        BenchSystem::Embedded => shared::bus::IN_PROCESS_CONCURRENCY,
-        _ => shared::bus::DEFAULT_CONCURRENCY,
-    });
+    let defaults = match system {
+        BenchSystem::Embedded => shared::bus::DeliverySettings::in_process(),
+        _ => shared::bus::DeliverySettings::default(),
+    };
     let config = BenchConfig {
         system,
         orders: args.orders,
@@ -183,8 +183,8 @@ async fn bench(args: BenchArgs) -> Result<(), AnyError> {
         mix: args.mix,
         delivery: shared::bus::DeliverySettings {
             prefetch: args.prefetch.max(1),
-            concurrency: queue_concurrency.max(1),
-            ..shared::bus::DeliverySettings::default()
+            concurrency: args.queue_concurrency.unwrap_or(defaults.concurrency).max(1),
+            ..defaults
         },
         db_dir: std::env::temp_dir(),
     };

@@ -75,7 +75,7 @@ pub(super) async fn run(config: &BenchConfig, url: &str) -> Result<Value, BenchE
             while let Some(Ok(delivery)) = consumer.next().await {
                 let Ok(permit) = Arc::clone(&workers).acquire_owned().await else { break };
                 let (channel, finish, deliveries) = (channel.clone(), Arc::clone(&finish), Arc::clone(&deliveries));
-                let settle = acks.receive(delivery.delivery_tag, delivery.acker.clone());
+                let settle = acks.receive(&delivery);
                 tokio::spawn(async move {
                     let kind = delivery.properties.kind().as_ref().map(|kind| kind.to_string()).unwrap_or_default();
                     let event_type = EventType::parse(&kind);

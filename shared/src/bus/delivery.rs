@@ -50,6 +50,11 @@ impl Default for DeliverySettings {
 }
 
 impl DeliverySettings {
+    /// The defaults on the in-process bus: [`IN_PROCESS_CONCURRENCY`] handlers.
+    pub fn in_process() -> Self {
+        Self { concurrency: IN_PROCESS_CONCURRENCY, ..Self::default() }
+    }
+
     /// The wait before retry number `retry` (1-based): `retry_base · 2^(retry-1)`.
     pub fn retry_delay(&self, retry: u32) -> Duration {
         self.retry_base * 2u32.saturating_pow(retry.saturating_sub(1))

@@ -57,9 +57,10 @@ impl AckWindow {
     }
 
     /// A delivery taken from the channel: call in delivery order.
-    pub fn receive(self: &Arc<Self>, tag: u64, acker: Acker) -> InHand {
+    pub fn receive(self: &Arc<Self>, delivery: &lapin::message::Delivery) -> InHand {
+        let tag = delivery.delivery_tag;
         self.lock().unacked.receive(tag);
-        InHand { window: Arc::clone(self), tag, acker: Some(acker) }
+        InHand { window: Arc::clone(self), tag, acker: Some(delivery.acker.clone()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

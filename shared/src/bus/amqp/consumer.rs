@@ -201,7 +201,7 @@ async fn consume_queue(
         // Never closed: acquiring only waits for a free worker.
         let Ok(permit) = Arc::clone(&workers).acquire_owned().await else { break Ok(()) };
         let (link, invoker, settings) = (Arc::clone(&link), Arc::clone(&invoker), settings.clone());
-        let settle = acks.receive(delivery.delivery_tag, delivery.acker.clone());
+        let settle = acks.receive(&delivery);
         // Boxed: the task then holds a pointer, not the whole state machine,
         // which tokio would otherwise copy in and out of every task (profiled).
         in_hand.spawn(Box::pin(async move {
